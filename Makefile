@@ -1,0 +1,37 @@
+# APQ research suite. `make reproduce` regenerates results/; `make test` is what CI runs.
+PROFILE ?= default
+PY      := .venv/bin/python
+export PYTHONHASHSEED := 0
+
+.PHONY: setup reproduce test unit nbcheck lab bench clean
+
+setup:
+	@bash env/setup.sh
+
+reproduce: setup
+	$(PY) -m apq_lib.runner reproduce --profile $(PROFILE)
+
+# Unit tests, then every notebook under nbval on copies prepared with the smoke profile.
+# Smoke runs write to build/ so they never touch the committed results/.
+test: setup unit nbcheck
+
+unit:
+	$(PY) -m pytest tests -q -p no:cacheprovider
+
+nbcheck:
+	rm -rf build/nbval build/smoke_results
+	$(PY) -m apq_lib.runner prepare --profile smoke --out build/nbval
+	APQ_RESULTS_DIR=$(CURDIR)/build/smoke_results APQ_ARTIFACTS=$(CURDIR)/build/smoke_artifacts \
+	  $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+	  --nbval-sanitize-with env/nbval_sanitize.cfg build/nbval
+
+lab: setup
+	.venv/bin/jupyter lab --notebook-dir=notebooks
+
+bench: setup
+	$(PY) benchmarks/bench_fake_quant.py
+	$(PY) benchmarks/bench_lut.py
+	$(PY) benchmarks/bench_search.py
+
+clean:
+	rm -rf build artifacts

@@ -1,0 +1,230 @@
+"""Content-addressed stage outputs and the results manifest.
+
+``artifacts/<stage>/<key>/`` holds one stage's files plus ``meta.json`` (config, input
+keys, sha256 of every file). ``key`` is a hash of the stage's config and its inputs' keys,
+so a change anywhere upstream gives a new key. A stage builds into
+``artifacts/<stage>/<key>.partial/`` (which it may use for checkpoints, so a killed build
+resumes there) and is renamed into place only when complete. An artifact whose files are
+missing or whose hashes do not match is reported and rebuilt, never used.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+
+__all__ = [
+    "ArtifactStore", "Artifact", "ArtifactError", "config_key", "file_sha256",
+    "save_state", "load_state", "update_manifest", "REPO_ROOT", "RESULTS_DIR",
+    "MissingInputError", "require_results",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = Path(os.environ.get("APQ_RESULTS_DIR", REPO_ROOT / "results"))
+
+
+class ArtifactError(RuntimeError):
+    """An artifact is corrupted or incomplete."""
+
+
+class MissingInputError(FileNotFoundError):
+    """A notebook's input from an earlier notebook is missing."""
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def config_key(config: Any, inputs: Iterable[str] = ()) -> str:
+    """sha256 over the canonical JSON of ``config`` and the sorted input keys (16 hex)."""
+    blob = json.dumps({"config": _jsonable(config), "inputs": sorted(inputs)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+class Artifact:
+    """A completed, verified stage output directory."""
+
+    def __init__(self, stage: str, key: str, path: Path, meta: dict):
+        self.stage, self.key, self.path, self.meta = stage, key, path, meta
+
+    def file(self, name: str) -> Path:
+        p = self.path / name
+        if not p.exists():
+            raise ArtifactError(f"{self.stage}/{self.key} has no file {name!r}")
+        return p
+
+    def __repr__(self) -> str:
+        return f"Artifact({self.stage}/{self.key})"
+
+
+class ArtifactStore:
+    """``store.build(stage, config, inputs, fn)``: load the verified artifact if present,
+    else call ``fn(workdir)`` to write the files, then hash and publish them."""
+
+    def __init__(self, root: Optional[Path | str] = None):
+        self.root = Path(root or os.environ.get("APQ_ARTIFACTS", REPO_ROOT / "artifacts"))
+
+    def path(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def verify(self, stage: str, key: str) -> Artifact:
+        """Return the artifact if complete and intact, else raise :class:`ArtifactError`."""
+        d = self.path(stage, key)
+        meta_p = d / "meta.json"
+        if not meta_p.exists():
+            raise ArtifactError(f"{stage}/{key}: no meta.json (missing or partial artifact)")
+        try:
+            meta = json.loads(meta_p.read_text())
+        except json.JSONDecodeError as e:
+            raise ArtifactError(f"{stage}/{key}: meta.json is corrupted ({e})") from e
+        for name, digest in meta.get("files", {}).items():
+            f = d / name
+            if not f.exists():
+                raise ArtifactError(f"{stage}/{key}: file {name} is missing")
+            if file_sha256(f) != digest:
+                raise ArtifactError(f"{stage}/{key}: file {name} does not match its hash "
+                                    f"(corrupted or edited)")
+        return Artifact(stage, key, d, meta)
+
+    def get(self, stage: str, key: str) -> Optional[Artifact]:
+        try:
+            return self.verify(stage, key)
+        except ArtifactError as e:
+            if self.path(stage, key).exists():
+                warnings.warn(f"{e}; it will be rebuilt", stacklevel=2)
+            return None
+
+    def build(self, stage: str, config: Any, fn: Callable[[Path], Any],
+              inputs: Iterable["Artifact | str"] = (), force: bool = False) -> Artifact:
+        input_keys = [a.key if isinstance(a, Artifact) else str(a) for a in inputs]
+        key = config_key(config, input_keys)
+        if not force:
+            art = self.get(stage, key)
+            if art is not None:
+                return art
+        final = self.path(stage, key)
+        work = final.with_name(final.name + ".partial")
+        work.mkdir(parents=True, exist_ok=True)     # kept on failure: fn may resume from it
+        fn(work)
+        files = {str(p.relative_to(work)): file_sha256(p)
+                 for p in sorted(work.rglob("*")) if p.is_file() and p.name != "meta.json"}
+        meta = {"stage": stage, "key": key, "config": _jsonable(config), "inputs": input_keys,
+                "files": files, "created": _dt.datetime.now().isoformat(timespec="seconds")}
+        (work / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        if final.exists():
+            shutil.rmtree(final)
+        work.rename(final)
+        return Artifact(stage, key, final, meta)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def save_state(state: dict[str, torch.Tensor], path: Path | str,
+               metadata: Optional[dict] = None) -> None:
+    """Save tensors with safetensors, atomically (write to a temp file, then rename)."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    md = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), md)
+    os.replace(tmp, path)
+
+
+def load_state(path: Path | str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load a safetensors file; a corrupted file raises :class:`ArtifactError`."""
+    from safetensors import safe_open
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            md = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+            return {k: f.get_tensor(k) for k in f.keys()}, md
+    except Exception as e:
+        raise ArtifactError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
+                            f"delete it to start that stage again") from e
+
+
+# --------------------------------------------------------------------------- results
+def require_results(*names: str, notebook: str) -> list[Path]:
+    """Paths of ``results/...`` inputs; a missing one names the notebook to run first."""
+    out = []
+    for n in names:
+        p = RESULTS_DIR / n
+        if not p.exists():
+            raise MissingInputError(f"{p.relative_to(REPO_ROOT)} is missing: run notebook "
+                                    f"{notebook} first (make reproduce runs them in order)")
+        out.append(p)
+    return out
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except Exception:
+        return ""
+
+
+def _versions() -> dict:
+    from importlib import metadata
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("torch", "torchvision", "numpy", "pandas", "papermill", "triton", "seaborn"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _device() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def update_manifest(notebook: str, profile: Any, start: _dt.datetime,
+                    end: Optional[_dt.datetime] = None, seeds: Optional[dict] = None,
+                    results_dir: Path = RESULTS_DIR, extra: Optional[dict] = None) -> dict:
+    """Record one notebook run in ``results/manifest.json`` and rehash every results file."""
+    end = end or _dt.datetime.now()
+    mpath = results_dir / "manifest.json"
+    manifest = json.loads(mpath.read_text()) if mpath.exists() else {}
+    prof = profile.to_dict() if hasattr(profile, "to_dict") else dict(profile)
+    status = _git("status", "--porcelain", "--", ".", ":!results")
+    manifest.update({
+        "git_commit": _git("rev-parse", "HEAD") or None,
+        "git_dirty": bool(status),
+        "versions": _versions(),
+        "device": _device(),
+        "profile": prof.get("name"),
+        "params_hash": profile.params_hash() if hasattr(profile, "params_hash") else
+        config_key(prof),
+    })
+    nbs = manifest.setdefault("notebooks", {})
+    nbs[notebook] = {"start": start.isoformat(timespec="seconds"),
+                     "end": end.isoformat(timespec="seconds"),
+                     "seconds": round((end - start).total_seconds(), 1),
+                     "seeds": seeds or {"seed": prof.get("seed")}, **(extra or {})}
+    manifest["files"] = {
+        str(p.relative_to(results_dir)): file_sha256(p)
+        for p in sorted(results_dir.rglob("*"))
+        if p.is_file() and p.name != "manifest.json" and "executed" not in p.parts}
+    results_dir.mkdir(parents=True, exist_ok=True)
+    mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest

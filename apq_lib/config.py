@@ -1,0 +1,389 @@
+"""Typed experiment profiles (smoke / default / paper) loaded from ``env/params_*.yaml``.
+
+A profile is a nested YAML mapping. Each section maps onto a dataclass below; the loader
+checks every key (unknown keys, wrong types and impossible values raise ``ConfigError``
+naming the dotted key, e.g. ``space.bit_choices``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+__all__ = [
+    "ConfigError", "DataConfig", "SpaceConfig", "SupernetConfig", "QuantConfig",
+    "HardwareConfig", "PredictorConfig", "SearchConfig", "BaselinesConfig", "Profile",
+    "load_profile", "profile_path", "PROFILES", "ENV_DIR", "apply_overrides",
+]
+
+ENV_DIR = Path(__file__).resolve().parent.parent / "env"
+PROFILES = ("smoke", "default", "paper")
+VALID_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
+
+
+class ConfigError(ValueError):
+    """A profile or override is invalid; the message names the dotted key."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist"          # fashion_mnist | cifar10 | imagefolder
+    root: Optional[str] = None              # directory; else APQ_DATA_DIR, Debian, download
+    download: bool = True                   # allow torchvision download as the last resort
+    val_size: int = 5000                    # held out from train with a fixed seed
+    split_seed: int = 0
+    train_subset: Optional[int] = None      # cap on training images (after the val split)
+    val_subset: Optional[int] = None
+    test_subset: Optional[int] = None
+    image_size: int = 32                    # Fashion-MNIST 28x28 is zero-padded to 32
+    batch_size: int = 256
+    eval_batch_size: int = 1000
+    augment: bool = True                    # random crop (pad 2) + horizontal flip
+    num_workers: int = 0
+
+    def check(self, p: str) -> None:
+        _check(self.dataset in ("fashion_mnist", "cifar10", "imagefolder"), f"{p}.dataset",
+               f"unknown dataset {self.dataset!r}; use fashion_mnist, cifar10 or imagefolder")
+        _check(self.val_size > 0, f"{p}.val_size", "must be > 0")
+        _check(self.image_size >= 8, f"{p}.image_size", "must be >= 8")
+        _check(self.batch_size > 0, f"{p}.batch_size", "must be > 0")
+        _check(self.eval_batch_size > 0, f"{p}.eval_batch_size", "must be > 0")
+        for k in ("train_subset", "val_subset", "test_subset"):
+            v = getattr(self, k)
+            _check(v is None or v > 0, f"{p}.{k}", "must be > 0 or null")
+        _check(self.num_workers >= 0, f"{p}.num_workers", "must be >= 0")
+
+
+@dataclass
+class SpaceConfig:
+    """APQ's search space, sized by the profile (see ``apq_lib.supernet.space``)."""
+    stem_width: int = 16                    # fixed 3x3 stem conv
+    stem_stride: int = 1
+    head_width: int = 8                     # fixed expand-1 MBConv after the stem
+    stage_widths: list[int] = field(default_factory=lambda: [16, 24, 32, 48, 64, 96])
+    stage_strides: list[int] = field(default_factory=lambda: [1, 2, 2, 1, 2, 1])
+    stage_max_depth: list[int] = field(default_factory=lambda: [4, 4, 4, 4, 4, 1])
+    depth_choices: list[int] = field(default_factory=lambda: [2, 3, 4])
+    kernel_choices: list[int] = field(default_factory=lambda: [3, 5, 7])
+    expand_min: int = 4                     # middle channels from expand_min*C_in ...
+    expand_max: int = 6                     # ... to expand_max*C_in
+    channel_step: int = 8                   # ... in steps of 8 (fine-grained pruning)
+    bit_choices: list[int] = field(default_factory=lambda: [4, 6, 8])
+    tail_width: int = 256                   # fixed 8-bit 1x1 conv before the classifier
+    forbid_k7_a4: bool = False              # APQ's LUT had no 7x7 depthwise with 4-bit acts
+    image_size: int = 32
+    in_channels: int = 1
+    num_classes: int = 10
+
+    def check(self, p: str) -> None:
+        n = len(self.stage_widths)
+        _check(n >= 1, f"{p}.stage_widths", "needs at least one stage")
+        _check(len(self.stage_strides) == n, f"{p}.stage_strides",
+               f"needs {n} entries (one per stage)")
+        _check(len(self.stage_max_depth) == n, f"{p}.stage_max_depth",
+               f"needs {n} entries (one per stage)")
+        _check(all(s in (1, 2) for s in self.stage_strides), f"{p}.stage_strides",
+               "each stride must be 1 or 2")
+        _check(all(d >= 1 for d in self.stage_max_depth), f"{p}.stage_max_depth", "must be >= 1")
+        _check(self.depth_choices and all(d >= 1 for d in self.depth_choices),
+               f"{p}.depth_choices", "must be a non-empty list of positive ints")
+        _check(self.kernel_choices and all(k in (1, 3, 5, 7) for k in self.kernel_choices),
+               f"{p}.kernel_choices", "kernels must be odd, from {1,3,5,7}")
+        _check(0 < self.expand_min <= self.expand_max, f"{p}.expand_min",
+               "need 0 < expand_min <= expand_max")
+        _check(self.channel_step > 0, f"{p}.channel_step", "must be > 0")
+        _check(self.bit_choices and all(b in VALID_BITS[:-1] for b in self.bit_choices),
+               f"{p}.bit_choices", f"bits must be in 2..8, got {self.bit_choices}")
+        for k in ("stem_width", "head_width", "tail_width", "image_size", "in_channels",
+                  "num_classes"):
+            _check(getattr(self, k) > 0, f"{p}.{k}", "must be > 0")
+        _check(all(w % self.channel_step == 0 or w < self.channel_step
+                   for w in self.stage_widths), f"{p}.stage_widths",
+               "widths should be multiples of channel_step")
+
+
+@dataclass
+class SupernetConfig:
+    """Progressive shrinking schedule: a list of phases, each a mapping with keys
+    ``name, epochs, lr, kernels, depths, expands, subnets_per_step, distill``."""
+    phases: list[dict] = field(default_factory=list)
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 3e-5
+    label_smoothing: float = 0.1
+    distill_weight: float = 1.0
+    warmup_epochs: int = 0
+    bn_recal_images: int = 2000
+    n_random_subnets: int = 100             # random subnets evaluated in notebook 01
+    log_every: int = 50
+
+    def check(self, p: str) -> None:
+        _check(len(self.phases) > 0, f"{p}.phases", "needs at least one phase")
+        for i, ph in enumerate(self.phases):
+            _check(isinstance(ph, dict) and "name" in ph and "epochs" in ph,
+                   f"{p}.phases[{i}]", "each phase needs 'name' and 'epochs'")
+            _check(int(ph["epochs"]) >= 0, f"{p}.phases[{i}].epochs", "must be >= 0")
+        _check(self.optimizer in ("sgd", "adam"), f"{p}.optimizer", "use sgd or adam")
+        _check(self.bn_recal_images > 0, f"{p}.bn_recal_images", "must be > 0")
+        _check(self.n_random_subnets > 0, f"{p}.n_random_subnets", "must be > 0")
+
+
+@dataclass
+class QuantConfig:
+    weight_calibration: str = "minmax"      # minmax | percentile | kl | mse
+    act_calibration: str = "pact"
+    kl_below_bits: int = 5                  # APQ: KL threshold for weights when bits < 5
+    calib_images: int = 512
+    qat_epochs: float = 1.0
+    qat_lr: float = 1e-3
+    use_triton: str = "auto"                # auto | always | never
+
+    def check(self, p: str) -> None:
+        _check(self.weight_calibration in ("minmax", "percentile", "kl", "mse"),
+               f"{p}.weight_calibration", "use minmax, percentile, kl or mse")
+        _check(self.calib_images > 0, f"{p}.calib_images", "must be > 0")
+        _check(self.qat_epochs >= 0, f"{p}.qat_epochs", "must be >= 0")
+        _check(self.use_triton in ("auto", "always", "never"), f"{p}.use_triton",
+               "use auto, always or never")
+
+
+@dataclass
+class HardwareConfig:
+    simulators: list[str] = field(default_factory=lambda: ["bitfusion", "bismo_edge",
+                                                           "bismo_cloud"])
+    measure_cpu: bool = True
+    cpu_repeats: int = 20
+    mbv2_resolution: int = 224
+
+    def check(self, p: str) -> None:
+        ok = {"bitfusion", "bismo_edge", "bismo_cloud"}
+        _check(all(s in ok for s in self.simulators), f"{p}.simulators",
+               f"unknown simulator; allowed {sorted(ok)}")
+        _check(self.cpu_repeats > 0, f"{p}.cpu_repeats", "must be > 0")
+
+
+@dataclass
+class PredictorConfig:
+    fp32_pairs: int = 2000
+    quant_pairs: int = 400
+    policies_per_arch: int = 10             # APQ's second sampler
+    finetune_steps: int = 20                # QAT steps per quantized pair
+    finetune_lr: float = 1e-3
+    eval_images: int = 2000                 # validation images per pair
+    hidden: int = 400
+    n_layers: int = 3
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 256
+    epochs: int = 300
+    patience: int = 30
+    holdout_fraction: float = 0.2
+    study_sizes: list[int] = field(default_factory=lambda: [25, 50, 100, 200, 300])
+    study_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+    def check(self, p: str) -> None:
+        for k in ("fp32_pairs", "quant_pairs", "policies_per_arch", "eval_images", "hidden",
+                  "n_layers", "batch_size", "epochs", "patience"):
+            _check(getattr(self, k) > 0, f"{p}.{k}", "must be > 0")
+        _check(0 < self.holdout_fraction < 1, f"{p}.holdout_fraction", "must be in (0, 1)")
+        _check(len(self.study_sizes) > 0, f"{p}.study_sizes", "must be non-empty")
+
+
+@dataclass
+class SearchConfig:
+    population: int = 100
+    parents: int = 25
+    mutants: int = 50
+    crossovers: int = 50
+    mutation_prob: float = 0.1
+    generations: int = 500
+    latency_targets_ms: list[float] = field(default_factory=list)
+    energy_targets_mj: list[float] = field(default_factory=list)
+    bitops_targets_g: list[float] = field(default_factory=list)
+    finetune_epochs: float = 1.0
+    finetune_lr: float = 1e-3
+
+    def check(self, p: str) -> None:
+        _check(self.population > 0, f"{p}.population", "must be > 0")
+        _check(0 < self.parents <= self.population, f"{p}.parents",
+               "must be in 1..population")
+        _check(0 <= self.mutation_prob <= 1, f"{p}.mutation_prob", "must be in [0, 1]")
+        _check(self.generations > 0, f"{p}.generations", "must be > 0")
+        for k in ("latency_targets_ms", "energy_targets_mj", "bitops_targets_g"):
+            _check(all(t > 0 for t in getattr(self, k)), f"{p}.{k}", "targets must be > 0")
+
+
+@dataclass
+class BaselinesConfig:
+    haq_episodes: int = 100
+    haq_warmup: int = 20
+    haq_finetune_steps: int = 20
+    scratch_epochs: int = 5
+    prune_ratios: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.8, 0.9, 0.95])
+    hawq_samples: int = 20
+
+    def check(self, p: str) -> None:
+        _check(self.haq_episodes > 0, f"{p}.haq_episodes", "must be > 0")
+        _check(all(0 < r < 1 for r in self.prune_ratios), f"{p}.prune_ratios",
+               "ratios must be in (0, 1)")
+
+
+@dataclass
+class Profile:
+    name: str = "default"
+    seed: int = 0
+    device: str = "auto"                    # auto | cpu | cuda
+    data: DataConfig = field(default_factory=DataConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    supernet: SupernetConfig = field(default_factory=SupernetConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    # papermill parameters per notebook, e.g. {"01_supernet": {"force": false}}
+    notebooks: dict[str, dict] = field(default_factory=dict)
+
+    def check(self, p: str = "") -> None:
+        _check(self.device in ("auto", "cpu", "cuda"), "device", "use auto, cpu or cuda")
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if dataclasses.is_dataclass(v):
+                v.check(f.name)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *names: str) -> str:
+        """Stable hash of some sections (used as part of artifact keys)."""
+        d = {n: dataclasses.asdict(getattr(self, n)) if dataclasses.is_dataclass(
+            getattr(self, n)) else getattr(self, n) for n in names}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def params_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- loading
+def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Return (ok, coerced value) for a YAML value against a type hint."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return True, None
+        for a in args:
+            if a is type(None):
+                continue
+            ok, v = _type_ok(value, a)
+            if ok:
+                return True, v
+        return False, value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        out = []
+        for x in value:
+            ok, v = _type_ok(x, args[0] if args else Any)
+            if not ok:
+                return False, value
+            out.append(v)
+        return True, out
+    if origin is dict:
+        return isinstance(value, dict), value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value
+        return True, float(value)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is str:
+        return isinstance(value, str), value
+    return isinstance(value, tp), value
+
+
+def _build(cls: type, data: dict, path: str, base: Any = None) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'profile'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    obj = base if base is not None else cls()
+    for key, value in data.items():
+        dotted = f"{path}.{key}" if path else key
+        if key not in names:
+            raise ConfigError(f"{dotted}: unknown key; allowed keys are {sorted(names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            setattr(obj, key, _build(tp, value, dotted, getattr(obj, key)))
+            continue
+        ok, coerced = _type_ok(value, tp)
+        if not ok:
+            tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+            raise ConfigError(f"{dotted}: expected {tname}, got {value!r}")
+        setattr(obj, key, coerced)
+    return obj
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = d
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+        if not isinstance(cur, dict):
+            raise ConfigError(f"{dotted}: {p} is not a section")
+    cur[parts[-1]] = value
+
+
+def apply_overrides(raw: dict, overrides: Optional[dict]) -> dict:
+    """Merge ``{"supernet.n_random_subnets": 10, "data": {"batch_size": 64}}`` into raw."""
+    out = json.loads(json.dumps(raw))
+    for k, v in (overrides or {}).items():
+        if isinstance(v, dict) and "." not in k and isinstance(out.get(k), dict):
+            for kk, vv in v.items():
+                _set_dotted(out, f"{k}.{kk}", vv)
+        else:
+            _set_dotted(out, k, v)
+    return out
+
+
+def profile_path(name: str) -> Path:
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    p = ENV_DIR / f"params_{name}.yaml"
+    if not p.exists():
+        raise ConfigError(f"profile: unknown profile {name!r}; choose one of {PROFILES} "
+                          f"or give a path to a params_*.yaml file")
+    return p
+
+
+def load_profile(name: str = "default", overrides: Optional[dict] = None) -> Profile:
+    """Load ``env/params_<name>.yaml`` (or a yaml path), apply dotted overrides, validate."""
+    path = profile_path(name)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"profile: {path} is not valid YAML: {e}") from e
+    raw = apply_overrides(raw, overrides)
+    raw.setdefault("name", Path(name).stem.replace("params_", ""))
+    prof = _build(Profile, raw, "")
+    prof.check()
+    return prof

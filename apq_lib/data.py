@@ -1,0 +1,346 @@
+"""Datasets and splits: Fashion-MNIST (default), CIFAR-10 and any ImageFolder tree.
+
+Splits: ``train``; ``val``, held out from the training set with a fixed seed and used by
+every search and predictor stage; ``test``, for final reporting only.
+
+Fashion-MNIST and CIFAR-10 are kept in memory as uint8 tensors and batched without
+per-image Python transforms (random crop + flip are applied to whole batches), which is
+what makes CPU training of the supernet practical.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .config import DataConfig
+
+__all__ = [
+    "DatasetNotFoundError", "TensorImageSet", "DataBundle", "BatchLoader", "load_data",
+    "split_indices", "find_fashion_mnist", "DEBIAN_FMNIST_DIR", "read_idx",
+]
+
+DEBIAN_FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+CACHE_DIR = Path(os.environ.get("APQ_CACHE_DIR", Path.home() / ".cache" / "apq"))
+_FMNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_STATS = {
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset is in none of the places searched; the message says how to provide it."""
+
+
+def _missing(dataset: str, searched: Sequence[str]) -> DatasetNotFoundError:
+    where = "\n".join(f"  - {s}" for s in searched)
+    return DatasetNotFoundError(
+        f"{dataset} was not found. Searched:\n{where}\nProvide it in one of three ways:\n"
+        f"  1. pass a directory (profile key data.root, or load_data(root=...)) or set the "
+        f"APQ_DATA_DIR environment variable to a directory holding the files;\n"
+        f"  2. on Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist (installs into "
+        f"{DEBIAN_FMNIST_DIR}; `make setup` does this when run as root);\n"
+        f"  3. allow torchvision to download it (data.download: true) on a machine with "
+        f"internet access; it is cached in {CACHE_DIR}.")
+
+
+# --------------------------------------------------------------------------- readers
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) into a numpy array."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file (corrupted download?)")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: expected {int(np.prod(dims))} values, found {arr.size} "
+                         f"(truncated file?)")
+    return arr.reshape(dims)
+
+
+def _fmnist_files_in(d: Path) -> Optional[dict[str, Path]]:
+    for base in (d, d / "FashionMNIST" / "raw", d / "fashion-mnist"):
+        found = {}
+        for k, stem in _FMNIST_FILES.items():
+            for cand in (base / stem, base / f"{stem}.gz"):
+                if cand.exists():
+                    found[k] = cand
+                    break
+        if len(found) == 4:
+            return found
+    return None
+
+
+def find_fashion_mnist(root: Optional[str] = None, download: bool = True) -> dict[str, Path]:
+    """Locate the four IDX files: ``root`` / ``$APQ_DATA_DIR``, Debian's package, download."""
+    searched = []
+    for cand, label in ((root, "data.root"), (os.environ.get("APQ_DATA_DIR"), "APQ_DATA_DIR")):
+        if cand:
+            searched.append(f"{label}={cand}")
+            files = _fmnist_files_in(Path(cand))
+            if files:
+                return files
+    searched.append(str(DEBIAN_FMNIST_DIR))
+    files = _fmnist_files_in(DEBIAN_FMNIST_DIR)
+    if files:
+        return files
+    searched.append(str(CACHE_DIR))
+    files = _fmnist_files_in(CACHE_DIR)
+    if files:
+        return files
+    if download:
+        try:
+            import torchvision
+            torchvision.datasets.FashionMNIST(str(CACHE_DIR), train=True, download=True)
+            torchvision.datasets.FashionMNIST(str(CACHE_DIR), train=False, download=True)
+            files = _fmnist_files_in(CACHE_DIR)
+            if files:
+                return files
+        except Exception as e:  # no network, mirror down, ...
+            searched.append(f"torchvision download failed: {type(e).__name__}: {e}")
+    else:
+        searched.append("torchvision download (disabled by data.download: false)")
+    raise _missing("Fashion-MNIST", searched)
+
+
+def _load_fashion_mnist(cfg: DataConfig, root: Optional[str]):
+    f = find_fashion_mnist(root or cfg.root, cfg.download)
+    xtr = torch.from_numpy(read_idx(f["train_images"]).copy()).unsqueeze(1)
+    ytr = torch.from_numpy(read_idx(f["train_labels"]).astype(np.int64))
+    xte = torch.from_numpy(read_idx(f["test_images"]).copy()).unsqueeze(1)
+    yte = torch.from_numpy(read_idx(f["test_labels"]).astype(np.int64))
+    return xtr, ytr, xte, yte, [str(f["train_images"].parent)]
+
+
+def _load_cifar10(cfg: DataConfig, root: Optional[str]):
+    import torchvision
+    searched = []
+    cands = [root or cfg.root, os.environ.get("APQ_DATA_DIR"), str(CACHE_DIR)]
+    for c in [c for c in cands if c]:
+        searched.append(c)
+        if (Path(c) / "cifar-10-batches-py").exists():
+            tr = torchvision.datasets.CIFAR10(c, train=True, download=False)
+            te = torchvision.datasets.CIFAR10(c, train=False, download=False)
+            break
+    else:
+        if not cfg.download:
+            raise _missing("CIFAR-10", searched + ["download disabled"])
+        try:
+            tr = torchvision.datasets.CIFAR10(str(CACHE_DIR), train=True, download=True)
+            te = torchvision.datasets.CIFAR10(str(CACHE_DIR), train=False, download=True)
+        except Exception as e:
+            raise _missing("CIFAR-10", searched + [f"download failed: {e}"]) from e
+    conv = lambda d: (torch.from_numpy(np.ascontiguousarray(d.data)).permute(0, 3, 1, 2)
+                      .contiguous(), torch.tensor(d.targets, dtype=torch.int64))
+    xtr, ytr = conv(tr)
+    xte, yte = conv(te)
+    return xtr, ytr, xte, yte, [tr.root]
+
+
+# --------------------------------------------------------------------------- splits
+def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic disjoint (train, val) index split of ``range(n)``."""
+    if not 0 < val_size < n:
+        raise ValueError(f"data.val_size={val_size} must be between 1 and {n - 1}")
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g)
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+# --------------------------------------------------------------------------- datasets
+@dataclass
+class TensorImageSet:
+    """uint8 images [N, C, H, W] + int64 labels, normalised on the fly."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    mean: tuple
+    std: tuple
+    pad_to: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: torch.Tensor) -> "TensorImageSet":
+        return TensorImageSet(self.images[idx], self.labels[idx], self.mean, self.std,
+                              self.pad_to)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255.0)
+        h = x.shape[-1]
+        if self.pad_to > h:  # zero-pad (in normalised-0 space = background) to pad_to
+            p = (self.pad_to - h) // 2
+            x = torch.nn.functional.pad(x, (p, self.pad_to - h - p, p, self.pad_to - h - p))
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
+def _augment(x: torch.Tensor, g: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """Random crop with zero padding plus random horizontal flip, per sample."""
+    n, c, h, w = x.shape
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    iy = oy[:, None] + torch.arange(h)
+    ix = ox[:, None] + torch.arange(w)
+    flip = torch.rand(n, generator=g) < 0.5
+    ix = torch.where(flip[:, None], ix.flip(1), ix)
+    out = xp[torch.arange(n)[:, None, None], :, iy[:, :, None], ix[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+class BatchLoader:
+    """Iterates a :class:`TensorImageSet` in batches; deterministic given ``seed`` and the
+    epoch set with :meth:`set_epoch` (so a resumed run sees the same order)."""
+
+    def __init__(self, ds: TensorImageSet, batch_size: int, shuffle: bool = False,
+                 augment: bool = False, seed: int = 0, drop_last: bool = False,
+                 rank: int = 0, world_size: int = 1):
+        self.ds, self.batch_size, self.shuffle, self.augment = ds, batch_size, shuffle, augment
+        self.seed, self.drop_last, self.epoch = seed, drop_last, 0
+        self.rank, self.world_size = rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.ds)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            idx = torch.randperm(n, generator=g)
+        else:
+            idx = torch.arange(n)
+        if self.world_size > 1:  # same split rule as DistributedSampler(drop_last=True)
+            per = n // self.world_size
+            idx = idx[self.rank * per:(self.rank + 1) * per]
+        return idx
+
+    def __len__(self) -> int:
+        n = len(self._indices())
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        idx = self._indices()
+        g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch + 1)
+        for i in range(len(self)):
+            b = idx[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.ds.prepare(self.ds.images[b])
+            if self.augment:
+                x = _augment(x, g)
+            yield x, self.ds.labels[b]
+
+
+@dataclass
+class DataBundle:
+    """The three splits plus what models need to know about the data."""
+    name: str
+    train: object
+    val: object
+    test: object
+    num_classes: int
+    in_channels: int
+    image_size: int
+    cfg: DataConfig
+    sources: list
+
+    def loader(self, split: str, batch_size: Optional[int] = None, shuffle: Optional[bool] = None,
+               augment: Optional[bool] = None, seed: int = 0, limit: Optional[int] = None,
+               rank: int = 0, world_size: int = 1, drop_last: bool = False):
+        """A batch iterator over ``split`` (train / val / test); ``limit`` caps the images."""
+        ds = {"train": self.train, "val": self.val, "test": self.test}[split]
+        is_train = split == "train"
+        bs = batch_size or (self.cfg.batch_size if is_train else self.cfg.eval_batch_size)
+        shuffle = is_train if shuffle is None else shuffle
+        augment = (is_train and self.cfg.augment) if augment is None else augment
+        if limit is not None and limit < len(ds):
+            g = torch.Generator().manual_seed(seed)
+            sel = torch.randperm(len(ds), generator=g)[:limit].sort().values
+            ds = ds.subset(sel) if isinstance(ds, TensorImageSet) else \
+                torch.utils.data.Subset(ds, sel.tolist())
+        if isinstance(ds, TensorImageSet):
+            return BatchLoader(ds, bs, shuffle, augment, seed, drop_last, rank, world_size)
+        return _torch_loader(ds, bs, shuffle, seed, self.cfg.num_workers, drop_last)
+
+    def fixed_batches(self, split: str, n_images: int, batch_size: Optional[int] = None,
+                      seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A fixed, reusable list of batches (e.g. BN recalibration / calibration images)."""
+        return list(self.loader(split, batch_size=batch_size, shuffle=False, augment=False,
+                                seed=seed, limit=n_images))
+
+
+def _torch_loader(ds, bs, shuffle, seed, workers, drop_last):
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=shuffle, generator=g,
+                                       num_workers=workers, drop_last=drop_last)
+
+
+def _cap(ds, n: Optional[int], seed: int):
+    if n is None or n >= len(ds):
+        return ds
+    sel = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return ds.subset(sel) if isinstance(ds, TensorImageSet) else \
+        torch.utils.data.Subset(ds, sel.tolist())
+
+
+def _load_imagefolder(cfg: DataConfig, root: Optional[str]):
+    import torchvision
+    from torchvision.transforms import v2 as T
+    base = root or cfg.root or os.environ.get("APQ_DATA_DIR")
+    if not base or not (Path(base) / "train").is_dir():
+        raise _missing("ImageFolder data (root/train/<class>/*, root/val/<class>/*)",
+                       [f"{base}/train" if base else "data.root / APQ_DATA_DIR unset"])
+    test_dir = Path(base) / "val"
+    if not test_dir.is_dir():
+        test_dir = Path(base) / "test"
+    mean, std = _STATS["imagefolder"]
+    s = cfg.image_size
+    common = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
+    train_tf = T.Compose([T.RandomResizedCrop(s, antialias=True), T.RandomHorizontalFlip(),
+                          *common])
+    eval_tf = T.Compose([T.Resize(int(round(s * 8 / 7)), antialias=True), T.CenterCrop(s),
+                         *common])
+    tr_aug = torchvision.datasets.ImageFolder(str(Path(base) / "train"), transform=train_tf)
+    tr_eval = torchvision.datasets.ImageFolder(str(Path(base) / "train"), transform=eval_tf)
+    te = torchvision.datasets.ImageFolder(str(test_dir), transform=eval_tf)
+    return tr_aug, tr_eval, te, len(tr_aug.classes), [base]
+
+
+def load_data(cfg: Optional[DataConfig] = None, root: Optional[str] = None) -> DataBundle:
+    """Load the dataset named by ``cfg.dataset`` and split train / val / test."""
+    cfg = cfg or DataConfig()
+    if cfg.dataset == "imagefolder":
+        tr_aug, tr_eval, te, ncls, src = _load_imagefolder(cfg, root)
+        tr_idx, va_idx = split_indices(len(tr_aug), cfg.val_size, cfg.split_seed)
+        train = torch.utils.data.Subset(tr_aug, tr_idx.tolist())
+        val = torch.utils.data.Subset(tr_eval, va_idx.tolist())
+        return DataBundle("imagefolder", _cap(train, cfg.train_subset, cfg.split_seed),
+                          _cap(val, cfg.val_subset, cfg.split_seed),
+                          _cap(te, cfg.test_subset, cfg.split_seed),
+                          ncls, 3, cfg.image_size, cfg, src)
+    loader = {"fashion_mnist": _load_fashion_mnist, "cifar10": _load_cifar10}[cfg.dataset]
+    xtr, ytr, xte, yte, src = loader(cfg, root)
+    mean, std = _STATS[cfg.dataset]
+    full = TensorImageSet(xtr, ytr, mean, std, cfg.image_size)
+    test = TensorImageSet(xte, yte, mean, std, cfg.image_size)
+    tr_idx, va_idx = split_indices(len(full), cfg.val_size, cfg.split_seed)
+    train, val = full.subset(tr_idx), full.subset(va_idx)
+    return DataBundle(cfg.dataset, _cap(train, cfg.train_subset, cfg.split_seed),
+                      _cap(val, cfg.val_subset, cfg.split_seed),
+                      _cap(test, cfg.test_subset, cfg.split_seed),
+                      int(ytr.max()) + 1, xtr.shape[1], cfg.image_size, cfg, src)
+

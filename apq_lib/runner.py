@@ -1,0 +1,90 @@
+"""Run the notebook chain with papermill (``make reproduce``) or prepare smoke copies for
+nbval (``make test``). ``python -m apq_lib.runner {reproduce,prepare} --profile NAME``."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from .config import load_profile
+
+__all__ = ["NOTEBOOKS", "notebook_parameters", "run_chain", "prepare_chain", "main"]
+
+REPO = Path(__file__).resolve().parent.parent
+NB_DIR = REPO / "notebooks"
+NOTEBOOKS = ("01_supernet", "02_hardware", "03_predictor", "04_search", "05_baselines",
+             "06_paper_tables")
+
+
+def notebook_parameters(profile: str, notebook: str) -> dict:
+    """papermill parameters for one notebook: the profile name plus the profile's
+    ``notebooks.<name>`` section."""
+    cfg = load_profile(profile)
+    return {"profile": profile, **cfg.notebooks.get(notebook, {})}
+
+
+def _select(only: Optional[list[str]]) -> list[str]:
+    if not only:
+        return list(NOTEBOOKS)
+    bad = [o for o in only if not any(n.startswith(o) for n in NOTEBOOKS)]
+    if bad:
+        raise SystemExit(f"unknown notebook(s) {bad}; choose from {NOTEBOOKS}")
+    return [n for n in NOTEBOOKS if any(n.startswith(o) for o in only)]
+
+
+def run_chain(profile: str, out_dir: Path, only: Optional[list[str]] = None,
+              kernel: str = "apq") -> None:
+    """Execute notebooks in order; stop at the first failure, naming it."""
+    import papermill as pm
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for nb in _select(only):
+        params = notebook_parameters(profile, nb)
+        t0 = time.time()
+        print(f"[reproduce] {nb} (profile {profile}) ...", flush=True)
+        try:
+            pm.execute_notebook(str(NB_DIR / f"{nb}.ipynb"), str(out_dir / f"{nb}.ipynb"),
+                                parameters=params, kernel_name=kernel, cwd=str(NB_DIR),
+                                progress_bar=False, log_output=bool(os.environ.get("APQ_LOG")))
+        except Exception as e:
+            print(f"[reproduce] FAILED in notebook {nb}: {type(e).__name__}: "
+                  f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}\n"
+                  f"[reproduce] executed copy with the traceback: {out_dir / (nb + '.ipynb')}",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(1)
+        print(f"[reproduce] {nb} done in {time.time() - t0:.0f}s", flush=True)
+
+
+def prepare_chain(profile: str, out_dir: Path, only: Optional[list[str]] = None) -> list[Path]:
+    """Copies of the notebooks with the profile's parameters injected (not executed)."""
+    import papermill as pm
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for nb in _select(only):
+        dst = out_dir / f"{nb}.ipynb"
+        pm.execute_notebook(str(NB_DIR / f"{nb}.ipynb"), str(dst),
+                            parameters=notebook_parameters(profile, nb), prepare_only=True,
+                            kernel_name="apq", progress_bar=False)
+        paths.append(dst)
+    return paths
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("action", choices=["reproduce", "prepare"])
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--only", nargs="*", help="notebook prefixes, e.g. 01 02")
+    a = ap.parse_args(argv)
+    if a.action == "reproduce":
+        out = Path(a.out) if a.out else Path(os.environ.get(
+            "APQ_RESULTS_DIR", REPO / "results")) / "executed"
+        run_chain(a.profile, out, a.only)
+    else:
+        prepare_chain(a.profile, Path(a.out or REPO / "build" / "nbval"), a.only)
+
+
+if __name__ == "__main__":
+    main()

@@ -167,23 +167,34 @@ class HardwareConfig:
                                                            "bismo_cloud"])
     measure_cpu: bool = True
     cpu_repeats: int = 20
+    cpu_threads: int = 1                    # threads for measured CPU latency (shared box: 1)
     mbv2_resolution: int = 224
+    mbv2_bits: list[int] = field(default_factory=lambda: [8, 6, 4])   # uniform WbAb policies
 
     def check(self, p: str) -> None:
         ok = {"bitfusion", "bismo_edge", "bismo_cloud"}
         _check(all(s in ok for s in self.simulators), f"{p}.simulators",
                f"unknown simulator; allowed {sorted(ok)}")
         _check(self.cpu_repeats > 0, f"{p}.cpu_repeats", "must be > 0")
+        _check(self.cpu_threads > 0, f"{p}.cpu_threads", "must be > 0")
+        _check(self.mbv2_resolution >= 32, f"{p}.mbv2_resolution", "must be >= 32")
+        _check(bool(self.mbv2_bits) and all(2 <= b <= 8 for b in self.mbv2_bits),
+               f"{p}.mbv2_bits", "bits must be in 2..8 (BitFusion/BISMO range)")
 
 
 @dataclass
 class PredictorConfig:
+    """Predictor data (APQ §3.2) and training (see ``apq_lib.predictor``)."""
     fp32_pairs: int = 2000
     quant_pairs: int = 400
     policies_per_arch: int = 10             # APQ's second sampler
     finetune_steps: int = 20                # QAT steps per quantized pair
     finetune_lr: float = 1e-3
+    finetune_batch_size: int = 64
+    finetune_optimizer: str = "sgd"         # sgd (Nesterov 0.9) | adam
     eval_images: int = 2000                 # validation images per pair
+    recal_images: int = 2000                # training images for BN recalibration per pair
+    workers: int = 1                        # collection processes (CLI shards) in notebook 03
     hidden: int = 400
     n_layers: int = 3
     lr: float = 1e-3
@@ -192,15 +203,32 @@ class PredictorConfig:
     epochs: int = 300
     patience: int = 30
     holdout_fraction: float = 0.2
+    transfer_branch_init: str = "zeros"     # zeros | default (PyTorch init of the new branch)
     study_sizes: list[int] = field(default_factory=lambda: [25, 50, 100, 200, 300])
     study_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
     def check(self, p: str) -> None:
-        for k in ("fp32_pairs", "quant_pairs", "policies_per_arch", "eval_images", "hidden",
-                  "n_layers", "batch_size", "epochs", "patience"):
+        for k in ("fp32_pairs", "quant_pairs", "policies_per_arch", "eval_images",
+                  "recal_images", "finetune_batch_size", "workers", "hidden", "n_layers",
+                  "batch_size", "epochs", "patience"):
             _check(getattr(self, k) > 0, f"{p}.{k}", "must be > 0")
+        _check(self.finetune_steps >= 0, f"{p}.finetune_steps", "must be >= 0")
+        _check(self.finetune_lr >= 0, f"{p}.finetune_lr", "must be >= 0")
+        _check(self.finetune_optimizer in ("sgd", "adam"), f"{p}.finetune_optimizer",
+               "use sgd or adam")
+        _check(self.transfer_branch_init in ("zeros", "default"), f"{p}.transfer_branch_init",
+               "use zeros or default")
         _check(0 < self.holdout_fraction < 1, f"{p}.holdout_fraction", "must be in (0, 1)")
-        _check(len(self.study_sizes) > 0, f"{p}.study_sizes", "must be non-empty")
+        _check(len(self.study_sizes) > 0 and all(n > 0 for n in self.study_sizes),
+               f"{p}.study_sizes", "must be a non-empty list of positive ints")
+        _check(len(self.study_seeds) > 0, f"{p}.study_seeds", "must be non-empty")
+        # the held-out split takes whole architecture groups: at least the fraction, at
+        # most policies_per_arch - 1 pairs more
+        n_train = (self.quant_pairs - -(-self.quant_pairs * self.holdout_fraction // 1)
+                   - (self.policies_per_arch - 1))
+        _check(max(self.study_sizes) <= n_train, f"{p}.study_sizes",
+               f"largest size {max(self.study_sizes)} may exceed the {int(n_train)} quantized "
+               f"training pairs left after the held-out split")
 
 
 @dataclass
@@ -216,9 +244,19 @@ class SearchConfig:
     bitops_targets_g: list[float] = field(default_factory=list)
     finetune_epochs: float = 1.0
     finetune_lr: float = 1e-3
+    max_tries: int = 20                     # rejection-sampling rounds per batch of children
+    unique_parents: bool = True             # parents = top distinct candidates (APQ: no)
+    sweep_points: int = 4                   # targets derived per cost when a list is empty
+    random_baseline: bool = True            # also run random search at the same budget
 
     def check(self, p: str) -> None:
         _check(self.population > 0, f"{p}.population", "must be > 0")
+        _check(self.mutants >= 0 and self.crossovers >= 0 and
+               self.mutants + self.crossovers > 0, f"{p}.mutants",
+               "need mutants + crossovers > 0 children per generation")
+        _check(self.max_tries > 0, f"{p}.max_tries", "must be > 0")
+        _check(self.sweep_points > 0, f"{p}.sweep_points", "must be > 0")
+        _check(self.finetune_epochs >= 0, f"{p}.finetune_epochs", "must be >= 0")
         _check(0 < self.parents <= self.population, f"{p}.parents",
                "must be in 1..population")
         _check(0 <= self.mutation_prob <= 1, f"{p}.mutation_prob", "must be in [0, 1]")

@@ -1,26 +1,37 @@
-"""Functional fake quantization (Jacob et al. 2018 affine scheme; STE of Bengio et al. 2013).
+"""Functional fake quantization: affine STE (Jacob et al. 2018; Bengio et al. 2013), LSQ
+learnable scale / zero point (Esser et al., ICLR 2020) and PACT clipping (Choi et al. 2018).
 
-``fake_quantize`` is the single entry point every quantizer uses. On CPU (and whenever the
-Triton path is unavailable) it calls the aten ops ``torch.fake_quantize_per_tensor_affine``
-and ``torch.fake_quantize_per_channel_affine``, whose backward is the straight-through
-estimator masked to the clip range.
+Every quantizer goes through ``fake_quantize`` (STE) or ``fake_quantize_learnable`` (LSQ).
+On CPU, and wherever the Triton path is off, they call the aten ops
+(``torch.fake_quantize_per_{tensor,channel}_affine`` and
+``torch._fake_quantize_learnable_per_{tensor,channel}_affine``); on CUDA they call the fused
+Triton kernels of :mod:`apq_lib.quant.kernels`, which match the aten ops bit for bit in the
+forward pass and in ``grad_x``.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import torch
 
-__all__ = ["fake_quantize", "qrange", "check_bits", "symmetric_scale", "MIN_SCALE", "FP_BITS"]
+from . import kernels as _kernels
+
+__all__ = ["fake_quantize", "fake_quantize_learnable", "pact_fake_quantize", "lsq_grad_factor",
+           "qrange", "check_bits", "symmetric_scale", "affine_qparams", "MIN_SCALE", "FP_BITS",
+           "VALID_BITS"]
 
 FP_BITS = 32                     # "bits = 32" means quantization off
 MIN_SCALE = 1e-8                 # scales are clamped here, so an all-zero tensor stays finite
-_VALID = (2, 3, 4, 5, 6, 7, 8, FP_BITS)
+VALID_BITS = (2, 3, 4, 5, 6, 7, 8, FP_BITS)
+_VALID = VALID_BITS
+Number = Union[int, float]
 
 
 def check_bits(bits: int, what: str = "bits") -> int:
     """Validate a bitwidth: 2..8, or 32 (= full precision)."""
-    if isinstance(bits, bool) or int(bits) != bits or int(bits) not in _VALID:
+    if isinstance(bits, bool) or not isinstance(bits, (int, float)) or int(bits) != bits \
+            or int(bits) not in _VALID:
         raise ValueError(f"{what}={bits!r} is not supported: use an integer in 2..8, "
                          f"or 32 to switch quantization off")
     return int(bits)
@@ -29,6 +40,8 @@ def check_bits(bits: int, what: str = "bits") -> int:
 def qrange(bits: int, signed: bool) -> tuple[int, int]:
     """Integer range of a ``bits``-bit code: signed [-2^(b-1), 2^(b-1)-1], else [0, 2^b-1]."""
     bits = check_bits(bits)
+    if bits == FP_BITS:
+        raise ValueError("bits=32 means 'not quantized' and has no integer range")
     if signed:
         return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     return 0, 2 ** bits - 1
@@ -40,39 +53,137 @@ def symmetric_scale(max_abs: torch.Tensor, bits: int, signed: bool = True) -> to
     return (max_abs / qmax).clamp_min(MIN_SCALE)
 
 
-def _validate(x, scale, zero_point, qmin, qmax, axis):
-    if qmin >= qmax:
-        raise ValueError(f"qmin={qmin} must be < qmax={qmax}")
-    if axis is not None and not -x.dim() <= axis < x.dim():
-        raise ValueError(f"axis={axis} is out of range for a tensor with {x.dim()} dims")
-    s = scale if torch.is_tensor(scale) else torch.tensor(float(scale))
-    if not torch.compiler.is_compiling() and bool((s <= 0).any()):
-        raise ValueError("scale must be > 0 (got a value <= 0); calibrate the quantizer "
-                         "or clamp the scale to apq_lib.quant.MIN_SCALE")
+def affine_qparams(lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric (scale, integer zero point) covering ``[min(lo,0), max(hi,0)]``.
+
+    The range is widened to include 0 so that 0 is exactly representable (Jacob et al. §2.1).
+    Returns float32 ``scale`` and int32 ``zero_point`` of ``lo``'s shape.
+    """
+    lo = torch.minimum(lo.float(), torch.zeros_like(lo, dtype=torch.float32))
+    hi = torch.maximum(hi.float(), torch.zeros_like(hi, dtype=torch.float32))
+    scale = ((hi - lo) / float(qmax - qmin)).clamp_min(MIN_SCALE)
+    zp = (qmin - torch.round(lo / scale)).clamp(qmin, qmax).to(torch.int32)
+    return scale, zp
 
 
+# --------------------------------------------------------------------------- validation
+def _check_axis(x: torch.Tensor, axis: Optional[int]) -> Optional[int]:
+    if axis is None:
+        return None
+    if isinstance(axis, bool) or not isinstance(axis, int) or not -x.dim() <= axis < x.dim():
+        raise ValueError(f"axis={axis!r} is out of range for a tensor with {x.dim()} dims "
+                         f"(shape {tuple(x.shape)})")
+    return axis % x.dim()
+
+
+def _validate(x, scale, zero_point, qmin, qmax, axis, check_scale: bool = True):
+    """Cheap argument checks. The ``scale > 0`` check on a tensor costs a device sync on
+    CUDA, so callers that compute the scale themselves (clamped to MIN_SCALE) skip it."""
+    if not isinstance(qmin, int) or not isinstance(qmax, int) or qmin >= qmax:
+        raise ValueError(f"qmin={qmin!r} must be an int < qmax={qmax!r}")
+    axis = _check_axis(x, axis)
+    if not torch.is_tensor(scale):
+        if not float(scale) > 0:
+            raise ValueError(f"scale must be > 0 (got {scale!r}); calibrate the quantizer "
+                             f"or clamp the scale to apq_lib.quant.MIN_SCALE")
+    else:
+        if axis is not None and scale.numel() != x.shape[axis]:
+            raise ValueError(f"per-channel scale has {scale.numel()} entries but x has "
+                             f"{x.shape[axis]} channels along axis {axis}")
+        if axis is None and scale.numel() != 1:
+            raise ValueError(f"per-tensor scale must have one element, got shape "
+                             f"{tuple(scale.shape)}; pass axis= for per-channel scales")
+        if check_scale and not torch.compiler.is_compiling() and bool((scale <= 0).any()):
+            raise ValueError("scale must be > 0 (got a value <= 0); calibrate the quantizer "
+                             "or clamp the scale to apq_lib.quant.MIN_SCALE")
+    return axis
+
+
+# --------------------------------------------------------------------------- STE fake quant
 def fake_quantize(x: torch.Tensor, scale: Union[torch.Tensor, float],
                   zero_point: Union[torch.Tensor, int], qmin: int, qmax: int,
-                  axis: Optional[int] = None) -> torch.Tensor:
+                  axis: Optional[int] = None, validate: bool = True) -> torch.Tensor:
     """Quantize-dequantize ``x``: ``(clamp(round(x/s) + z, qmin, qmax) - z) * s``.
 
     Per-tensor when ``axis is None`` (scalar ``scale``/``zero_point``), per-channel along
     ``axis`` otherwise (``scale``/``zero_point`` of shape ``[x.shape[axis]]``). Forward equals
-    the aten ops exactly; gradient to ``x`` is the STE masked to the clip range.
+    the aten ops exactly; gradient to ``x`` is the STE masked to the clip range; ``scale`` and
+    ``zero_point`` get no gradient (use :func:`fake_quantize_learnable` for that).
+    ``validate=False`` skips the ``scale > 0`` check (a device sync on CUDA).
     """
-    _validate(x, scale, zero_point, qmin, qmax, axis)
-    from . import kernels  # late import: optional Triton path
-    if kernels.use_triton(x):
-        return kernels.fake_quantize_triton(x, scale, zero_point, qmin, qmax, axis)
+    axis = _validate(x, scale, zero_point, qmin, qmax, axis, check_scale=validate)
+    if _kernels.use_triton(x):
+        return _kernels.fake_quantize_triton(x, scale, zero_point, qmin, qmax, axis)
     if axis is None:
-        if torch.is_tensor(scale):
-            scale = scale.detach().reshape(()).to(torch.float32)
-            zp = (zero_point if torch.is_tensor(zero_point) else torch.tensor(zero_point))
+        if torch.is_tensor(scale) or torch.is_tensor(zero_point):
+            s = torch.as_tensor(scale, device=x.device)
+            zp = torch.as_tensor(zero_point, device=x.device)
             return torch.fake_quantize_per_tensor_affine(
-                x, scale, zp.detach().reshape(()).to(torch.int32), qmin, qmax)
+                x, s.detach().reshape(()).to(torch.float32),
+                zp.detach().reshape(()).to(torch.int32), qmin, qmax)
         return torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero_point), qmin, qmax)
-    axis = axis % x.dim()
     scale = scale.detach().to(torch.float32).reshape(-1)
     zp = zero_point if torch.is_tensor(zero_point) else torch.full_like(scale, zero_point)
     return torch.fake_quantize_per_channel_affine(
         x, scale, zp.detach().reshape(-1).to(torch.int32), axis, qmin, qmax)
+
+
+# --------------------------------------------------------------------------- LSQ
+def lsq_grad_factor(x: torch.Tensor, qmax: int, axis: Optional[int] = None) -> float:
+    """LSQ's gradient scale ``g = 1 / sqrt(N * Q_P)`` (Esser et al. §2.2); ``N`` = elements
+    per scale (``numel`` per tensor, ``numel / C`` per channel), ``Q_P = qmax``."""
+    n = x.numel() if axis is None else x.numel() // max(1, x.shape[axis])
+    return 1.0 / math.sqrt(max(1, n) * max(1, qmax))
+
+
+def fake_quantize_learnable(x: torch.Tensor, scale: torch.Tensor,
+                            zero_point: Union[torch.Tensor, float], qmin: int, qmax: int,
+                            axis: Optional[int] = None, grad_factor: float = 1.0,
+                            validate: bool = True) -> torch.Tensor:
+    """LSQ fake quantization with gradients to ``x``, ``scale`` and ``zero_point``.
+
+    Same forward as :func:`fake_quantize` with the zero point rounded (half to even) and
+    clamped; backward as ``torch._fake_quantize_learnable_per_{tensor,channel}_affine``:
+    ``dy/ds = (x_fq - x)/s`` inside the range, ``qmin - z`` / ``qmax - z`` below / above;
+    ``dy/dz = -s`` outside, 0 inside; both multiplied by ``grad_factor`` (LSQ's ``g``, see
+    :func:`lsq_grad_factor`). ``scale``: 0-dim or ``[1]`` tensor (per tensor) or ``[C]``.
+    """
+    if not torch.is_tensor(scale):
+        scale = torch.tensor([float(scale)], device=x.device)
+    axis = _validate(x, scale, zero_point, qmin, qmax, axis, check_scale=validate)
+    if not qmin <= 0 <= qmax:
+        raise ValueError(f"learnable fake quantization needs qmin <= 0 <= qmax, got "
+                         f"[{qmin}, {qmax}]")
+    if not torch.is_tensor(zero_point):
+        zero_point = torch.full_like(scale, float(zero_point), dtype=torch.float32)
+    if _kernels.use_triton(x):
+        return _kernels.fake_quantize_learnable_triton(x, scale, zero_point, qmin, qmax, axis,
+                                                       grad_factor)
+    s = scale.to(torch.float32).reshape(-1)
+    zp = zero_point.to(torch.float32).reshape(-1)
+    if axis is None:
+        return torch._fake_quantize_learnable_per_tensor_affine(x, s, zp, qmin, qmax,
+                                                                grad_factor)
+    return torch._fake_quantize_learnable_per_channel_affine(x, s, zp, axis, qmin, qmax,
+                                                             grad_factor)
+
+
+# --------------------------------------------------------------------------- PACT
+def pact_fake_quantize(x: torch.Tensor, alpha: torch.Tensor, bits: int,
+                       signed: bool = False) -> torch.Tensor:
+    """PACT: ``y = clamp(x, 0 | -alpha, alpha)`` then ``bits``-bit uniform fake quant with
+    scale ``alpha / qmax``. Gradients: STE to ``x`` inside the clip range; to ``alpha`` the
+    sum of the output gradients of the clipped elements (PACT eq. 3; ``-`` for ``x < -alpha``).
+    ``alpha`` is used as ``|alpha|`` clamped to >= 1e-3.
+    """
+    bits = check_bits(bits, "a_bits")
+    if bits == FP_BITS:
+        return x
+    a = alpha.abs().clamp_min(1e-3).to(x.dtype)
+    lo = -a if signed else torch.zeros_like(a)
+    y = torch.minimum(torch.maximum(x, lo), a)
+    qmin, qmax = qrange(bits, signed)
+    scale = (a / qmax).detach().to(torch.float32)
+    # the clip already gave alpha its gradient; fake_quantize's STE passes y's through
+    return fake_quantize(y, scale, 0, qmin, qmax, validate=False)

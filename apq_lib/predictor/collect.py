@@ -1,0 +1,306 @@
+"""APQ §3.2 predictor data: ⟨architecture, FP32 accuracy⟩ pairs from the supernet, and
+⟨architecture + policy, quantized accuracy⟩ pairs from short quantization-aware finetunes.
+
+Collection is resumable, shardable and mergeable. Sample ``i``'s configuration comes from
+``make_rng(seed, stream, i)`` alone, so it does not depend on order, shard or restarts.
+Each finished sample is one line appended (and fsynced) to a JSONL shard file
+``<kind>_shard<r>of<n>.jsonl`` in the work directory; a restarted run reads every shard
+file there, skips finished indices and continues. A line that does not parse or does not
+match its index is an error naming file and line; only a torn last line (a kill during the
+write, no newline) is dropped, with a warning, and recomputed.
+
+CLI (shards write into the artifact's ``.partial`` directory; the last to finish, or
+``--shard 0/1``, publishes the artifact)::
+
+    python -m apq_lib.predictor.collect --profile default --kind fp32 --shard 0/2
+    torchrun --nproc-per-node 2 -m apq_lib.predictor.collect --profile default --kind quant
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..runtime import make_rng
+from ..supernet.space import SearchSpace, SubnetConfig
+
+__all__ = ["KINDS", "CollectionError", "CorruptSampleError", "sample_config", "SampleStore",
+           "collect_samples", "PairSet", "merge_pairs", "load_pairs", "parse_shard",
+           "parse_shard_arg", "main"]
+
+KINDS = ("fp32", "quant")
+_STREAM = {"fp32": 11, "quant_random": 12, "quant_arch": 13, "quant_policy": 14}
+_REQUIRED = ("i", "kind", "sampler", "group", "config", "acc", "seconds")
+
+
+class CollectionError(RuntimeError):
+    """The collection cannot go on (spec mismatch, incomplete merge)."""
+
+
+class CorruptSampleError(CollectionError):
+    """A stored sample is corrupted; the message names file and line."""
+
+
+# --------------------------------------------------------------------------- sampling
+def sample_config(space: SearchSpace, kind: str, seed: int, i: int,
+                  policies_per_arch: int = 10) -> tuple[SubnetConfig, str, int]:
+    """Configuration of sample ``i``: ``(config, sampler, group)``.
+
+    ``fp32``: a random architecture (8-bit placeholder bits). ``quant``: APQ's two samplers
+    interleaved in blocks of ``2 * policies_per_arch`` indices: the first half of a block
+    draws a random architecture + random policy each; the second half shares one random
+    architecture with ``policies_per_arch`` random policies. ``group`` identifies the
+    architecture (equal for samples sharing one), for group-aware held-out splits."""
+    if kind == "fp32":
+        return space.sample_arch(make_rng(seed, _STREAM["fp32"], i)), "arch", i
+    if kind != "quant":
+        raise ValueError(f"kind={kind!r}: use one of {KINDS}")
+    ppa = int(policies_per_arch)
+    block, r = divmod(i, 2 * ppa)
+    if r < ppa:
+        return space.sample(make_rng(seed, _STREAM["quant_random"], i)), "random", i
+    arch = space.sample_arch(make_rng(seed, _STREAM["quant_arch"], block))
+    cfg = space.sample_policy(arch, make_rng(seed, _STREAM["quant_policy"], i))
+    return cfg, "arch_policies", -(block + 1)
+
+
+# --------------------------------------------------------------------------- storage
+class SampleStore:
+    """The JSONL shard files of one collection in ``workdir`` (see module docstring)."""
+
+    def __init__(self, workdir: Path | str, kind: str, n: int, seed: int, space: SearchSpace,
+                 policies_per_arch: int = 10, spec: Optional[dict] = None):
+        self.dir = Path(workdir)
+        self.kind, self.n, self.seed, self.space = kind, int(n), int(seed), space
+        self.ppa = int(policies_per_arch)
+        self.spec = {"kind": kind, "n": self.n, "seed": self.seed,
+                     "policies_per_arch": self.ppa, "space": asdict(space.cfg), **(spec or {})}
+
+    def shard_path(self, rank: int, world: int) -> Path:
+        return self.dir / f"{self.kind}_shard{rank:03d}of{world:03d}.jsonl"
+
+    def files(self) -> list[Path]:
+        return sorted(self.dir.glob(f"{self.kind}_shard*.jsonl"))
+
+    def check_spec(self) -> None:
+        """Write ``<kind>_spec.json`` on first use; a different stored spec is an error."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        p = self.dir / f"{self.kind}_spec.json"
+        spec = json.loads(json.dumps(self.spec, sort_keys=True))
+        if p.exists():
+            try:
+                old = json.loads(p.read_text())
+            except json.JSONDecodeError as e:
+                raise CorruptSampleError(f"{p}: not valid JSON ({e})") from e
+            if old != spec:
+                diff = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k))
+                raise CollectionError(f"{p}: the samples there were collected with a different "
+                                      f"spec (differs in {diff}); use another work directory")
+        else:
+            tmp = p.with_name(p.name + ".tmp")
+            tmp.write_text(json.dumps(spec, indent=1, sort_keys=True))
+            os.replace(tmp, p)
+
+    def load(self, repair: bool = False) -> dict[int, dict]:
+        """Every finished sample, ``{i: record}``; see :func:`parse_shard`. With ``repair``
+        a torn last line is cut off the file (after a warning) so appends stay clean."""
+        out: dict[int, dict] = {}
+        where: dict[int, str] = {}
+        for p in self.files():
+            for lineno, rec in parse_shard(p, self, repair=repair):
+                i = rec["i"]
+                if i in out:
+                    if rec["config"] != out[i]["config"] or rec["acc"] != out[i]["acc"]:
+                        raise CorruptSampleError(f"{p}:{lineno}: sample {i} is also at "
+                                                 f"{where[i]} with a different result")
+                    warnings.warn(f"{p}:{lineno}: sample {i} duplicates {where[i]}; the "
+                                  f"first is kept", stacklevel=2)
+                    continue
+                out[i], where[i] = rec, f"{p.name}:{lineno}"
+        return out
+
+
+def parse_shard(path: Path, store: SampleStore, repair: bool = False):
+    """Yield ``(line number, record)`` for each sample line of ``path``, validated against
+    the index's expected configuration; raise :class:`CorruptSampleError` naming the line."""
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    torn = lines[-1] != b""
+    for k, line in enumerate(lines[:-1] + ([lines[-1]] if torn else [])):
+        lineno = k + 1
+        if torn and k == len(lines) - 1:
+            msg = (f"{path}:{lineno}: last line is incomplete (a run was killed while "
+                   f"writing it); dropped, that sample will be recomputed")
+            warnings.warn(msg, stacklevel=3)
+            if repair:
+                with open(path, "r+b") as f:
+                    f.truncate(len(raw) - len(lines[-1]))
+            return
+        if not line.strip():
+            raise CorruptSampleError(f"{path}:{lineno}: empty line in a sample file")
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CorruptSampleError(f"{path}:{lineno}: not valid JSON ({e})") from e
+        yield lineno, _validate_record(rec, path, lineno, store)
+
+
+def _validate_record(rec, path, lineno, store: SampleStore) -> dict:
+    loc = f"{path}:{lineno}"
+    if not isinstance(rec, dict) or any(k not in rec for k in _REQUIRED):
+        missing = [k for k in _REQUIRED if not isinstance(rec, dict) or k not in rec]
+        raise CorruptSampleError(f"{loc}: sample record lacks {missing}")
+    i = rec["i"]
+    if not isinstance(i, int) or not 0 <= i < store.n:
+        raise CorruptSampleError(f"{loc}: sample index {i!r} is outside 0..{store.n - 1}")
+    if rec["kind"] != store.kind:
+        raise CorruptSampleError(f"{loc}: sample kind {rec['kind']!r} != {store.kind!r}")
+    acc = rec["acc"]
+    if not isinstance(acc, (int, float)) or not math.isfinite(acc) or not 0 <= acc <= 100:
+        raise CorruptSampleError(f"{loc}: accuracy {acc!r} is not a percentage in [0, 100]")
+    if not isinstance(rec["seconds"], (int, float)) or rec["seconds"] < 0:
+        raise CorruptSampleError(f"{loc}: seconds {rec['seconds']!r} is not >= 0")
+    cfg, sampler, group = sample_config(store.space, store.kind, store.seed, i, store.ppa)
+    if rec["config"] != cfg.to_dict() or rec["sampler"] != sampler or rec["group"] != group:
+        raise CorruptSampleError(f"{loc}: sample {i}'s configuration is not the one its index "
+                                 f"gives (edited file or different seed/space)")
+    return rec
+
+
+# --------------------------------------------------------------------------- collecting
+def collect_samples(evaluate_fn: Callable[[SubnetConfig, int], float | dict], store: SampleStore,
+            shard: tuple[int, int] = (0, 1), progress: bool = True,
+            desc: Optional[str] = None) -> dict[int, dict]:
+    """Evaluate every unfinished index ``i`` with ``i % world == rank``.
+
+    ``evaluate_fn(config, i)`` returns the accuracy in percent, or a dict with ``acc`` and
+    extra fields to store. Returns every finished sample in the directory (all shards)."""
+    from tqdm.auto import tqdm
+
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard {rank}/{world}: need 0 <= rank < world")
+    store.check_spec()
+    done = store.load(repair=True)
+    mine = [i for i in range(store.n) if i % world == rank]
+    todo = [i for i in mine if i not in done]
+    path = store.shard_path(rank, world)
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not progress,
+               desc=desc or f"{store.kind} pairs [{rank}/{world}]", dynamic_ncols=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for i in todo:
+            cfg, sampler, group = sample_config(store.space, store.kind, store.seed, i,
+                                                store.ppa)
+            t0 = time.perf_counter()
+            res = evaluate_fn(cfg, i)
+            dt = time.perf_counter() - t0
+            extra = dict(res) if isinstance(res, dict) else {"acc": float(res)}
+            rec = {"i": i, "kind": store.kind, "sampler": sampler, "group": group,
+                   "config": cfg.to_dict(), "seconds": round(dt, 4), "shard": f"{rank}/{world}",
+                   **extra}
+            rec["acc"] = float(rec["acc"])
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update(1)
+            bar.set_postfix(acc=f"{rec['acc']:.1f}", s=f"{dt:.2f}")
+    bar.close()
+    return store.load()
+
+
+# --------------------------------------------------------------------------- merged data
+@dataclass
+class PairSet:
+    """Merged pairs, sorted by index: ``index [N, B, 6]`` (int16, as
+    :meth:`SearchSpace.to_index_array`), ``acc`` (percent), ``seconds``, ``group``,
+    ``sampler`` (0 = arch/random, 1 = arch_policies)."""
+    index: np.ndarray
+    acc: np.ndarray
+    seconds: np.ndarray
+    group: np.ndarray
+    sampler: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.acc)
+
+    def subset(self, idx) -> "PairSet":
+        return PairSet(*(getattr(self, k)[idx] for k in
+                         ("index", "acc", "seconds", "group", "sampler")))
+
+    def save(self, path: Path | str) -> None:
+        np.savez(path, **{k: getattr(self, k) for k in
+                          ("index", "acc", "seconds", "group", "sampler")})
+
+    @classmethod
+    def load(cls, path: Path | str) -> "PairSet":
+        with np.load(path, allow_pickle=False) as z:
+            return cls(z["index"], z["acc"], z["seconds"], z["group"], z["sampler"])
+
+
+def merge_pairs(store: SampleStore) -> PairSet:
+    """All ``n`` samples of ``store`` merged; missing indices are an error."""
+    recs = store.load()
+    missing = [i for i in range(store.n) if i not in recs]
+    if missing:
+        raise CollectionError(f"{store.dir}: {len(missing)} of {store.n} {store.kind} samples "
+                              f"are missing (first: {missing[:5]}); run the remaining shards")
+    rows = [recs[i] for i in range(store.n)]
+    cfgs = [SubnetConfig.from_dict(r["config"]) for r in rows]
+    return PairSet(store.space.to_index_array(cfgs),
+                   np.array([r["acc"] for r in rows], dtype=np.float64),
+                   np.array([r["seconds"] for r in rows], dtype=np.float64),
+                   np.array([r["group"] for r in rows], dtype=np.int64),
+                   np.array([r["sampler"] == "arch_policies" for r in rows], dtype=np.int8))
+
+
+def load_pairs(artifact) -> PairSet:
+    """The :class:`PairSet` of a published collection artifact."""
+    return PairSet.load(artifact.file("pairs.npz"))
+
+
+def parse_shard_arg(text: Optional[str]) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)``; without it, torchrun's ``RANK``/``WORLD_SIZE`` or ``(0, 1)``."""
+    if text:
+        try:
+            r, w = (int(v) for v in text.split("/"))
+        except ValueError as e:
+            raise SystemExit(f"--shard {text!r}: expected RANK/WORLD, e.g. 0/2") from e
+        if not 0 <= r < w:
+            raise SystemExit(f"--shard {text!r}: need 0 <= RANK < WORLD")
+        return r, w
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    import argparse
+
+    from .pipeline import collect_cli
+    ap = argparse.ArgumentParser(prog="python -m apq_lib.predictor.collect",
+                                 description="Collect predictor pairs (one shard).")
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--kind", choices=KINDS, required=True)
+    ap.add_argument("--shard", default=None, help="RANK/WORLD, e.g. 0/2 (default: torchrun "
+                    "env or 0/1)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="profile overrides, e.g. predictor.fp32_pairs=100 (YAML values)")
+    ap.add_argument("--overrides-json", default="{}", help="profile overrides as JSON")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-publish", action="store_true",
+                    help="do not publish the artifact even when this shard completes it")
+    a = ap.parse_args(argv)
+    import yaml
+    overrides = json.loads(a.overrides_json)
+    overrides.update({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)})
+    collect_cli(a.profile, a.kind, parse_shard_arg(a.shard), overrides,
+                progress=not a.no_progress, publish=not a.no_publish, threads=a.threads)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""APQ §3.2 accuracy predictors: the FP32 MLP (as in Once-for-All) and the
+quantization-aware MLP with an extra branch for the quantization policy.
+
+Both take the full encoding ``x [N, arch_dims + quant_dims]`` (the FP32 one ignores the
+quant part; it also accepts ``[N, arch_dims]``) and return accuracy fractions ``[N]``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["AccuracyPredictor", "QuantAwarePredictor", "predict_numpy", "time_inference"]
+
+
+def _mlp(in_dims: int, hidden: int, n_layers: int) -> nn.ModuleList:
+    dims = [in_dims] + [hidden] * n_layers
+    return nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+
+class AccuracyPredictor(nn.Module):
+    """FP32 predictor: ``n_layers`` x (Linear ``hidden`` + ReLU) -> Linear(hidden -> 1).
+
+    ``x [N, >= arch_dims]`` -> ``[N]`` accuracy fraction (bias of the output starts at the
+    mean training accuracy, see :meth:`init_output_bias`)."""
+
+    def __init__(self, arch_dims: int, hidden: int = 400, n_layers: int = 3):
+        super().__init__()
+        self.arch_dims, self.hidden, self.n_layers = arch_dims, hidden, n_layers
+        self.layers = _mlp(arch_dims, hidden, n_layers)
+        self.head = nn.Linear(hidden, 1)
+
+    def init_output_bias(self, mean: float) -> None:
+        with torch.no_grad():
+            self.head.bias.fill_(float(mean))
+
+    def trunk(self, x: torch.Tensor, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
+        h = torch.relu(self.layers[0](x[:, :self.arch_dims]))
+        if extra is not None:                      # the quantization branch joins here
+            h = h + extra
+        for lin in self.layers[1:]:
+            h = torch.relu(lin(h))
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x)).squeeze(-1)
+
+    def config(self) -> dict:
+        return {"arch_dims": self.arch_dims, "hidden": self.hidden, "n_layers": self.n_layers}
+
+
+class QuantAwarePredictor(AccuracyPredictor):
+    """APQ's quantization-aware predictor: the FP32 MLP plus a branch
+    ``Linear(quant_dims -> hidden)`` whose output is added after the first ReLU.
+
+    Its parameter names are the FP32 predictor's plus ``quant_branch.*``, so the FP32
+    state dict loads into it with only the branch missing (predictor transfer)."""
+
+    def __init__(self, arch_dims: int, quant_dims: int, hidden: int = 400, n_layers: int = 3):
+        super().__init__(arch_dims, hidden, n_layers)
+        self.quant_dims = quant_dims
+        self.quant_branch = nn.Linear(quant_dims, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.arch_dims + self.quant_dims:
+            raise ValueError(f"expected encodings with {self.arch_dims + self.quant_dims} "
+                             f"dims (arch + quant), got {x.shape[1]}")
+        q = self.quant_branch(x[:, self.arch_dims:])
+        return self.head(self.trunk(x, q)).squeeze(-1)
+
+    def config(self) -> dict:
+        return {**super().config(), "quant_dims": self.quant_dims}
+
+
+@torch.no_grad()
+def predict_numpy(model: nn.Module, x: np.ndarray, batch_size: int = 16384) -> np.ndarray:
+    """Batched inference on numpy encodings; returns accuracy fractions ``[N]``."""
+    model.eval()
+    dev = next(model.parameters()).device
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    out = [model(xt[i:i + batch_size].to(dev)).cpu() for i in range(0, len(xt), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+def time_inference(model: nn.Module, x: np.ndarray, repeats: int = 5) -> dict:
+    """Wall time of predicting all of ``x`` at once (median of ``repeats``, after warm-up)."""
+    predict_numpy(model, x[:64])
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        predict_numpy(model, x)
+        ts.append(time.perf_counter() - t0)
+    return {"n": int(len(x)), "median_ms": 1e3 * float(np.median(ts)),
+            "min_ms": 1e3 * float(np.min(ts)), "threads": torch.get_num_threads()}

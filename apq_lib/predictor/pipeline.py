@@ -1,0 +1,300 @@
+"""Notebook 03's stages (APQ §3.2): collect the FP32 and quantized pairs as artifacts (in
+process or as CLI shards), train the FP32, transferred and from-scratch predictors, and
+save / load the trained predictors for the search (notebook 04)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..artifacts import Artifact, ArtifactStore, config_key, load_state, save_state
+from ..config import Profile, load_profile
+from ..supernet.space import SearchSpace, SubnetConfig
+from .collect import (CollectionError, PairSet, SampleStore, collect_samples, load_pairs,
+                      merge_pairs)
+from .encoder import APQEncoder
+from .model import AccuracyPredictor, QuantAwarePredictor, predict_numpy
+from .train import (TrainSettings, evaluate_predictor, fit_fp32_predictor,
+                    fit_quant_predictor, split_holdout)
+from .transfer import PredictorTransfer
+
+__all__ = ["PAIR_STAGES", "MODEL_STAGE", "collection_config", "sample_store", "make_evaluator",
+           "load_supernet", "collect_pairs", "collect_cli", "train_predictors",
+           "predictor_config", "save_predictors", "load_predictor", "AccuracyOracle",
+           "predictor_artifact_key"]
+
+PAIR_STAGES = {"fp32": "predictor_fp32_pairs", "quant": "predictor_quant_pairs"}
+MODEL_STAGE = "predictor"
+_DATA_KEYS = ("dataset", "val_size", "split_seed", "train_subset", "val_subset", "image_size",
+              "augment")
+
+
+# --------------------------------------------------------------------------- collection
+def collection_config(cfg: Profile, kind: str) -> dict:
+    """What determines a collection's samples (its artifact key, with the supernet key)."""
+    p = cfg.predictor
+    d = {"kind": kind, "n": p.fp32_pairs if kind == "fp32" else p.quant_pairs,
+         "seed": cfg.seed, "eval_images": p.eval_images, "recal_images": p.recal_images,
+         "space": dataclasses.asdict(cfg.space),
+         "data": {k: getattr(cfg.data, k) for k in _DATA_KEYS}}
+    if kind == "quant":
+        d.update(policies_per_arch=p.policies_per_arch, finetune_steps=p.finetune_steps,
+                 finetune_lr=p.finetune_lr, finetune_batch_size=p.finetune_batch_size,
+                 finetune_optimizer=p.finetune_optimizer)
+    return d
+
+
+def sample_store(cfg: Profile, kind: str, workdir: Path) -> SampleStore:
+    c = collection_config(cfg, kind)
+    return SampleStore(workdir, kind, c["n"], cfg.seed, SearchSpace(cfg.space),
+                       cfg.predictor.policies_per_arch, spec=c)
+
+
+def make_evaluator(cfg: Profile, kind: str, supernet, data, device=None):
+    """The FP32 or QAT evaluator with the profile's fixed recal / validation images."""
+    from .evaluators import FP32Evaluator, QATEvaluator
+    p = cfg.predictor
+    recal = data.fixed_batches("train", p.recal_images, seed=cfg.seed)
+    val = data.fixed_batches("val", p.eval_images, seed=cfg.seed)   # never the test split
+    if kind == "fp32":
+        return FP32Evaluator(supernet, recal, val, device)
+    return QATEvaluator(supernet, data, recal, val, p.finetune_steps, p.finetune_lr,
+                        p.finetune_batch_size, p.finetune_optimizer, cfg.seed, device)
+
+
+def load_supernet(cfg: Profile, data, store: ArtifactStore, device=None):
+    """``(supernet in eval mode, its artifact key)`` from notebook 01's artifact."""
+    from ..supernet import get_trained_supernet
+    out = get_trained_supernet(cfg, data, store)
+    net, art = out if isinstance(out, tuple) else (out, getattr(out, "artifact", None))
+    key = art.key if isinstance(art, Artifact) else str(art)
+    if device is not None:
+        net.to(device)
+    return net.eval(), key
+
+
+def _partial_dir(store: ArtifactStore, cfg: Profile, kind: str, supernet_key: str) -> Path:
+    key = config_key(collection_config(cfg, kind), [supernet_key])
+    p = store.path(PAIR_STAGES[kind], key)
+    return p.with_name(p.name + ".partial")
+
+
+def _run_workers(cfg_profile: str, overrides: dict, kind: str, workers: int, work: Path,
+                 n_total: int, progress: bool) -> None:
+    """Collect with ``workers`` CLI shard processes (one thread each); poll progress."""
+    from tqdm.auto import tqdm
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs, logs = [], []
+    for r in range(workers):
+        log = open(work / f"{kind}_worker{r}.log", "w")
+        logs.append(log)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "apq_lib.predictor.collect", "--profile", cfg_profile,
+             "--kind", kind, "--shard", f"{r}/{workers}", "--no-progress", "--no-publish",
+             "--threads", "1", "--overrides-json", json.dumps(overrides)],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+            cwd=str(Path(__file__).resolve().parents[2])))
+    bar = tqdm(total=n_total, desc=f"{kind} pairs ({workers} workers)", disable=not progress)
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(2)
+            n = sum(f.read_bytes().count(b"\n") for f in work.glob(f"{kind}_shard*.jsonl"))
+            bar.update(min(n, n_total) - bar.n)
+    except BaseException:
+        for p in procs:
+            p.terminate()
+        raise
+    finally:
+        bar.close()
+        for log in logs:
+            log.close()
+    bad = [r for r, p in enumerate(procs) if p.returncode != 0]
+    if bad:
+        tail = (work / f"{kind}_worker{bad[0]}.log").read_text()[-2000:]
+        raise CollectionError(f"collection worker(s) {bad} failed; log tail:\n{tail}")
+
+
+def collect_pairs(cfg: Profile, kind: str, supernet, supernet_key: str, data,
+                  store: ArtifactStore, force: bool = False, progress: bool = True,
+                  workers: int = 1, profile_name: Optional[str] = None,
+                  overrides: Optional[dict] = None, device=None) -> Artifact:
+    """The ``predictor_<kind>_pairs`` artifact (built, resumed, or loaded from cache).
+
+    Files: the JSONL shards, ``pairs.npz`` (:class:`PairSet`) and ``summary.json``.
+    With ``workers > 1`` the pairs are measured by that many CLI shard processes."""
+    conf = collection_config(cfg, kind)
+    if force:
+        shutil.rmtree(_partial_dir(store, cfg, kind, supernet_key), ignore_errors=True)
+
+    def build(work: Path) -> None:
+        ss = sample_store(cfg, kind, work)
+        ss.check_spec()
+        if workers > 1:
+            if profile_name is None:
+                raise ValueError("workers > 1 needs profile_name (the CLI reloads it)")
+            if len(ss.load(repair=True)) < ss.n:
+                _run_workers(profile_name, overrides or {}, kind, workers, work, ss.n,
+                             progress)
+        ev = make_evaluator(cfg, kind, supernet, data, device)
+        collect_samples(ev, ss, (0, 1), progress=progress)          # whatever is left, in process
+        pairs = merge_pairs(ss)
+        pairs.save(work / "pairs.npz")
+        for f in work.glob(f"{kind}_worker*.log"):
+            f.unlink()
+        (work / "summary.json").write_text(json.dumps(_pair_summary(pairs), indent=1))
+
+    return store.build(PAIR_STAGES[kind], conf, build, inputs=[supernet_key], force=force)
+
+
+def _pair_summary(pairs: PairSet) -> dict:
+    return {"n": len(pairs), "acc_mean": float(pairs.acc.mean()),
+            "acc_std": float(pairs.acc.std()), "acc_min": float(pairs.acc.min()),
+            "acc_max": float(pairs.acc.max()),
+            "seconds_per_pair": float(pairs.seconds.mean()),
+            "seconds_total": float(pairs.seconds.sum())}
+
+
+def collect_cli(profile: str, kind: str, shard: tuple[int, int], overrides: dict,
+                progress: bool = True, publish: bool = True, threads: Optional[int] = None
+                ) -> None:
+    """One shard from the command line (see ``python -m apq_lib.predictor.collect -h``)."""
+    from ..data import load_data
+    from ..runtime import get_device, seed_everything
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = load_profile(profile, overrides)
+    seed_everything(cfg.seed)
+    store = ArtifactStore()
+    data = load_data(cfg.data)
+    dev = get_device(cfg.device)
+    net, skey = load_supernet(cfg, data, store, dev)
+    key = config_key(collection_config(cfg, kind), [skey])
+    if store.get(PAIR_STAGES[kind], key) is not None:
+        print(f"{PAIR_STAGES[kind]}/{key} is already complete")
+        return
+    work = _partial_dir(store, cfg, kind, skey)
+    ss = sample_store(cfg, kind, work)
+    done = collect_samples(make_evaluator(cfg, kind, net, data, dev), ss, shard, progress)
+    print(f"shard {shard[0]}/{shard[1]}: done; {len(done)}/{ss.n} samples in {work}")
+    if not publish or len(done) < ss.n:
+        return
+    lock = work.with_name(work.name + ".publish.lock")
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        print("another shard is publishing the artifact")
+        return
+    try:
+        os.close(fd)
+        art = collect_pairs(cfg, kind, net, skey, data, store, progress=False, device=dev)
+        print(f"published {art}")
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- training
+def train_predictors(cfg: Profile, fp32_pairs: PairSet, quant_pairs: PairSet,
+                     encoder: APQEncoder, device="cpu") -> dict:
+    """FP32 predictor; quantization-aware predictor by transfer and from scratch; each
+    scored on its held-out pairs (quantized split by architecture group).
+
+    Returns models, train results, held-out metrics (percent) and the split indices."""
+    p = cfg.predictor
+    st = TrainSettings.from_config(p, seed=cfg.seed)
+    f_tr, f_te = split_holdout(len(fp32_pairs), p.holdout_fraction, cfg.seed)
+    xf = encoder.encode_index(fp32_pairs.index, quant=False)
+    yf = fp32_pairs.acc / 100.0
+    fp = fit_fp32_predictor(xf[f_tr], yf[f_tr], st, p.hidden, p.n_layers, device)
+    q_tr, q_te = split_holdout(len(quant_pairs), p.holdout_fraction, cfg.seed,
+                               groups=quant_pairs.group)
+    xq = encoder.encode_index(quant_pairs.index)
+    yq = quant_pairs.acc / 100.0
+    tr = PredictorTransfer(fp.model, encoder.quant_dims, p.transfer_branch_init) \
+        .fit(xq[q_tr], yq[q_tr], st, device)
+    sc = fit_quant_predictor(xq[q_tr], yq[q_tr], encoder.arch_dims, st, p.hidden,
+                             p.n_layers, device)
+    fp.model.cpu(), tr.model.cpu(), sc.model.cpu()
+    metrics = {"fp32": evaluate_predictor(fp.model, xf[f_te], yf[f_te]),
+               "transfer": evaluate_predictor(tr.model, xq[q_te], yq[q_te]),
+               "scratch": evaluate_predictor(sc.model, xq[q_te], yq[q_te]),
+               # the FP32 predictor ignoring the bits, as a reference for the quantized pairs
+               "fp32_on_quant": evaluate_predictor(fp.model, xq[q_te][:, :encoder.arch_dims],
+                                                   yq[q_te])}
+    return {"fp32": fp, "transfer": tr, "scratch": sc, "metrics": metrics,
+            "split": {"fp32": (f_tr, f_te), "quant": (q_tr, q_te)},
+            "x": {"fp32": xf, "quant": xq}, "y": {"fp32": yf, "quant": yq}, "settings": st}
+
+
+# --------------------------------------------------------------------------- saving
+def predictor_config(cfg: Profile) -> dict:
+    p = dataclasses.asdict(cfg.predictor)
+    keep = ("hidden", "n_layers", "lr", "weight_decay", "batch_size", "epochs", "patience",
+            "holdout_fraction", "transfer_branch_init")
+    return {"seed": cfg.seed, "space": dataclasses.asdict(cfg.space),
+            **{k: p[k] for k in keep}}
+
+
+def predictor_artifact_key(cfg: Profile, supernet_key: str) -> str:
+    """The ``predictor`` artifact's key, recomputed from the profile and the supernet key
+    (what notebook 04 needs to find notebook 03's predictor)."""
+    kf = config_key(collection_config(cfg, "fp32"), [supernet_key])
+    kq = config_key(collection_config(cfg, "quant"), [supernet_key])
+    return config_key(predictor_config(cfg), [kf, kq])
+
+
+def save_predictors(cfg: Profile, trained: dict, encoder: APQEncoder, fp32_art: Artifact,
+                    quant_art: Artifact, store: ArtifactStore, force: bool = False,
+                    extra: Optional[dict] = None) -> Artifact:
+    """Artifact ``predictor/<key>``: ``fp32.safetensors``, ``quant_transfer.safetensors``,
+    ``quant_scratch.safetensors`` and ``predictor.json`` (dims, metrics)."""
+    def build(work: Path) -> None:
+        for name, k in (("fp32", "fp32"), ("quant_transfer", "transfer"),
+                        ("quant_scratch", "scratch")):
+            m = trained[k].model
+            save_state(m.state_dict(), work / f"{name}.safetensors", {"config": m.config()})
+        info = {"arch_dims": encoder.arch_dims, "quant_dims": encoder.quant_dims,
+                "hidden": cfg.predictor.hidden, "n_layers": cfg.predictor.n_layers,
+                "output": "top-1 accuracy fraction on the validation split",
+                "metrics": {k: {kk: vv for kk, vv in v.items() if kk != "pred"}
+                            for k, v in trained["metrics"].items()}, **(extra or {})}
+        (work / "predictor.json").write_text(json.dumps(info, indent=1, sort_keys=True))
+    return store.build(MODEL_STAGE, predictor_config(cfg), build,
+                       inputs=[fp32_art, quant_art], force=force)
+
+
+def load_predictor(artifact: Artifact, which: str = "quant_transfer") -> torch.nn.Module:
+    """A trained predictor from the ``predictor`` artifact: ``quant_transfer`` (what the
+    search uses), ``quant_scratch`` or ``fp32``; in eval mode on CPU."""
+    state, md = load_state(artifact.file(f"{which}.safetensors"))
+    c = md["config"]
+    model = (QuantAwarePredictor(c["arch_dims"], c["quant_dims"], c["hidden"], c["n_layers"])
+             if "quant_dims" in c else AccuracyPredictor(c["arch_dims"], c["hidden"],
+                                                         c["n_layers"]))
+    model.load_state_dict(state)
+    return model.eval()
+
+
+class AccuracyOracle:
+    """Batched accuracy prediction (top-1 percent) for configurations or index arrays,
+    e.g. ``AccuracyOracle(load_predictor(art), SearchSpace(cfg.space))``."""
+
+    def __init__(self, model: torch.nn.Module, space: SearchSpace):
+        self.model, self.encoder = model.eval(), APQEncoder(space)
+        self.quant = isinstance(model, QuantAwarePredictor)
+
+    def predict_index(self, idx: np.ndarray) -> np.ndarray:
+        return 100.0 * predict_numpy(self.model, self.encoder.encode_index(idx, self.quant))
+
+    def predict(self, configs: list[SubnetConfig] | SubnetConfig) -> np.ndarray:
+        if isinstance(configs, SubnetConfig):
+            configs = [configs]
+        return self.predict_index(self.encoder.space.to_index_array(configs))

@@ -1,0 +1,158 @@
+"""Training the accuracy predictors (APQ §3.2; OFA's recipe): Adam lr 1e-3, weight decay
+1e-4, MSE on accuracy fractions, output bias set to the mean accuracy, early stopping on a
+validation split carved from the training pairs (the held-out test pairs are never seen)."""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..runtime import make_rng
+from .metrics import predictor_metrics
+from .model import AccuracyPredictor, QuantAwarePredictor, predict_numpy
+
+__all__ = ["TrainSettings", "TrainResult", "split_holdout", "train_predictor",
+           "evaluate_predictor", "fit_fp32_predictor", "fit_quant_predictor"]
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings (the ``predictor:`` section supplies them via
+    :meth:`from_config`)."""
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 256
+    epochs: int = 300
+    patience: int = 30
+    val_fraction: float = 0.2          # of the training pairs, for early stopping
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, pc, **over) -> "TrainSettings":
+        kw = dict(lr=pc.lr, weight_decay=pc.weight_decay, batch_size=pc.batch_size,
+                  epochs=pc.epochs, patience=pc.patience, val_fraction=pc.holdout_fraction)
+        kw.update(over)
+        return cls(**kw)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    best_epoch: int
+    epochs_run: int
+    best_val_rmse: float               # accuracy percent, on the early-stopping split
+    seconds: float
+    history: list = field(default_factory=list)   # [{"epoch", "train_rmse", "val_rmse"}]
+
+
+def split_holdout(n: int, fraction: float, seed: int,
+                  groups: Optional[Sequence] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (train, holdout) index split. With ``groups`` (e.g. the architecture
+    id of APQ's second sampler) whole groups go to one side, so a held-out pair never
+    shares its architecture with a training pair."""
+    rng = make_rng(seed, 7001)
+    if groups is None:
+        perm = rng.permutation(n)
+        k = max(1, int(round(fraction * n))) if n > 1 else 0
+        return np.sort(perm[k:]), np.sort(perm[:k])
+    groups = np.asarray(groups)
+    uniq = np.unique(groups)
+    perm = rng.permutation(len(uniq))
+    hold, taken = set(), 0
+    for g in uniq[perm]:
+        if taken >= fraction * n:
+            break
+        hold.add(g)
+        taken += int((groups == g).sum())
+    mask = np.isin(groups, list(hold))
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def _rmse_pct(model, x, y) -> float:
+    with torch.no_grad():
+        return float(100 * torch.sqrt(torch.mean((model(x) - y) ** 2)))
+
+
+def train_predictor(model: nn.Module, x: np.ndarray, y: np.ndarray,
+                    settings: Optional[TrainSettings] = None, init_bias: bool = True,
+                    device: str | torch.device = "cpu") -> TrainResult:
+    """Fit ``model`` on encodings ``x [N, D]`` and accuracy fractions ``y [N]``.
+
+    A ``val_fraction`` of the pairs (at least 1 when N >= 5) is held back for early stopping
+    with ``patience`` epochs; the best-validation weights are restored at the end."""
+    s = settings or TrainSettings()
+    t0 = time.perf_counter()
+    torch.manual_seed(s.seed)
+    n = len(y)
+    rng = make_rng(s.seed, 7002)
+    perm = rng.permutation(n)
+    n_val = int(round(s.val_fraction * n)) if n >= 5 else 0
+    n_val = max(n_val, 1) if n >= 5 else 0
+    vi, ti = perm[:n_val], perm[n_val:]
+    dev = torch.device(device)
+    X = torch.as_tensor(np.asarray(x, np.float32), device=dev)
+    Y = torch.as_tensor(np.asarray(y, np.float32), device=dev)
+    Xt, Yt = X[ti], Y[ti]
+    Xv, Yv = (X[vi], Y[vi]) if n_val else (Xt, Yt)
+    model.to(dev)
+    if init_bias and isinstance(model, AccuracyPredictor):
+        model.init_output_bias(float(Yt.mean()))
+    opt = torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    g = torch.Generator().manual_seed(s.seed)
+    best, best_epoch, best_state, history = float("inf"), -1, None, []
+    bs = min(s.batch_size, len(ti))
+    epoch = -1
+    for epoch in range(s.epochs):
+        model.train()
+        order = torch.randperm(len(ti), generator=g).to(dev)
+        for j in range(0, len(ti), bs):
+            b = order[j:j + bs]
+            loss = torch.mean((model(Xt[b]) - Yt[b]) ** 2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        v = _rmse_pct(model, Xv, Yv)
+        history.append({"epoch": epoch, "val_rmse": v})
+        if v < best - 1e-6:
+            best, best_epoch = v, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        elif epoch - best_epoch >= s.patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    for h in history[-1:]:
+        h["train_rmse"] = _rmse_pct(model, Xt, Yt)
+    return TrainResult(model, best_epoch, epoch + 1, best, time.perf_counter() - t0, history)
+
+
+def evaluate_predictor(model: nn.Module, x: np.ndarray, y_frac: np.ndarray) -> dict:
+    """:func:`~apq_lib.predictor.metrics.predictor_metrics` in accuracy percent, plus the
+    predictions (``pred`` [N], percent)."""
+    pred = 100 * predict_numpy(model, x)
+    out = predictor_metrics(100 * np.asarray(y_frac), pred)
+    out["pred"] = pred
+    return out
+
+
+def fit_fp32_predictor(x_arch: np.ndarray, y: np.ndarray, settings: TrainSettings,
+                       hidden: int = 400, n_layers: int = 3, device="cpu") -> TrainResult:
+    """A fresh :class:`AccuracyPredictor` trained on ``[N, arch_dims]`` encodings."""
+    torch.manual_seed(settings.seed)
+    model = AccuracyPredictor(x_arch.shape[1], hidden, n_layers)
+    return train_predictor(model, x_arch, y, settings, device=device)
+
+
+def fit_quant_predictor(x: np.ndarray, y: np.ndarray, arch_dims: int,
+                        settings: TrainSettings, hidden: int = 400, n_layers: int = 3,
+                        device="cpu") -> TrainResult:
+    """A :class:`QuantAwarePredictor` trained from scratch (the baseline to transfer)."""
+    torch.manual_seed(settings.seed)
+    model = QuantAwarePredictor(arch_dims, x.shape[1] - arch_dims, hidden, n_layers)
+    return train_predictor(model, x, y, settings, device=device)

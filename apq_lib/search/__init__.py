@@ -1,0 +1,10 @@
+"""Search over ⟨architecture, quantization policy⟩: APQ's evolution, random search,
+realisation of the found model (and the baselines: HAQ, HAWQ-V2, multi-stage)."""
+from .genome import *  # noqa: F401,F403
+from .genome import __all__ as _genome
+from .evolution import *  # noqa: F401,F403
+from .evolution import __all__ as _evolution
+from .random_search import *  # noqa: F401,F403
+from .random_search import __all__ as _random
+
+__all__ = [*_genome, *_evolution, *_random]

@@ -1,0 +1,170 @@
+"""Realise a searched ⟨arch, policy⟩ (APQ §3.4 → §4): export it from the supernet as a
+standalone quantized model, finetune it with quantization-aware training, recalibrate BN and
+measure top-1 on the test split.
+
+Finetune recipe (APQ's final finetune, shortened by the profile): SGD Nesterov 0.9, weight
+decay 4e-5, cosine lr from ``search.finetune_lr``, label smoothing 0.1, straight-through
+estimator through the fake quantizers (PACT clips learnable), ``search.finetune_epochs``
+passes (fractions allowed) over the training split.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["export_quantized", "qat_finetune", "realize", "Realized"]
+
+
+def export_quantized(supernet, cfg) -> nn.Module:
+    """``set_active_subnet(cfg)`` with quantization on at ``cfg``'s bits, then
+    ``get_active_subnet()``: a standalone quantized copy. The supernet is restored."""
+    prev_cfg, prev_q = supernet.active_config, supernet.quantized
+    try:
+        supernet.set_quantization_policy(cfg)
+        supernet.set_active_subnet(cfg)
+        sub = supernet.get_active_subnet()
+    finally:
+        supernet.set_quantization_policy(prev_cfg if prev_q else None)
+        supernet.set_active_subnet(prev_cfg)
+    return sub
+
+
+def _n_batches(batches) -> Optional[int]:
+    try:
+        return len(batches)
+    except TypeError:
+        return None
+
+
+def qat_finetune(model: nn.Module, train_batches: Iterable, epochs: float = 1.0,
+                 lr: float = 1e-3, steps: Optional[int] = None, momentum: float = 0.9,
+                 weight_decay: float = 4e-5, label_smoothing: float = 0.1,
+                 device=None, progress: bool = False) -> dict:
+    """Quantization-aware finetune in place; ``{"steps", "losses", "seconds", "helper"}``.
+
+    Uses :func:`apq_lib.quant.qat` when the model's layers are the quant package's; the
+    supernet's exported layers carry their own quantizers, which a plain SGD loop trains
+    with the same recipe (STE through the fake quantizers)."""
+    t0 = time.perf_counter()
+    per_epoch = _n_batches(train_batches)
+    if steps is None:
+        if per_epoch is None:
+            raise ValueError("train_batches has no len(); pass steps=")
+        steps = int(math.ceil(epochs * per_epoch))
+    if steps <= 0:
+        return {"steps": 0, "losses": [], "seconds": 0.0, "helper": "none"}
+    try:
+        from ..quant import qat, quant_layers
+        if quant_layers(model):
+            r = qat(model, train_batches, steps=steps, lr=lr, optimizer="sgd",
+                    momentum=momentum, weight_decay=weight_decay,
+                    label_smoothing=label_smoothing, device=device, progress=progress)
+            return {"steps": steps, "losses": r.losses, "helper": "apq_lib.quant.qat",
+                    "seconds": time.perf_counter() - t0}
+    except ImportError:
+        pass
+    device = device or next(model.parameters()).device
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+    other = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
+                           {"params": other, "weight_decay": 0.0}], lr=lr, momentum=momentum,
+                          nesterov=momentum > 0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    model.train()
+    losses, step, epoch = [], 0, 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=steps, desc="QAT finetune", leave=False)
+    while step < steps:
+        if hasattr(train_batches, "set_epoch"):
+            train_batches.set_epoch(epoch)
+        n = 0
+        for x, y in train_batches:
+            n += 1
+            loss = F.cross_entropy(model(x.to(device)), y.to(device),
+                                   label_smoothing=label_smoothing)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"QAT loss became {float(loss)} at step {step}; "
+                                         f"lower search.finetune_lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+            step += 1
+            if bar is not None:
+                bar.update(1)
+            if step >= steps:
+                break
+        if n == 0:
+            raise ValueError("qat_finetune got no training batches")
+        epoch += 1
+    if bar is not None:
+        bar.close()
+    return {"steps": steps, "losses": losses, "helper": "sgd-ste loop",
+            "seconds": time.perf_counter() - t0}
+
+
+@dataclass
+class Realized:
+    """One realised model: predicted vs measured accuracy (top-1 %), its costs."""
+    config: dict
+    predicted_acc: float
+    test_acc: float
+    test_acc_before_finetune: Optional[float]
+    costs: dict
+    finetune_steps: int
+    finetune_seconds: float
+    eval_seconds: float
+    finetune_helper: str
+    losses: list = field(default_factory=list)
+    model: Optional[nn.Module] = None
+
+    def row(self) -> dict:
+        return {"predicted_acc": self.predicted_acc, "test_acc": self.test_acc,
+                "test_acc_before_finetune": self.test_acc_before_finetune,
+                "finetune_steps": self.finetune_steps,
+                "finetune_seconds": self.finetune_seconds, "eval_seconds": self.eval_seconds,
+                **self.costs}
+
+
+def realize(supernet, cfg, train_batches: Iterable, recal_batches: list, test_batches,
+            epochs: float = 1.0, lr: float = 1e-3, steps: Optional[int] = None,
+            predicted_acc: float = float("nan"), costs: Optional[dict] = None,
+            eval_before: bool = False, device=None, seed: int = 0,
+            progress: bool = False) -> Realized:
+    """Export ``cfg`` quantized from ``supernet``, QAT-finetune (``epochs`` over
+    ``train_batches`` or ``steps``), recalibrate BN on ``recal_batches`` and measure top-1
+    on ``test_batches``. ``cfg`` is a :class:`SubnetConfig` (or its dict)."""
+    from ..supernet.metrics import evaluate, recalibrate_bn
+    from ..supernet.space import SubnetConfig
+    if isinstance(cfg, dict):
+        cfg = SubnetConfig.from_dict(cfg)
+    torch.manual_seed(seed)
+    sub = export_quantized(supernet, cfg)
+    if device is not None:
+        sub.to(device)
+    recalibrate_bn(sub, recal_batches, device)
+    before = None
+    if eval_before:
+        before = evaluate(sub, test_batches, device)
+    ft = qat_finetune(sub, train_batches, epochs=epochs, lr=lr, steps=steps, device=device,
+                      progress=progress)
+    t0 = time.perf_counter()
+    recalibrate_bn(sub, recal_batches, device)
+    acc = evaluate(sub, test_batches, device)
+    sub.eval()
+    return Realized(config=cfg.to_dict(), predicted_acc=float(predicted_acc), test_acc=acc,
+                    test_acc_before_finetune=before, costs=dict(costs or {}),
+                    finetune_steps=ft["steps"], finetune_seconds=ft["seconds"],
+                    eval_seconds=time.perf_counter() - t0, finetune_helper=ft["helper"],
+                    losses=[float(v) for v in np.asarray(ft["losses"])[:: max(1, len(
+                        ft["losses"]) // 200)]] if ft["losses"] else [], model=sub)

@@ -1,0 +1,200 @@
+"""APQ evolution search and random search on synthetic predictors with known optima."""
+import time
+
+import numpy as np
+import pytest
+
+from apq_lib.config import SearchConfig, SpaceConfig, load_profile
+from apq_lib.search import (EvolutionFinder, IndexOps, InfeasibleConstraintError, RandomSearch,
+                            SearchResult)
+from apq_lib.supernet.space import SearchSpace
+
+
+@pytest.fixture(scope="module")
+def space():
+    return SearchSpace(load_profile("smoke").space)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """7 block slots: small enough that the optimum is reached every time."""
+    return SearchSpace(SpaceConfig(stage_widths=[8, 16, 24], stage_strides=[1, 2, 1],
+                                   stage_max_depth=[3, 3, 1]))
+
+
+@pytest.fixture(scope="module")
+def k7a4_space():
+    return SearchSpace(SpaceConfig(forbid_k7_a4=True))
+
+
+def _x(idx):
+    """Choice index + 1 on active blocks, 0 on blocks switched off: [N, B, 6] float."""
+    return np.where(idx >= 0, idx + 1, 0).astype(np.float64)
+
+
+def bits_cost(idx):
+    """1 + sum of the bit-choice indices over active blocks (minimum 1: lowest bits)."""
+    return 1.0 + np.maximum(idx[:, :, 2:], 0).sum(axis=(1, 2))
+
+
+def known_score(idx):
+    """Architecture (index + 1 per active block) and bits (index) both help; only bits
+    cost. Optimum under bits_cost <= L: every block on at the largest kernel and channels,
+    bit indices summing to exactly L - 1."""
+    return _x(idx)[:, :, :2].sum(axis=(1, 2)) + bits_cost(idx) - 1.0
+
+
+def _optimum(space, limit):
+    ops = IndexOps(space)
+    arch = sum(ops.n_kernel + m for m in ops.n_mid)
+    return arch + limit - 1
+
+
+def _small(space, score, cons, **kw):
+    kw.setdefault("generations", 60)
+    return EvolutionFinder(space, score, cons, SearchConfig(), **kw)
+
+
+# ---------------------------------------------------------------------------- operators
+def test_operators_produce_valid_configs(space, k7a4_space):
+    for sp in (space, k7a4_space):
+        ops, rng = IndexOps(sp), np.random.default_rng(0)
+        pop = ops.sample(rng, 300)
+        kids = np.concatenate([ops.mutate(rng, pop, 0.3), ops.crossover(rng, pop, pop[::-1])])
+        for arr in (pop, kids):
+            assert ops.valid_mask(arr).all()
+            for cfg in sp.from_index_array(arr[:40]):
+                sp.validate(cfg)                      # raises if invalid
+            assert (sp.to_index_array(sp.from_index_array(arr[:40])) == arr[:40]).all()
+        depths = ops.depths_of(pop)
+        assert {int(d) for d in depths[:, 0]} == set(sp.depth_choices[0])   # depth varies
+    bad = ops.sample(np.random.default_rng(1), 4)
+    bad[0, 0, 1] = 99                                 # channel index out of range
+    bad[1, 1, :] = -1                                 # a hole inside a stage
+    assert ops.valid_mask(bad).tolist()[:2] == [False, False]
+
+
+def test_mutation_rate_and_depth(space):
+    ops, rng = IndexOps(space), np.random.default_rng(0)
+    pop = ops.sample(rng, 2000)
+    kids = ops.mutate(rng, pop, 0.1)
+    both = (pop[:, :, 0] >= 0) & (kids[:, :, 0] >= 0)
+    changed = np.any(pop != kids, axis=2)[both].mean()
+    assert 0.05 < changed < 0.15                      # ~0.1 * (1 - P(same draw))
+    assert (ops.depths_of(pop) != ops.depths_of(kids)).mean() > 0.02
+    assert (ops.mutate(rng, pop, 0.0) == pop).all()
+
+
+# ---------------------------------------------------------------------------- evolution
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reaches_known_optimum(tiny, seed):
+    limit = 20.0
+    res = _small(tiny, known_score, {"bits": (bits_cost, limit)}, generations=100,
+                 seed=seed).run()
+    assert res.best_costs["bits"] <= limit
+    assert res.best_score == _optimum(tiny, limit)
+    assert isinstance(res, SearchResult) and res.method == "evolution"
+    h = res.history_frame()
+    assert len(h) == 101 and h["best_score"].is_monotonic_increasing
+    assert {"generation", "n_scored", "best_score", "cost_bits"} <= set(h.columns)
+
+
+def test_constraints_never_violated(space):
+    limits = {"bits": 60.0, "size": 120.0}
+    size = lambda idx: _x(idx)[:, :, :2].sum(axis=(1, 2)) * 2.0 + bits_cost(idx)  # noqa: E731
+    seen = {"scored": 0}
+
+    def score(idx):
+        assert (bits_cost(idx) <= limits["bits"]).all() and (size(idx) <= limits["size"]).all()
+        seen["scored"] += len(idx)
+        return known_score(idx)
+
+    def check(g, pop, scores, costs):
+        assert (bits_cost(pop) <= limits["bits"]).all() and (size(pop) <= limits["size"]).all()
+        assert np.allclose(costs["size"], size(pop))
+
+    res = _small(space, score, {"bits": (bits_cost, limits["bits"]),
+                                "size": (size, limits["size"])},
+                 generations=30, on_generation=check).run()
+    assert seen["scored"] == res.n_scored
+    assert all(res.best_costs[k] <= v for k, v in limits.items())
+
+
+def test_same_seed_same_result(space):
+    cons = {"bits": (bits_cost, 60.0)}
+    a = _small(space, known_score, cons, generations=20, seed=3).run()
+    b = _small(space, known_score, cons, generations=20, seed=3).run()
+    c = _small(space, known_score, cons, generations=20, seed=4).run()
+    assert (a.best_index == b.best_index).all() and a.history == b.history
+    assert (a.population == b.population).all()
+    assert a.history != c.history
+
+
+def test_crossover_children_are_scored(space):
+    sizes = []
+
+    def score(idx):
+        sizes.append(len(idx))
+        return known_score(idx)
+
+    f = EvolutionFinder(space, score, {"bits": (bits_cost, 60.0)}, SearchConfig(),
+                        population=40, parents=10, mutants=12, crossovers=18, generations=5)
+    res = f.run()
+    assert sizes == [40] + [12 + 18] * 5                      # one batch per generation
+    assert res.n_scored == f.budget == 40 + 5 * 30
+    # crossover alone (no mutants) still improves: its children enter the population
+    sizes.clear()
+    res = EvolutionFinder(space, score, {"bits": (bits_cost, 60.0)}, SearchConfig(),
+                          mutants=0, crossovers=100, generations=15).run()
+    assert sizes[1:] == [100] * 15
+    assert res.history[-1]["best_score"] > res.history[0]["best_score"]
+
+
+def test_beats_random_search_at_equal_budget(space):
+    rng = np.random.default_rng(7)
+    wa, wc = rng.random((space.n_blocks, 6)), rng.random((space.n_blocks, 6)) + 0.2
+    score = lambda idx: (_x(idx) * wa).sum(axis=(1, 2))  # noqa: E731
+    cost = lambda idx: (_x(idx) * wc).sum(axis=(1, 2))   # noqa: E731
+    limit = float(np.quantile(cost(IndexOps(space).sample(rng, 2000)), 0.25))
+    f = _small(space, score, {"cost": (cost, limit)}, generations=100)
+    evo, rnd = f.run(), RandomSearch.like(f).run()
+    assert rnd.n_scored == evo.n_scored == f.budget
+    assert len(rnd.history) == len(evo.history)
+    assert rnd.method == "random" and rnd.best_costs["cost"] <= limit
+    assert evo.best_score > rnd.best_score
+
+
+def test_impossible_constraint_fails_fast(space):
+    ops = IndexOps(space)
+    min_cost = float(bits_cost(ops.minimal())[0])
+    t0 = time.perf_counter()
+    with pytest.raises(InfeasibleConstraintError) as e:
+        _small(space, known_score, {"bits": (bits_cost, min_cost - 1)}).run()
+    assert time.perf_counter() - t0 < 5
+    err = e.value
+    assert err.name == "bits" and err.limit == min_cost - 1 and err.min_cost == min_cost
+    assert "bits" in str(err) and f"{min_cost:g}" in str(err)
+
+
+def test_tight_but_feasible_constraint(space):
+    """A limit random sampling never meets, but the minimal configuration does."""
+    min_cost = float(bits_cost(IndexOps(space).minimal())[0])
+    res = _small(space, known_score, {"bits": (bits_cost, min_cost + 2)},
+                 generations=10).run()
+    assert res.best_costs["bits"] <= min_cost + 2
+    assert res.history[0]["fallback"] > 0
+
+
+def test_forbid_k7_a4(k7a4_space):
+    ops = IndexOps(k7a4_space)
+    k7, a4 = ops.k7, ops.a4
+
+    def score(idx):                         # rewards exactly the forbidden combination
+        assert ops.valid_mask(idx).all()
+        return ((idx[:, :, 0] == k7).sum(1) + (idx[:, :, 5] == a4).sum(1)).astype(float)
+
+    res = EvolutionFinder(k7a4_space, score, None, SearchConfig(), generations=30).run()
+    best = res.best_index
+    assert not np.any((best[:, 0] == k7) & (best[:, 5] == a4))
+    k7a4_space.validate(k7a4_space.from_index_array(best[None])[0])
+    assert not np.any((res.population[:, :, 0] == k7) & (res.population[:, :, 5] == a4))

@@ -1,9 +1,19 @@
 """HAQ: action → bits mapping, the action wall, and a short DDPG run on a toy problem."""
 import numpy as np
 import pytest
+import torch
 
 from apq_lib.search.haq import (HAQLayer, HAQSearch, action_from_bits, action_wall,
                                 bits_from_action, haq_states)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids thread contention on a shared 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_bits_from_action_hand_values():

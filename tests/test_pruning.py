@@ -8,6 +8,15 @@ from apq_lib.pruning import (GradualSchedule, find_mbconv_sites, gradual_channel
                              middle_channels, prune_channels, sparsity)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids thread contention on a shared 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class Block(nn.Module):
     def __init__(self, c, mid, k=3, stride=1):
         super().__init__()

@@ -26,7 +26,8 @@ __all__ = [
     "plot_bits_sweep", "plot_wa_grid", "plot_roofline", "plot_space_costs",
 ]
 
-_LAZY = {"plot_bits_sweep", "plot_wa_grid", "plot_roofline", "plot_space_costs"}   # seaborn loads on first use
+# figures import seaborn, so they load on first use
+_LAZY = {"plot_bits_sweep", "plot_wa_grid", "plot_roofline", "plot_space_costs"}
 
 
 def __getattr__(name):

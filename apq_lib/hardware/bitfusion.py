@@ -12,8 +12,9 @@ Per layer, at batch 1 (or ``batch``):
   ``cycles = groups·⌈oc_g/cols⌉ · OH·OW · k² · ⌈ic_g/(rows·perf)⌉``.
   Depthwise layers (one input channel per group) cannot share inputs across columns; we
   assume each column takes one channel with its own input stream and reduces the k² taps
-  down its rows: ``cycles = ⌈out_c/cols⌉ · OH·OW · ⌈k²/(rows·perf)⌉`` — poor utilization
-  (28 % for 3×3 at W8A8, 7 % at W4A4), so low bits barely speed depthwise layers up.
+  down its rows: ``cycles = ⌈out_c/cols⌉ · OH·OW · ⌈k²/(rows·perf)⌉``, a poor
+  utilization (28 % for 3×3 at W8A8, 7 % at W4A4), so low bits barely speed depthwise
+  layers up.
 * DRAM traffic — inputs, weights and outputs once at their (brick-rounded) widths, plus
   re-fetches when weights exceed WBUF and inputs exceed IBUF (the cheaper loop order:
   ``min((n_w−1)·inputs, (n_i−1)·weights)``). Outputs are written at the activation width.
@@ -86,7 +87,7 @@ class BitFusionConfig:
 
 
 class BitFusionSim:
-    """``sim.report(spec, w, a)`` → all intermediate quantities; ``sim.cost`` → the LUT entry."""
+    """``sim.report(spec, w, a)``: every intermediate quantity; ``sim.cost``: the LUT entry."""
 
     name = "bitfusion"
 

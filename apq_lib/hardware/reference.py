@@ -58,10 +58,13 @@ def mobilenet_v2_costs(resolution: int = 224, bits: Iterable[int] = (8, 6, 4),
 
 def markdown_table(df, digits: int = 3) -> str:
     """A GitHub-markdown table of ``df`` (no ``tabulate`` dependency)."""
+    import pandas as pd
+
     def fmt(v):
+        if v is None or v is pd.NA or (isinstance(v, float) and v != v):
+            return ""
         if isinstance(v, float):
-            return "" if v != v else f"{v:.{digits}g}" if abs(v) < 1e-3 or abs(v) >= 1e4 \
-                else f"{v:.{digits}f}"
+            return f"{v:.{digits}g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.{digits}f}"
         return str(v)
     cols = [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]

@@ -85,6 +85,21 @@ class APQEncoder:
             configs = [configs]
         return self.encode_index(self.space.to_index_array(configs), quant)
 
+    def feature_indices(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions of the ones, for sparse (gather-sum) inference: ``arch [N, 2B]`` in
+        ``0..arch_dims`` and ``quant [N, 4B]`` in ``0..quant_dims`` (int64); blocks that are
+        off point at the padding position ``arch_dims`` / ``quant_dims``."""
+        idx = np.asarray(idx)
+        if idx.ndim == 2:
+            idx = idx[None]
+        active = idx[:, :, :1] >= 0                                      # [N, B, 1]
+        i64 = idx.astype(np.int64)
+        arch = np.stack([self.kernel_offset + i64[:, :, 0], self.mid_offset + i64[:, :, 1]], -1)
+        arch = np.where(active, arch, self.arch_dims).reshape(len(idx), -1)
+        quant = self.quant_offset[None] - self.arch_dims + i64[:, :, 2:]
+        quant = np.where(active, quant, self.quant_dims).reshape(len(idx), -1)
+        return arch, quant
+
     # ------------------------------------------------------------------ decode
     def decode_index(self, x: np.ndarray) -> np.ndarray:
         """Encodings ``[N, dims]`` (or ``[N, arch_dims]``) -> index arrays ``[N, B, 6]``.

@@ -124,9 +124,12 @@ def fake_quantize(x: torch.Tensor, scale: Union[torch.Tensor, float],
                 zp.detach().reshape(()).to(torch.int32), qmin, qmax)
         return torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero_point), qmin, qmax)
     scale = scale.detach().to(torch.float32).reshape(-1)
-    zp = zero_point if torch.is_tensor(zero_point) else torch.full_like(scale, zero_point)
-    return torch.fake_quantize_per_channel_affine(
-        x, scale, zp.detach().reshape(-1).to(torch.int32), axis, qmin, qmax)
+    if torch.is_tensor(zero_point):
+        zp = zero_point.detach().reshape(-1).to(torch.int32)
+        zp = zp.expand(scale.numel()) if zp.numel() == 1 else zp
+    else:
+        zp = torch.full(scale.shape, int(zero_point), dtype=torch.int32, device=scale.device)
+    return torch.fake_quantize_per_channel_affine(x, scale, zp, axis, qmin, qmax)
 
 
 # --------------------------------------------------------------------------- LSQ

@@ -21,7 +21,7 @@ from .kmeans import KMeansQuantizer
 from .quantizers import ActQuantizer, LSQQuantizer, PACTQuantizer, WeightQuantizer
 
 __all__ = ["QConv2d", "QLinear", "QUANT_LAYERS", "quantize_model", "apply_policy", "get_policy",
-           "quant_layers", "calibrate", "make_weight_quantizer", "make_act_quantizer",
+           "quant_layers", "act_quantizers", "calibrate", "make_weight_quantizer", "make_act_quantizer",
            "WEIGHT_QUANTIZERS", "ACT_QUANTIZERS"]
 
 WEIGHT_QUANTIZERS = ("linear", "lsq", "kmeans")
@@ -223,22 +223,32 @@ def _iter_inputs(batches) -> Iterable[torch.Tensor]:
         yield b[0] if isinstance(b, (tuple, list)) else b
 
 
+def act_quantizers(model: nn.Module) -> list:
+    """Every activation quantizer (PACT / static / LSQ on activations) in ``model``: the
+    ``a_quant`` of QConv2d / QLinear, and any other PACT / static quantizer (e.g. the
+    supernet's own layers)."""
+    w_ids = {id(m.w_quant) for m in quant_layers(model).values()}
+    return [q for q in model.modules() if isinstance(q, (PACTQuantizer, ActQuantizer,
+                                                         LSQQuantizer)) and id(q) not in w_ids]
+
+
 @torch.no_grad()
 def calibrate(model: nn.Module, batches: Iterable[Union[torch.Tensor, tuple]],
               max_batches: Optional[int] = None, device: Optional[torch.device] = None
               ) -> nn.Module:
     """Observer calibration: run ``batches`` (tensors or ``(x, y)`` pairs) through ``model``
     in eval mode with every activation quantizer observing its (full-precision) input, then
-    set their ranges; weight quantizers with percentile / KL / MSE ranges are recalibrated on
-    the current weights. NaN / inf in a batch raises ``ValueError``."""
-    layers = quant_layers(model)
-    if not layers:
-        raise ValueError("model has no quantized layers: call quantize_model first")
+    set their ranges; weight quantizers of QConv2d / QLinear with percentile / KL / MSE
+    ranges are recalibrated on the current weights. NaN / inf in a batch raises
+    ``ValueError`` (and leaves the quantizers as they were)."""
+    aqs = act_quantizers(model)
+    if not aqs and not quant_layers(model):
+        raise ValueError("model has no quantizers: call quantize_model first")
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    for m in layers.values():
-        m.a_quant.begin_calibration()
+    for q in aqs:
+        q.begin_calibration()
     seen = 0
     try:
         for i, x in enumerate(_iter_inputs(batches)):
@@ -247,18 +257,18 @@ def calibrate(model: nn.Module, batches: Iterable[Union[torch.Tensor, tuple]],
             model(x.to(device))
             seen += 1
     except BaseException:
-        for m in layers.values():          # discard partial statistics
-            m.a_quant._observer = None
+        for q in aqs:                      # discard partial statistics
+            q._observer = None
         raise
     finally:
         model.train(was_training)
     if not seen:
-        for m in layers.values():
-            m.a_quant._observer = None
+        for q in aqs:
+            q._observer = None
         raise ValueError("calibrate() got no batches")
-    for m in layers.values():
-        m.a_quant.end_calibration()
-    for m in layers.values():
+    for q in aqs:
+        q.end_calibration()
+    for m in quant_layers(model).values():
         if isinstance(m.w_quant, WeightQuantizer):
             m.w_quant.calibrate(m.weight)
     return model

@@ -124,8 +124,8 @@ class WeightQuantizer(_Quantizer):
             r_lo, r_hi = self._ratio_cache[key]
             lo, hi = lo * r_lo.to(lo.device), hi * r_hi.to(hi.device)
         if self.symmetric:
-            return symmetric_scale(hi, self.bits, True), torch.zeros((), dtype=torch.int32,
-                                                                     device=w.device), qmin, qmax
+            scale = symmetric_scale(hi, self.bits, True)
+            return scale, torch.zeros_like(scale, dtype=torch.int32), qmin, qmax
         scale, zp = affine_qparams(lo, hi, qmin, qmax)
         return scale, zp, qmin, qmax
 

@@ -160,7 +160,9 @@ def qat(model: nn.Module, train_batches: Iterable, epochs: float = 1.0,
     model.train()
 
     def stream():
-        for _ in itertools.count():
+        for epoch in itertools.count():
+            if hasattr(train_batches, "set_epoch"):
+                train_batches.set_epoch(epoch)
             n = 0
             for b in train_batches:
                 n += 1
@@ -184,6 +186,6 @@ def qat(model: nn.Module, train_batches: Iterable, epochs: float = 1.0,
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     acc = evaluate(model, eval_batches) if eval_batches is not None else None
     return QATResult(model, losses, acc)

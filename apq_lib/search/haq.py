@@ -195,9 +195,11 @@ class DDPGAgent:
             mu = float(self.actor(torch.as_tensor(s, dtype=torch.float32)[None])[0, 0])
         if sigma <= 0:
             return mu
-        from scipy.stats import truncnorm
-        a, b = (0.0 - mu) / sigma, (1.0 - mu) / sigma
-        return float(truncnorm.rvs(a, b, loc=mu, scale=sigma, random_state=self.rng))
+        for _ in range(1000):                  # truncated normal on [0, 1] by rejection
+            a = self.rng.normal(mu, sigma)
+            if 0.0 <= a <= 1.0:
+                return float(a)
+        return float(min(1.0, max(0.0, mu)))
 
     def update(self) -> Optional[tuple[float, float]]:
         """One DDPG step on a replay batch; returns (critic loss, actor loss)."""

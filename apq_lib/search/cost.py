@@ -1,0 +1,170 @@
+"""Search cost, one definition for APQ and every baseline (APQ §4, Table 1/2 "design
+cost"): the seconds a method actually spends, measured per stage.
+
+* Every stage is timed with ``time.perf_counter`` (wall) and ``time.process_time`` (CPU
+  seconds of this process, all threads), on a named device (``cpu`` or the GPU's name).
+* A stage is either ``shared`` (done once and reused by every later search: supernet
+  training, predictor data collection, training the fixed model) or ``per_search``
+  (repeated for every new constraint / hardware target).
+* The cost of one search is ``Σ per_search + Σ shared / N`` for N searches; the table
+  shows both N = 1 (first search) and the amortised value for a given N.
+* GPU-hours of the paper = wall seconds on the GPU / 3600; on CPU the unit is
+  CPU-wall-seconds, reported as such (``device`` column).
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+__all__ = ["StageCost", "CostMeter", "device_name", "apq_cost_from_results", "KINDS"]
+
+KINDS = ("shared", "per_search")
+
+
+def device_name(device=None) -> str:
+    """``cpu`` or the CUDA device's name."""
+    import torch
+    dev = torch.device(device) if device is not None else (
+        torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return "cpu"
+
+
+@dataclass
+class StageCost:
+    method: str
+    stage: str
+    kind: str                      # shared | per_search
+    wall_s: float
+    cpu_s: Optional[float] = None  # process CPU seconds (None when read from elsewhere)
+    device: str = "cpu"
+    source: str = "measured"       # measured | results/data/<file> | manifest
+
+
+class CostMeter:
+    """Collects :class:`StageCost` records; ``with meter.stage("HAQ", "episodes"):``."""
+
+    def __init__(self, device=None):
+        self.records: list[StageCost] = []
+        self.device = device_name(device)
+
+    @contextmanager
+    def stage(self, method: str, stage: str, kind: str = "per_search") -> Iterator[dict]:
+        """Time a block; the yielded dict gets ``wall_s`` / ``cpu_s`` when it ends."""
+        if kind not in KINDS:
+            raise ValueError(f"kind={kind!r}; use one of {KINDS}")
+        out: dict = {}
+        w0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield out
+        finally:
+            out["wall_s"] = time.perf_counter() - w0
+            out["cpu_s"] = time.process_time() - c0
+            self.records.append(StageCost(method, stage, kind, out["wall_s"], out["cpu_s"],
+                                          self.device))
+
+    def add(self, method: str, stage: str, wall_s: float, kind: str = "per_search",
+            cpu_s: Optional[float] = None, device: Optional[str] = None,
+            source: str = "measured") -> StageCost:
+        """Record a stage timed elsewhere (e.g. read from an earlier notebook's summary)."""
+        if kind not in KINDS:
+            raise ValueError(f"kind={kind!r}; use one of {KINDS}")
+        rec = StageCost(method, stage, kind, float(wall_s), cpu_s, device or self.device,
+                        source)
+        self.records.append(rec)
+        return rec
+
+    def frame(self):
+        """One row per stage."""
+        import pandas as pd
+        return pd.DataFrame([asdict(r) for r in self.records],
+                            columns=list(StageCost.__dataclass_fields__))
+
+    def seconds(self, method: str) -> dict:
+        """``{stage: wall seconds}`` of one method."""
+        out: dict = {}
+        for r in self.records:
+            if r.method == method:
+                out[r.stage] = out.get(r.stage, 0.0) + r.wall_s
+        return out
+
+    def table(self, n_searches: int = 1):
+        """Per method: shared and per-search seconds, the cost of the first search and the
+        amortised cost per search over ``n_searches`` searches."""
+        import pandas as pd
+        if n_searches < 1:
+            raise ValueError("n_searches must be >= 1")
+        rows = []
+        for m in dict.fromkeys(r.method for r in self.records):
+            recs = [r for r in self.records if r.method == m]
+            sh = sum(r.wall_s for r in recs if r.kind == "shared")
+            ps = sum(r.wall_s for r in recs if r.kind == "per_search")
+            cpu = [r.cpu_s for r in recs if r.cpu_s is not None]
+            rows.append({"method": m, "shared_s": sh, "per_search_s": ps,
+                         "first_search_s": sh + ps,
+                         f"amortised_s_N{n_searches}": ps + sh / n_searches,
+                         "cpu_s": sum(cpu) if cpu else None,
+                         "device": ",".join(sorted({r.device for r in recs})),
+                         "stages": "; ".join(f"{r.stage}={r.wall_s:.1f}s" for r in recs)})
+        return pd.DataFrame(rows)
+
+    def to_json(self) -> list[dict]:
+        return [asdict(r) for r in self.records]
+
+
+# --------------------------------------------------------------------------- APQ
+_APQ_STAGES = (
+    # (notebook, summary file, stage name, kind, candidate keys in the summary)
+    ("01_supernet", "01_summary.json", "supernet training", "shared",
+     ("train_seconds", "training_seconds", "supernet_seconds", "seconds")),
+    ("03_predictor", "03_summary.json", "predictor data", "shared",
+     ("data_seconds", "collection_seconds", "collect_seconds", "pairs_seconds")),
+    ("03_predictor", "03_summary.json", "predictor training", "shared",
+     ("predictor_train_seconds", "train_seconds", "training_seconds")),
+    ("04_search", "04_summary.json", "search", "per_search",
+     ("search_seconds_per_search", "search_seconds", "seconds_per_search", "seconds")),
+)
+
+
+def _find_seconds(d, keys) -> Optional[float]:
+    """The first of ``keys`` found in ``d`` or in one nested level (numbers only)."""
+    if not isinstance(d, dict):
+        return None
+    for k in keys:
+        if isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool):
+            return float(d[k])
+    for v in d.values():
+        if isinstance(v, dict):
+            for k in keys:
+                if isinstance(v.get(k), (int, float)) and not isinstance(v.get(k), bool):
+                    return float(v[k])
+    return None
+
+
+def apq_cost_from_results(meter: CostMeter, results_dir: Path | str,
+                          method: str = "APQ") -> list[StageCost]:
+    """Add APQ's stages (supernet training in 01, predictor data and training in 03,
+    search in 04) read from their ``results/data/NN_summary.json``; a stage whose summary
+    lacks a seconds field falls back to the notebook's run time in ``manifest.json``
+    (an upper bound). Returns the records added."""
+    res = Path(results_dir)
+    manifest = {}
+    if (res / "manifest.json").exists():
+        manifest = json.loads((res / "manifest.json").read_text()).get("notebooks", {})
+    added, used_manifest = [], set()
+    for nb, fname, stage, kind, keys in _APQ_STAGES:
+        p = res / "data" / fname
+        secs = _find_seconds(json.loads(p.read_text()), keys) if p.exists() else None
+        source = f"results/data/{fname}"
+        if secs is None:
+            if nb in used_manifest or nb not in manifest:
+                continue
+            secs, source = float(manifest[nb]["seconds"]), "manifest (notebook run time)"
+            used_manifest.add(nb)
+        added.append(meter.add(method, stage, secs, kind, source=source))
+    return added

@@ -117,29 +117,48 @@ class SpaceConfig:
 
 @dataclass
 class SupernetConfig:
-    """Progressive shrinking schedule: a list of phases, each a mapping with keys
-    ``name, epochs, lr, kernels, depths, expands, subnets_per_step, distill``."""
+    """Progressive shrinking schedule (``apq_lib.supernet.train``): ``phases`` is a list of
+    mappings with keys ``name, epochs, lr, kernels, depths, expands, subnets_per_step,
+    distill`` (and optionally ``sandwich``); see ``apq_lib.supernet.train.Phase``."""
     phases: list[dict] = field(default_factory=list)
     optimizer: str = "sgd"
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 3e-5
     label_smoothing: float = 0.1
-    distill_weight: float = 1.0
-    warmup_epochs: int = 0
-    bn_recal_images: int = 2000
+    distill_weight: float = 1.0             # weight of the KD (soft-target KL) term
+    warmup_epochs: int = 0                  # linear LR warm-up at the start of phase 0
+    bn_recal_images: int = 2000             # training images for BN recalibration
+    eval_images: int = 2000                 # validation images for the per-epoch curves
     n_random_subnets: int = 100             # random subnets evaluated in notebook 01
     log_every: int = 50
+
+    PHASE_KEYS = ("name", "epochs", "lr", "kernels", "depths", "expands", "subnets_per_step",
+                  "distill", "sandwich")
 
     def check(self, p: str) -> None:
         _check(len(self.phases) > 0, f"{p}.phases", "needs at least one phase")
         for i, ph in enumerate(self.phases):
-            _check(isinstance(ph, dict) and "name" in ph and "epochs" in ph,
-                   f"{p}.phases[{i}]", "each phase needs 'name' and 'epochs'")
-            _check(int(ph["epochs"]) >= 0, f"{p}.phases[{i}].epochs", "must be >= 0")
+            q = f"{p}.phases[{i}]"
+            _check(isinstance(ph, dict) and "name" in ph and "epochs" in ph, q,
+                   "each phase needs 'name' and 'epochs'")
+            bad = sorted(set(ph) - set(self.PHASE_KEYS))
+            _check(not bad, q, f"unknown key(s) {bad}; allowed {list(self.PHASE_KEYS)}")
+            _check(isinstance(ph["epochs"], int) and ph["epochs"] >= 0, f"{q}.epochs",
+                   "must be an int >= 0")
+            _check(float(ph.get("lr", 0.1)) > 0, f"{q}.lr", "must be > 0")
+            _check(int(ph.get("subnets_per_step", 1)) >= 1, f"{q}.subnets_per_step",
+                   "must be >= 1")
+            for k in ("kernels", "depths", "expands"):
+                v = ph.get(k, [1])
+                _check(isinstance(v, list) and len(v) > 0 and all(
+                    isinstance(x, (int, float)) and x > 0 for x in v), f"{q}.{k}",
+                    "must be a non-empty list of positive numbers")
         _check(self.optimizer in ("sgd", "adam"), f"{p}.optimizer", "use sgd or adam")
         _check(self.bn_recal_images > 0, f"{p}.bn_recal_images", "must be > 0")
+        _check(self.eval_images > 0, f"{p}.eval_images", "must be > 0")
         _check(self.n_random_subnets > 0, f"{p}.n_random_subnets", "must be > 0")
+        _check(self.warmup_epochs >= 0, f"{p}.warmup_epochs", "must be >= 0")
 
 
 @dataclass
@@ -244,6 +263,8 @@ class SearchConfig:
     bitops_targets_g: list[float] = field(default_factory=list)
     finetune_epochs: float = 1.0
     finetune_lr: float = 1e-3
+    finetune_batch_size: int = 64           # QAT finetune of each found model
+    test_images: Optional[int] = None       # cap on test images per found model (None: all)
     max_tries: int = 20                     # rejection-sampling rounds per batch of children
     unique_parents: bool = True             # parents = top distinct candidates (APQ: no)
     sweep_points: int = 4                   # targets derived per cost when a list is empty
@@ -257,6 +278,9 @@ class SearchConfig:
         _check(self.max_tries > 0, f"{p}.max_tries", "must be > 0")
         _check(self.sweep_points > 0, f"{p}.sweep_points", "must be > 0")
         _check(self.finetune_epochs >= 0, f"{p}.finetune_epochs", "must be >= 0")
+        _check(self.finetune_batch_size > 0, f"{p}.finetune_batch_size", "must be > 0")
+        _check(self.test_images is None or self.test_images > 0, f"{p}.test_images",
+               "must be > 0 or null")
         _check(0 < self.parents <= self.population, f"{p}.parents",
                "must be in 1..population")
         _check(0 <= self.mutation_prob <= 1, f"{p}.mutation_prob", "must be in [0, 1]")
@@ -267,17 +291,70 @@ class SearchConfig:
 
 @dataclass
 class BaselinesConfig:
+    """Notebook 05: fixed-precision, HAQ, HAWQ-V2, multi-stage and pruning baselines."""
+    # fixed-architecture "MobileNetV2" (largest subnet, trained from scratch)
+    scratch_epochs: int = 5
+    scratch_images: Optional[int] = None    # training images per epoch (None: all)
+    scratch_lr: float = 0.05
+    # shared finetune / evaluation budget
+    finetune_batch_size: int = 64
+    finetune_lr: float = 1e-3
+    qat_steps: int = 100                    # QAT / final finetune steps of every baseline
+    calib_images: int = 256
+    reward_images: int = 1000               # validation images for HAQ's reward
+    test_images: Optional[int] = None       # test images for the reported accuracy
+    fixed_bits: list[int] = field(default_factory=lambda: [8, 6, 4])
+    apq_models: int = 2                     # APQ's found models also run at fixed bits
+    # constraints: when empty, taken from notebook 04's rows
+    latency_targets_ms: list[float] = field(default_factory=list)
+    energy_targets_mj: list[float] = field(default_factory=list)
+    bitops_targets_g: list[float] = field(default_factory=list)
+    max_targets: int = 2                    # per cost, when taken from notebook 04
+    # HAQ (DDPG)
     haq_episodes: int = 100
     haq_warmup: int = 20
     haq_finetune_steps: int = 20
-    scratch_epochs: int = 5
-    prune_ratios: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.8, 0.9, 0.95])
+    haq_bits: list[int] = field(default_factory=lambda: [2, 8])     # [b_min, b_max]
+    haq_size_fraction: float = 0.25         # k-means size target / FP32 size
+    # HAWQ-V2
     hawq_samples: int = 20
+    hawq_images: int = 256
+    # pruning
+    prune_ratios: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.8, 0.9, 0.95])
+    prune_scopes: list[str] = field(default_factory=lambda: ["global", "layer"])
+    prune_steps: int = 100                  # finetune steps with the gradual schedule
+    channel_prune_ratio: float = 0.25       # multi-stage: middle channels removed
+    multistage_arch_slack: float = 1.3      # FP32 search target = slack × target at W8A8
+    # search-cost table
+    amortize_searches: int = 10             # N for the amortised cost column
 
     def check(self, p: str) -> None:
         _check(self.haq_episodes > 0, f"{p}.haq_episodes", "must be > 0")
+        _check(0 <= self.haq_warmup <= self.haq_episodes, f"{p}.haq_warmup",
+               "must be in 0..haq_episodes")
+        _check(len(self.haq_bits) == 2 and 2 <= self.haq_bits[0] <= self.haq_bits[1] <= 8,
+               f"{p}.haq_bits", "needs [b_min, b_max] with 2 <= b_min <= b_max <= 8")
         _check(all(0 < r < 1 for r in self.prune_ratios), f"{p}.prune_ratios",
                "ratios must be in (0, 1)")
+        _check(all(s in ("global", "layer") for s in self.prune_scopes), f"{p}.prune_scopes",
+               "use global and/or layer")
+        _check(0 <= self.channel_prune_ratio < 1, f"{p}.channel_prune_ratio",
+               "must be in [0, 1)")
+        _check(all(2 <= b <= 8 for b in self.fixed_bits), f"{p}.fixed_bits",
+               "bits must be in 2..8")
+        _check(0 < self.haq_size_fraction < 1, f"{p}.haq_size_fraction", "must be in (0, 1)")
+        _check(self.multistage_arch_slack >= 1, f"{p}.multistage_arch_slack", "must be >= 1")
+        _check(self.amortize_searches >= 1, f"{p}.amortize_searches", "must be >= 1")
+        for k in ("scratch_epochs", "finetune_batch_size", "calib_images", "reward_images",
+                  "hawq_samples", "hawq_images", "max_targets"):
+            _check(getattr(self, k) > 0, f"{p}.{k}", "must be > 0")
+        for k in ("qat_steps", "prune_steps", "haq_finetune_steps", "apq_models"):
+            _check(getattr(self, k) >= 0, f"{p}.{k}", "must be >= 0")
+        for k in ("scratch_images", "test_images"):
+            v = getattr(self, k)
+            _check(v is None or v > 0, f"{p}.{k}", "must be > 0 or null")
+        for k in ("latency_targets_ms", "energy_targets_mj", "bitops_targets_g"):
+            _check(all(t > 0 for t in getattr(self, k)), f"{p}.{k}", "targets must be > 0")
 
 
 @dataclass

@@ -15,10 +15,19 @@ from apq_lib.predictor import (AccuracyPredictor, APQEncoder, CorruptSampleError
                                merge_pairs, pairwise_accuracy, predictor_metrics, rmse,
                                sample_config, samples_to_match, split_holdout,
                                summarize_study, train_predictor, transfer_from_fp32)
+from apq_lib.predictor.model import FastPredictor, predict_numpy
 from apq_lib.predictor.transfer import TransferError
 from apq_lib.predictor.collect import CollectionError, parse_shard_arg
 from apq_lib.runtime import make_rng
 from apq_lib.supernet.space import SearchSpace, apq_imagenet_space
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)        # tiny MLPs: one thread is fastest on a shared CPU
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +92,20 @@ def test_encoder_vectorised_10k(small_space):
     assert x.shape == (10_000, enc.dims)
 
 
+def test_fast_predictor_matches_dense():
+    space = apq_imagenet_space()
+    enc = APQEncoder(space)
+    idx = space.to_index_array(_configs(space, 300, seed=3))
+    torch.manual_seed(0)
+    for model in (QuantAwarePredictor(enc.arch_dims, enc.quant_dims, 32, 3),
+                  AccuracyPredictor(enc.arch_dims, 32, 3)):
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+        quant = isinstance(model, QuantAwarePredictor)
+        ref = predict_numpy(model, enc.encode_index(idx, quant))
+        np.testing.assert_allclose(FastPredictor(model, enc)(idx), ref, rtol=1e-4, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- metrics
 def test_metrics_hand_computed():
     y = [1, 2, 3, 4]
@@ -126,20 +149,29 @@ def test_transfer_rejects_weights_it_cannot_place():
         transfer_from_fp32(fp, 12)
 
 
-def test_quant_predictor_learns_synthetic_target(small_space):
-    enc = APQEncoder(small_space)
-    idx = small_space.to_index_array(_configs(small_space, 400, seed=1))
-    x = enc.encode_index(idx)
-    w = make_rng(0, 1).normal(size=enc.dims) * (make_rng(0, 2).random(enc.dims) < 0.5)
-    y = 0.8 + 0.02 * (x @ w) / np.sqrt((x > 0).sum(1).mean())
+def _synthetic_accuracy(idx):
+    """A smooth accuracy-like function of the configuration (fraction)."""
+    on = idx[:, :, 0] >= 0
+    low_bits = ((idx[:, :, 2:] == 0) & on[:, :, None]).sum((1, 2))     # 4-bit choices
+    return (0.80 + 0.004 * on.sum(1) + 0.002 * np.where(on, idx[:, :, 0], 0).sum(1)
+            + 0.001 * np.where(on, idx[:, :, 1], 0).sum(1) - 0.004 * low_bits
+            - 0.0002 * low_bits ** 2)
+
+
+def test_quant_predictor_learns_synthetic_target():
+    tiny = SearchSpace(SpaceConfig(stage_widths=[8, 16, 16], stage_strides=[1, 2, 1],
+                                   stage_max_depth=[3, 3, 1], depth_choices=[1, 2, 3]))
+    enc = APQEncoder(tiny)
+    idx = tiny.to_index_array(_configs(tiny, 400, seed=1))
+    x, y = enc.encode_index(idx), _synthetic_accuracy(idx)
     tr, te = split_holdout(len(y), 0.2, 0)
-    st = TrainSettings(epochs=40, patience=10, batch_size=64, seed=0)
+    st = TrainSettings(epochs=100, patience=10, batch_size=32, lr=3e-3, seed=0)
     torch.manual_seed(0)
-    res = train_predictor(QuantAwarePredictor(enc.arch_dims, enc.quant_dims, 32, 3),
+    res = train_predictor(QuantAwarePredictor(enc.arch_dims, enc.quant_dims, 64, 3),
                           x[tr], y[tr], st)
     m = evaluate_predictor(res.model, x[te], y[te])
     assert m["kendall_tau"] > 0.8 and m["pairwise_acc"] > 0.85
-    assert m["rmse"] < 100 * y.std()
+    assert m["rmse"] < 0.5 * 100 * y.std()
 
 
 def test_transfer_fit_and_study_table(small_space):

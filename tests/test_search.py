@@ -198,3 +198,68 @@ def test_forbid_k7_a4(k7a4_space):
     assert not np.any((best[:, 0] == k7) & (best[:, 5] == a4))
     k7a4_space.validate(k7a4_space.from_index_array(best[None])[0])
     assert not np.any((res.population[:, :, 0] == k7) & (res.population[:, :, 5] == a4))
+
+
+def test_faithful_mode_and_joint_infeasibility(space):
+    """unique_parents=False is the official selection (duplicates allowed); two limits
+    each reachable alone but not together give a clear error."""
+    res = _small(space, known_score, {"bits": (bits_cost, 60.0)}, generations=20,
+                 unique=False).run()
+    assert res.settings["unique"] is False and res.best_costs["bits"] <= 60.0
+    n_active = lambda idx: (idx[:, :, 0] >= 0).sum(1).astype(float)  # noqa: E731
+    lo = float(n_active(IndexOps(space).minimal())[0])
+    cons = {"bits": (bits_cost, 1.0),                     # lowest bits only ...
+            "blocks": (lambda idx: -n_active(idx), -lo - 3)}   # ... and >= lo + 3 blocks
+    with pytest.raises(InfeasibleConstraintError, match="together|unreachable|cannot"):
+        _small(space, known_score, cons, max_tries=3).run()
+
+
+# ---------------------------------------------------------------------------- costs
+def test_bitops_table_matches_model_count():
+    import torch
+    from apq_lib.hardware import count_bitops, model_size_bits
+    from apq_lib.search import BitOpsTable
+    from apq_lib.supernet.network import APQSupernet
+    sp = SearchSpace(SpaceConfig(stage_widths=[8, 16, 24], stage_strides=[1, 2, 1],
+                                 stage_max_depth=[3, 3, 1], image_size=16, tail_width=32))
+    net, table = APQSupernet(sp), BitOpsTable(sp)
+    idx = IndexOps(sp).sample(np.random.default_rng(0), 2)
+    for row, cfg in zip(idx, sp.from_index_array(idx)):
+        net.set_quantization_policy(cfg)
+        net.set_active_subnet(cfg)
+        sub = net.get_active_subnet()
+        pol = {}
+        for j, i in enumerate(sp.active_blocks(cfg)):
+            pw, dw = (cfg.pw_w[i], cfg.pw_a[i]), (cfg.dw_w[i], cfg.dw_a[i])
+            pol.update({f"blocks.{j}.expand": pw, f"blocks.{j}.project": pw,
+                        f"blocks.{j}.dw": dw})
+        shape = (sp.cfg.in_channels, sp.cfg.image_size, sp.cfg.image_size)
+        assert table.bitops(row[None])[0] * 1e9 == pytest.approx(
+            count_bitops(sub, shape, pol, default_bits=(8, 8)))
+        assert table.size_kb(row[None])[0] * 8e3 == pytest.approx(
+            model_size_bits(sub, pol, default_bits=(8, 8), bias_bits=0))
+        assert isinstance(sub, torch.nn.Module)
+
+
+def test_realize_exports_quantized_and_finetunes():
+    import torch
+    from apq_lib.search import realize
+    from apq_lib.supernet.network import APQSupernet
+    sp = SearchSpace(SpaceConfig(stage_widths=[8, 16, 24], stage_strides=[1, 2, 1],
+                                 stage_max_depth=[3, 3, 1], image_size=16, tail_width=32))
+    torch.manual_seed(0)
+    net = APQSupernet(sp).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items() if torch.is_tensor(v)}
+    cfg = sp.sample(np.random.default_rng(0))
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 1, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g))
+               for _ in range(3)]
+    r = realize(net, cfg, batches, batches[:1], batches, epochs=1.0, lr=1e-2,
+                predicted_acc=50.0, costs={"latency": 1.0})
+    assert r.finetune_steps == 3 and len(r.losses) == 3 and 0 <= r.test_acc <= 100
+    assert r.config == cfg.to_dict() and r.predicted_acc == 50.0
+    assert r.row()["latency"] == 1.0
+    assert r.model.quantized and r.model.blocks[0].dw.wq.bits == cfg.dw_w[0]
+    after = net.state_dict()                  # the supernet itself is untouched
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not net.quantized

@@ -85,20 +85,41 @@ class APQEncoder:
             configs = [configs]
         return self.encode_index(self.space.to_index_array(configs), quant)
 
-    def feature_indices(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Positions of the ones, for sparse (gather-sum) inference: ``arch [N, 2B]`` in
-        ``0..arch_dims`` and ``quant [N, 4B]`` in ``0..quant_dims`` (int64); blocks that are
-        off point at the padding position ``arch_dims`` / ``quant_dims``."""
+    def block_codes(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-block codes for table-lookup inference (:class:`FastPredictor`):
+        ``arch [N, B]`` = 1 + kernel * n_mid[b] + mid and ``quant [N, B]`` = 1 + the four
+        bit indices in base ``n_bits``; 0 for blocks that are off (int64)."""
         idx = np.asarray(idx)
         if idx.ndim == 2:
             idx = idx[None]
-        active = idx[:, :, :1] >= 0                                      # [N, B, 1]
-        i64 = idx.astype(np.int64)
-        arch = np.stack([self.kernel_offset + i64[:, :, 0], self.mid_offset + i64[:, :, 1]], -1)
-        arch = np.where(active, arch, self.arch_dims).reshape(len(idx), -1)
-        quant = self.quant_offset[None] - self.arch_dims + i64[:, :, 2:]
-        quant = np.where(active, quant, self.quant_dims).reshape(len(idx), -1)
-        return arch, quant
+        i = idx.astype(np.int64)
+        on = i[:, :, 0] >= 0
+        arch = np.where(on, 1 + i[:, :, 0] * self.n_mid + i[:, :, 1], 0)
+        nb = self.n_bits
+        q = ((i[:, :, 2] * nb + i[:, :, 3]) * nb + i[:, :, 4]) * nb + i[:, :, 5]
+        return arch, np.where(on, 1 + q, 0)
+
+    def block_tables(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The one-hot rows each block code stands for: per block, ``arch [1 + K*M_b,
+        arch_dims]`` and ``quant [1 + n_bits^4, quant_dims]`` 0/1 matrices (row 0: off), so
+        ``W @ encoding = sum over blocks of (table @ W.T)[code]``."""
+        arch_t, quant_t = [], []
+        nb = self.n_bits
+        for b in range(self.space.n_blocks):
+            m = int(self.n_mid[b])
+            ta = np.zeros((1 + self.n_kernel * m, self.arch_dims), np.float32)
+            for k in range(self.n_kernel):
+                for j in range(m):
+                    ta[1 + k * m + j, self.kernel_offset[b] + k] = 1
+                    ta[1 + k * m + j, self.mid_offset[b] + j] = 1
+            tq = np.zeros((1 + nb ** 4, self.quant_dims), np.float32)
+            for c in range(nb ** 4):
+                digits = [(c // nb ** (3 - f)) % nb for f in range(4)]
+                for f, v in enumerate(digits):
+                    tq[1 + c, self.quant_offset[b, f] - self.arch_dims + v] = 1
+            arch_t.append(ta)
+            quant_t.append(tq)
+        return arch_t, quant_t
 
     # ------------------------------------------------------------------ decode
     def decode_index(self, x: np.ndarray) -> np.ndarray:

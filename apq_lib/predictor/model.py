@@ -78,30 +78,40 @@ class QuantAwarePredictor(AccuracyPredictor):
 
 
 class FastPredictor:
-    """Batched inference straight from index arrays ``[N, B, 6]``: since the encoding is
-    one-hot, the first layer (and the quantization branch) is a gather-sum of weight rows
-    (``F.embedding_bag``), not a dense matmul over ``dims`` mostly-zero inputs; the other
-    layers are the same MLP. Returns what ``model(encoder.encode_index(idx))`` returns, up
-    to float rounding. ``dtype=torch.bfloat16`` runs the dense layers in bf16."""
+    """Batched inference straight from index arrays ``[N, B, 6]``, without the one-hot
+    matrix. The encoding is one-hot per block, so the first layer is a sum over blocks of
+    precomputed rows: one row per (block, kernel, mid) choice and, for the quantization
+    branch, one per (block, 4 bits) choice; ``F.embedding_bag`` gathers B + B rows per
+    sample instead of a dense matmul over ``dims`` inputs. The other layers are the same
+    MLP (``dtype=torch.bfloat16`` runs them in bf16). Returns the same accuracy fractions
+    as ``model(encoder.encode_index(idx))`` up to float rounding."""
 
     def __init__(self, model: AccuracyPredictor, encoder, dtype: torch.dtype = torch.float32):
         self.encoder, self.dtype = encoder, dtype
         self.quant = isinstance(model, QuantAwarePredictor)
         d = lambda t: t.detach().float().cpu().contiguous()
-        pad = lambda w: torch.cat([d(w).T, torch.zeros(1, w.shape[0])]).contiguous()
-        self.e1, self.b1 = pad(model.layers[0].weight), d(model.layers[0].bias)
+        arch_t, quant_t = encoder.block_tables()
+        w1 = d(model.layers[0].weight).numpy()                            # [H, arch_dims]
+        self.arch_rows = torch.from_numpy(np.concatenate([t @ w1.T for t in arch_t]))
+        self.arch_off = np.concatenate([[0], np.cumsum([len(t) for t in arch_t])[:-1]])
+        self.b1 = d(model.layers[0].bias)
         if self.quant:
-            self.eq, self.bq = pad(model.quant_branch.weight), d(model.quant_branch.bias)
+            wq = d(model.quant_branch.weight).numpy()                     # [H, quant_dims]
+            self.quant_rows = torch.from_numpy(np.concatenate([t @ wq.T for t in quant_t]))
+            self.quant_off = np.concatenate([[0], np.cumsum([len(t) for t in quant_t])[:-1]])
+            self.bq = d(model.quant_branch.bias)
         self.dense = [(d(l.weight).T.contiguous().to(dtype), d(l.bias).to(dtype))
                       for l in model.layers[1:]]
         self.head_w, self.head_b = d(model.head.weight).T.to(dtype), d(model.head.bias).to(dtype)
 
     @torch.no_grad()
     def __call__(self, idx: np.ndarray) -> np.ndarray:
-        a, q = self.encoder.feature_indices(idx)
-        h = torch.relu(F.embedding_bag(torch.from_numpy(a), self.e1, mode="sum") + self.b1)
+        a, q = self.encoder.block_codes(idx)
+        h = F.embedding_bag(torch.from_numpy(a + self.arch_off), self.arch_rows, mode="sum")
+        h = torch.relu(h + self.b1)
         if self.quant:
-            h = h + F.embedding_bag(torch.from_numpy(q), self.eq, mode="sum") + self.bq
+            h = h + F.embedding_bag(torch.from_numpy(q + self.quant_off), self.quant_rows,
+                                    mode="sum") + self.bq
         h = h.to(self.dtype)
         for w, b in self.dense:
             h = torch.relu(torch.addmm(b, h, w))

@@ -72,13 +72,17 @@ def make_evaluator(cfg: Profile, kind: str, supernet, data, device=None):
 
 
 def load_supernet(cfg: Profile, data, store: ArtifactStore, device=None):
-    """``(supernet in eval mode, its artifact key)`` from notebook 01's artifact."""
-    from ..supernet import get_trained_supernet
-    out = get_trained_supernet(cfg, data, store)
-    net, art = out if isinstance(out, tuple) else (out, getattr(out, "artifact", None))
-    key = art.key if isinstance(art, Artifact) else str(art)
-    if device is not None:
-        net.to(device)
+    """``(supernet in eval mode, its artifact key)`` from notebook 01's artifact; never
+    trains one (a missing artifact raises :class:`MissingInputError` naming notebook 01)."""
+    from ..artifacts import MissingInputError
+    from ..supernet import train as sn
+    key = config_key(sn.supernet_artifact_config(cfg))
+    art = store.get(sn.STAGE, key)
+    if art is None:
+        raise MissingInputError(f"artifacts/{sn.STAGE}/{key} (the trained supernet of profile "
+                                f"{cfg.name!r}) is missing: run notebook 01_supernet first "
+                                f"(make reproduce runs them in order)")
+    net = sn.load_supernet(art.file("supernet.safetensors"), SearchSpace(cfg.space), device)
     return net.eval(), key
 
 

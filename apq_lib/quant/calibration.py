@@ -137,8 +137,10 @@ def kl_threshold(x: torch.Tensor, bits: int, signed: bool = True, axis: Optional
                  num_bins: int = 2048) -> torch.Tensor:
     """Clip threshold ``T`` minimising KL(FP histogram || quantized histogram) of ``|x|``.
 
-    ``2^(bits-1)`` quantization levels for signed codes, ``2^bits`` for unsigned. Returns a
-    0-dim tensor (per tensor) or ``[C]`` (per channel); ``T <= max|x|``.
+    ``2^(bits-1)`` quantization levels for signed codes, ``2^bits`` for unsigned. The
+    histogram has ``num_bins`` bins, fewer for small tensors (a power of two near ``n/8``,
+    at least the number of levels) so that it is not sparse. Returns a 0-dim tensor (per
+    tensor) or ``[C]`` (per channel); ``T <= max|x|``.
     """
     bits = check_bits(bits)
     if bits == FP_BITS:
@@ -149,7 +151,10 @@ def kl_threshold(x: torch.Tensor, bits: int, signed: bool = True, axis: Optional
     r = _rows(x, axis).abs()
     if r.shape[1] == 0:
         raise ValueError("cannot calibrate on an empty tensor")
-    t = torch.stack([_kl_row(row.cpu(), n_levels, num_bins) for row in r]).to(r.device)
+    # a sparse histogram makes KL degenerate (it then prefers a tiny threshold): keep at
+    # least ~8 values per bin on average, as TensorRT's 2048 bins assume a large tensor
+    bins = max(n_levels, min(num_bins, 1 << max(0, (r.shape[1] // 8).bit_length() - 1)))
+    t = torch.stack([_kl_row(row.cpu(), n_levels, bins) for row in r]).to(r.device)
     return _out(t, axis)
 
 

@@ -29,9 +29,12 @@ Number = Union[int, float]
 
 
 def check_bits(bits: int, what: str = "bits") -> int:
-    """Validate a bitwidth: 2..8, or 32 (= full precision)."""
-    if isinstance(bits, bool) or not isinstance(bits, (int, float)) or int(bits) != bits \
-            or int(bits) not in _VALID:
+    """Validate a bitwidth: 2..8, or 32 (= full precision). NumPy integers are accepted."""
+    try:
+        ok = not isinstance(bits, (bool, str)) and int(bits) == bits and int(bits) in _VALID
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
         raise ValueError(f"{what}={bits!r} is not supported: use an integer in 2..8, "
                          f"or 32 to switch quantization off")
     return int(bits)
@@ -83,7 +86,7 @@ def _validate(x, scale, zero_point, qmin, qmax, axis, check_scale: bool = True):
     if not isinstance(qmin, int) or not isinstance(qmax, int) or qmin >= qmax:
         raise ValueError(f"qmin={qmin!r} must be an int < qmax={qmax!r}")
     axis = _check_axis(x, axis)
-    if not torch.is_tensor(scale):
+    if not isinstance(scale, torch.Tensor):
         if not float(scale) > 0:
             raise ValueError(f"scale must be > 0 (got {scale!r}); calibrate the quantizer "
                              f"or clamp the scale to apq_lib.quant.MIN_SCALE")
@@ -116,20 +119,34 @@ def fake_quantize(x: torch.Tensor, scale: Union[torch.Tensor, float],
     if _kernels.use_triton(x):
         return _kernels.fake_quantize_triton(x, scale, zero_point, qmin, qmax, axis)
     if axis is None:
-        if torch.is_tensor(scale) or torch.is_tensor(zero_point):
-            s = torch.as_tensor(scale, device=x.device)
-            zp = torch.as_tensor(zero_point, device=x.device)
+        if isinstance(scale, torch.Tensor) or isinstance(zero_point, torch.Tensor):
             return torch.fake_quantize_per_tensor_affine(
-                x, s.detach().reshape(()).to(torch.float32),
-                zp.detach().reshape(()).to(torch.int32), qmin, qmax)
+                x, _as(scale, torch.float32, x, True), _as(zero_point, torch.int32, x, True),
+                qmin, qmax)
         return torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero_point), qmin, qmax)
-    scale = scale.detach().to(torch.float32).reshape(-1)
-    if torch.is_tensor(zero_point):
-        zp = zero_point.detach().reshape(-1).to(torch.int32)
-        zp = zp.expand(scale.numel()) if zp.numel() == 1 else zp
+    scale = _as(scale, torch.float32, x, False)
+    if isinstance(zero_point, torch.Tensor):
+        zp = _as(zero_point, torch.int32, x, False)
+        zp = zp.expand(scale.numel()) if zp.numel() == 1 and scale.numel() != 1 else zp
     else:
         zp = torch.full(scale.shape, int(zero_point), dtype=torch.int32, device=scale.device)
     return torch.fake_quantize_per_channel_affine(x, scale, zp, axis, qmin, qmax)
+
+
+def _as(v, dtype: torch.dtype, x: torch.Tensor, scalar: bool) -> torch.Tensor:
+    """``v`` as a detached ``dtype`` tensor, 0-dim (``scalar``) or 1-D, without copies or
+    dispatcher calls when it already is one (this path runs once per quantized layer)."""
+    if not isinstance(v, torch.Tensor):
+        return torch.tensor(v, dtype=dtype, device=x.device).reshape(() if scalar else (-1,))
+    if v.requires_grad:
+        v = v.detach()
+    if v.dtype != dtype:
+        v = v.to(dtype)
+    if scalar and v.dim() != 0:
+        v = v.reshape(())
+    elif not scalar and v.dim() != 1:
+        v = v.reshape(-1)
+    return v
 
 
 # --------------------------------------------------------------------------- LSQ
@@ -151,20 +168,27 @@ def fake_quantize_learnable(x: torch.Tensor, scale: torch.Tensor,
     ``dy/ds = (x_fq - x)/s`` inside the range, ``qmin - z`` / ``qmax - z`` below / above;
     ``dy/dz = -s`` outside, 0 inside; both multiplied by ``grad_factor`` (LSQ's ``g``, see
     :func:`lsq_grad_factor`). ``scale``: 0-dim or ``[1]`` tensor (per tensor) or ``[C]``.
+
+    Two aten details are kept so that CPU and GPU agree: the backward's clip test rounds
+    ``fma(x, 1/s, z)`` (not ``round(x/s) + z``: they differ only at rounding ties),
+    and the per-tensor backward uses the zero point ``int(clamp(z + 0.5))``, truncated
+    toward zero (``z + 1`` for a negative integer ``z``; symmetric quantizers have z = 0).
     """
-    if not torch.is_tensor(scale):
+    if not isinstance(scale, torch.Tensor):
         scale = torch.tensor([float(scale)], device=x.device)
     axis = _validate(x, scale, zero_point, qmin, qmax, axis, check_scale=validate)
     if not qmin <= 0 <= qmax:
         raise ValueError(f"learnable fake quantization needs qmin <= 0 <= qmax, got "
                          f"[{qmin}, {qmax}]")
-    if not torch.is_tensor(zero_point):
+    if not isinstance(zero_point, torch.Tensor):
         zero_point = torch.full_like(scale, float(zero_point), dtype=torch.float32)
     if _kernels.use_triton(x):
         return _kernels.fake_quantize_learnable_triton(x, scale, zero_point, qmin, qmax, axis,
                                                        grad_factor)
-    s = scale.to(torch.float32).reshape(-1)
-    zp = zero_point.to(torch.float32).reshape(-1)
+    s = scale if scale.dtype == torch.float32 and scale.dim() == 1 else \
+        scale.to(torch.float32).reshape(-1)
+    zp = zero_point if zero_point.dtype == torch.float32 and zero_point.dim() == 1 else \
+        zero_point.to(torch.float32).reshape(-1)
     if axis is None:
         return torch._fake_quantize_learnable_per_tensor_affine(x, s, zp, qmin, qmax,
                                                                 grad_factor)

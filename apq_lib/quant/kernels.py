@@ -7,8 +7,10 @@ of ``dx``; with ``LEARNABLE`` it also reduces LSQ's ``d scale`` / ``d zero_point
 per-(channel, block) partial sums, which torch adds up: deterministic, no atomics). The ops
 ``apq::fake_quant`` (STE) and ``apq::fake_quant_learnable`` (LSQ) carry ``register_fake`` and
 ``register_autograd``, so they work under autograd and ``torch.compile`` (as opaque ops).
-Their numerics follow the aten ops: ``q = rint(x * (1/s)) + z`` with ``1/s`` correctly rounded
-and round-half-to-even, so forward and ``grad_x`` agree with aten bit for bit.
+Their numerics follow the aten ops of the same device: ``1/s`` correctly rounded, round half
+to even, and the same one of ``rint(x * (1/s)) + z`` / ``rint(fma(x, 1/s, z))`` that aten
+uses for that op and device (see ``_rounding_form``), so forward and ``grad_x`` agree with
+aten bit for bit, rounding ties included.
 
 Dispatch: :func:`use_triton` is True for CUDA tensors when Triton imports, unless switched by
 ``APQ_TRITON=never|auto|always`` (environment, read at import) or :func:`set_triton_mode`.
@@ -30,6 +32,12 @@ try:  # Triton is optional: without it everything runs on the aten ops
 except Exception:  # pragma: no cover - depends on the environment
     triton = tl = None
     HAS_TRITON = False
+try:
+    from triton.language.extra import libdevice
+    _HAS_LIBDEVICE = True
+except Exception:  # pragma: no cover - older / other Triton builds
+    libdevice = None
+    _HAS_LIBDEVICE = False
 
 __all__ = ["use_triton", "fake_quantize_triton", "fake_quantize_learnable_triton",
            "set_triton_mode", "get_triton_mode", "interpreter_enabled", "HAS_TRITON",
@@ -87,7 +95,7 @@ def use_triton(x: torch.Tensor) -> bool:
 # --------------------------------------------------------------------------- kernels
 if HAS_TRITON:
     @triton.jit
-    def _rint(v):
+    def _rint_emulated(v):
         """Round half to even, exact for every finite fp32 (v - floor(v) is exact)."""
         f = tl.floor(v)
         d = v - f
@@ -95,17 +103,38 @@ if HAS_TRITON:
         return tl.where((d > 0.5) | ((d == 0.5) & odd), f + 1.0, f)
 
     @triton.jit
-    def _zero_point(zf, qmin, qmax, ZP_TRUNC: tl.constexpr):
+    def _rint(v, LIBDEVICE: tl.constexpr):
+        # compiled: libdevice's rint (no fp contraction can reach into it); the interpreter
+        # has no extern functions, so it runs the emulation
+        if LIBDEVICE:
+            r = libdevice.rint(v)
+        else:
+            r = _rint_emulated(v)
+        return r
+
+    @triton.jit
+    def _code(x, inv, z, FMA: tl.constexpr, LIBDEVICE: tl.constexpr):
+        """Unclamped integer code: ``rint(fma(x, 1/s, z))`` or ``rint(x * (1/s)) + z``, the
+        two forms aten uses (they differ only at rounding ties); see ``_rounding_form``."""
+        if FMA:
+            q = _rint(tl.fma(x, inv, z), LIBDEVICE)
+        else:
+            q = _rint(x * inv, LIBDEVICE) + z
+        return q
+
+    @triton.jit
+    def _zero_point(zf, qmin, qmax, ZP_TRUNC: tl.constexpr, LIBDEVICE: tl.constexpr):
         if ZP_TRUNC:  # aten per-tensor learnable backward: int(clamp(zp + 0.5))
             zc = tl.minimum(tl.maximum(zf + 0.5, qmin), qmax)
             z = tl.where(zc < 0, -tl.floor(-zc), tl.floor(zc))
         else:         # everywhere else: clamp(rint(zp))
-            z = tl.minimum(tl.maximum(_rint(zf), qmin), qmax)
+            z = tl.minimum(tl.maximum(_rint(zf, LIBDEVICE), qmin), qmax)
         return z
 
     @triton.jit
     def _fq_fwd_kernel(x_ptr, y_ptr, s_ptr, z_ptr, n, inner, C, qmin, qmax,
-                       PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr):
+                       PER_CHANNEL: tl.constexpr, FMA: tl.constexpr, LIBDEVICE: tl.constexpr,
+                       BLOCK: tl.constexpr):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         m = offs < n
         x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
@@ -116,20 +145,21 @@ if HAS_TRITON:
         else:
             s = tl.load(s_ptr)
             zf = tl.load(z_ptr)
-        z = _zero_point(zf, qmin, qmax, False)
+        z = _zero_point(zf, qmin, qmax, False, LIBDEVICE)
         inv = tl.math.div_rn(1.0, s)
-        q = tl.minimum(tl.maximum(_rint(x * inv) + z, qmin), qmax)
+        q = tl.minimum(tl.maximum(_code(x, inv, z, FMA, LIBDEVICE), qmin), qmax)
         tl.store(y_ptr + offs, ((q - z) * s).to(y_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
     def _fq_bwd_kernel(dy_ptr, x_ptr, s_ptr, z_ptr, dx_ptr, ps_ptr, pz_ptr,
                        M, inner, C, n_split, qmin, qmax, grad_factor,
                        PER_CHANNEL: tl.constexpr, LEARNABLE: tl.constexpr,
-                       ZP_TRUNC: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+                       ZP_TRUNC: tl.constexpr, FMA: tl.constexpr, LIBDEVICE: tl.constexpr,
+                       BLOCK: tl.constexpr, ITERS: tl.constexpr):
         c = tl.program_id(0)
         split = tl.program_id(1)
         s = tl.load(s_ptr + c)
-        z = _zero_point(tl.load(z_ptr + c), qmin, qmax, ZP_TRUNC)
+        z = _zero_point(tl.load(z_ptr + c), qmin, qmax, ZP_TRUNC, LIBDEVICE)
         inv = tl.math.div_rn(1.0, s)
         acc_s = tl.zeros([BLOCK], dtype=tl.float32)
         acc_z = tl.zeros([BLOCK], dtype=tl.float32)
@@ -143,7 +173,7 @@ if HAS_TRITON:
                 off = k
             x = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
             dy = tl.load(dy_ptr + off, mask=m, other=0.0).to(tl.float32)
-            q = _rint(x * inv) + z
+            q = _code(x, inv, z, FMA, LIBDEVICE)
             inside = (q >= qmin) & (q <= qmax)
             tl.store(dx_ptr + off, tl.where(inside, dy, 0.0).to(dx_ptr.dtype.element_ty),
                      mask=m)
@@ -157,6 +187,18 @@ if HAS_TRITON:
         if LEARNABLE:
             tl.store(ps_ptr + c * n_split + split, tl.sum(acc_s, axis=0))
             tl.store(pz_ptr + c * n_split + split, tl.sum(acc_z, axis=0))
+
+
+def _rounding_form(is_cuda: bool, per_channel: bool, learnable_backward: bool) -> bool:
+    """True where aten rounds ``fma(x, 1/s, z)`` rather than ``rint(x/s) + z`` (they differ
+    only at exact rounding ties, which random fp32 data does hit). CUDA (read from
+    FakeQuantizeCore.cu): the per-channel forward and its STE mask round ``x * inv + z``
+    (contracted to an fma by nvcc); the per-tensor forward and both LSQ backward kernels
+    round ``x * inv`` and add ``z``. CPU (measured against aten): the forwards add ``z``
+    after rounding, the LSQ backward kernels round the fused ``z + x * inv``."""
+    if is_cuda:
+        return per_channel and not learnable_backward
+    return learnable_backward
 
 
 def _geometry(x: torch.Tensor, axis: int) -> tuple[int, int, int]:
@@ -195,8 +237,9 @@ def _launch_fwd(x, scale, zp, axis, qmin, qmax):
     C, inner, _ = _geometry(xc, axis)
     BLOCK = 1024
     _fq_fwd_kernel[(triton.cdiv(n, BLOCK),)](
-        xc, y, scale, zp, n, inner, C, float(qmin), float(qmax),
-        PER_CHANNEL=axis >= 0, BLOCK=BLOCK)
+        xc, y, scale, zp, n, inner, C, float(qmin), float(qmax), PER_CHANNEL=axis >= 0,
+        FMA=_rounding_form(xc.is_cuda, axis >= 0, False),
+        LIBDEVICE=xc.is_cuda and _HAS_LIBDEVICE, BLOCK=BLOCK)
     return y
 
 
@@ -221,7 +264,8 @@ def _launch_bwd(dy, x, scale, zp, axis, qmin, qmax, learnable, zp_trunc, grad_fa
     _fq_bwd_kernel[(C, n_split)](
         dyc, xc, scale, zp, dx, ps, pz, M, inner, C, n_split, float(qmin), float(qmax),
         float(grad_factor), PER_CHANNEL=axis >= 0, LEARNABLE=bool(learnable),
-        ZP_TRUNC=bool(zp_trunc), BLOCK=BLOCK, ITERS=ITERS)
+        ZP_TRUNC=bool(zp_trunc), FMA=_rounding_form(xc.is_cuda, axis >= 0, bool(learnable)),
+        LIBDEVICE=xc.is_cuda and _HAS_LIBDEVICE, BLOCK=BLOCK, ITERS=ITERS)
     if learnable:
         return dx, ps.sum(1), pz.sum(1)
     z = torch.zeros(C, dtype=torch.float32, device=x.device)

@@ -183,7 +183,12 @@ def quantize_model(model: nn.Module, w_bits: int = 8, a_bits: int = 8,
             else:
                 swap(child, full)
 
-    swap(model, "")
+    if isinstance(model, (nn.Conv2d, nn.Linear)) and not isinstance(model, QUANT_LAYERS):
+        holder = nn.Sequential(model)          # a bare layer: swap it through a holder
+        swap(holder, "")
+        model = holder[0]
+    else:
+        swap(model, "")
     for m in quant_layers(model).values():
         if isinstance(m.w_quant, KMeansQuantizer):
             m.w_quant.fit(m.weight)

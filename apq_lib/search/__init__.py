@@ -6,5 +6,11 @@ from .evolution import *  # noqa: F401,F403
 from .evolution import __all__ as _evolution
 from .random_search import *  # noqa: F401,F403
 from .random_search import __all__ as _random
+from .scoring import *  # noqa: F401,F403
+from .scoring import __all__ as _scoring
+from .sweep import *  # noqa: F401,F403
+from .sweep import __all__ as _sweep
+from .realize import *  # noqa: F401,F403
+from .realize import __all__ as _realize
 
-__all__ = [*_genome, *_evolution, *_random]
+__all__ = [*_genome, *_evolution, *_random, *_scoring, *_sweep, *_realize]

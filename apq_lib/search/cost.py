@@ -44,6 +44,7 @@ class StageCost:
     cpu_s: Optional[float] = None  # process CPU seconds (None when read from elsewhere)
     device: str = "cpu"
     source: str = "measured"       # measured | results/data/<file> | manifest
+    search: str = ""               # which search a per_search stage belongs to (target)
 
 
 class CostMeter:
@@ -54,8 +55,10 @@ class CostMeter:
         self.device = device_name(device)
 
     @contextmanager
-    def stage(self, method: str, stage: str, kind: str = "per_search") -> Iterator[dict]:
-        """Time a block; the yielded dict gets ``wall_s`` / ``cpu_s`` when it ends."""
+    def stage(self, method: str, stage: str, kind: str = "per_search",
+              search: str = "") -> Iterator[dict]:
+        """Time a block; the yielded dict gets ``wall_s`` / ``cpu_s`` when it ends.
+        ``search`` names the search (e.g. its target) a per-search stage belongs to."""
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r}; use one of {KINDS}")
         out: dict = {}
@@ -66,16 +69,16 @@ class CostMeter:
             out["wall_s"] = time.perf_counter() - w0
             out["cpu_s"] = time.process_time() - c0
             self.records.append(StageCost(method, stage, kind, out["wall_s"], out["cpu_s"],
-                                          self.device))
+                                          self.device, search=search))
 
     def add(self, method: str, stage: str, wall_s: float, kind: str = "per_search",
             cpu_s: Optional[float] = None, device: Optional[str] = None,
-            source: str = "measured") -> StageCost:
+            source: str = "measured", search: str = "") -> StageCost:
         """Record a stage timed elsewhere (e.g. read from an earlier notebook's summary)."""
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r}; use one of {KINDS}")
         rec = StageCost(method, stage, kind, float(wall_s), cpu_s, device or self.device,
-                        source)
+                        source, search)
         self.records.append(rec)
         return rec
 
@@ -94,8 +97,9 @@ class CostMeter:
         return out
 
     def table(self, n_searches: int = 1):
-        """Per method: shared and per-search seconds, the cost of the first search and the
-        amortised cost per search over ``n_searches`` searches."""
+        """Per method: shared seconds, seconds per search (the per-search stages summed, then
+        averaged over the searches actually run, told apart by ``search``), the cost of the
+        first search and the amortised cost per search over ``n_searches`` searches."""
         import pandas as pd
         if n_searches < 1:
             raise ValueError("n_searches must be >= 1")
@@ -103,14 +107,19 @@ class CostMeter:
         for m in dict.fromkeys(r.method for r in self.records):
             recs = [r for r in self.records if r.method == m]
             sh = sum(r.wall_s for r in recs if r.kind == "shared")
-            ps = sum(r.wall_s for r in recs if r.kind == "per_search")
+            per = [r for r in recs if r.kind == "per_search"]
+            n_run = max(1, len({r.search for r in per}))
+            ps = sum(r.wall_s for r in per) / n_run
             cpu = [r.cpu_s for r in recs if r.cpu_s is not None]
             rows.append({"method": m, "shared_s": sh, "per_search_s": ps,
+                         "searches_run": n_run if per else 0,
                          "first_search_s": sh + ps,
                          f"amortised_s_N{n_searches}": ps + sh / n_searches,
                          "cpu_s": sum(cpu) if cpu else None,
                          "device": ",".join(sorted({r.device for r in recs})),
-                         "stages": "; ".join(f"{r.stage}={r.wall_s:.1f}s" for r in recs)})
+                         "stages": "; ".join(f"{r.stage}={r.wall_s:.1f}s" for r in recs
+                                             if r.kind == "shared" or r.search in
+                                             ("", per[0].search))})
         return pd.DataFrame(rows)
 
     def to_json(self) -> list[dict]:

@@ -28,7 +28,7 @@ from torch import nn
 
 __all__ = ["HAQLayer", "DDPGConfig", "DDPGAgent", "HAQSearch", "HAQResult",
            "bits_from_action", "action_from_bits", "action_wall", "haq_states",
-           "N_STATE_FEATURES"]
+           "N_STATE_FEATURES", "haq_layers"]
 
 N_STATE_FEATURES = 10
 Bits = list  # [(w_bits, a_bits)] per layer
@@ -323,3 +323,12 @@ class HAQSearch:
             best = HAQResult(bits, acc, reward, c, False)
         best.history, best.seconds = hist, time.perf_counter() - t0
         return best
+
+
+def haq_layers(names: Sequence[str], specs: Sequence, fixed: Callable[[str], Optional[tuple]]
+               ) -> list[HAQLayer]:
+    """:class:`HAQLayer` records from layer names and their ``LayerSpec`` (e.g. a
+    ``LayerCostTable``'s ``names`` / ``specs``); ``fixed(name)`` gives the (w, a) of a
+    layer the agent does not control, or None."""
+    return [HAQLayer(n, s.in_c, s.out_c, s.kernel, s.stride, s.in_size, s.n_weights,
+                     bool(s.is_depthwise), fixed(n)) for n, s in zip(names, specs)]

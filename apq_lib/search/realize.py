@@ -98,7 +98,7 @@ def qat_finetune(model: nn.Module, train_batches: Iterable, epochs: float = 1.0,
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             if bar is not None:
                 bar.update(1)

@@ -1,5 +1,32 @@
-"""Once-for-all supernet with APQ's fine-grained channels and per-block bits."""
+"""Once-for-all supernet with APQ's fine-grained channels and per-block bits.
+
+``space`` (the shared search-space contract), ``elastic`` (elastic kernel / width / BN
+ops), ``block`` (:class:`ElasticMBConv`), ``network`` (:class:`APQSupernet`), ``static``
+(exported standalone subnets), ``metrics`` (BN recalibration, top-1, MACs) and ``train``
+(progressive shrinking, checkpoint/resume, DDP, artifact cache).
+"""
 from .space import *  # noqa: F401,F403
 from .space import __all__ as _space_all
+from .static import *  # noqa: F401,F403
+from .static import __all__ as _static_all
+from .elastic import *  # noqa: F401,F403
+from .elastic import __all__ as _elastic_all
+from .block import *  # noqa: F401,F403
+from .block import __all__ as _block_all
+from .network import *  # noqa: F401,F403
+from .network import __all__ as _network_all
+from .metrics import *  # noqa: F401,F403
+from .metrics import __all__ as _metrics_all
 
-__all__ = list(_space_all)
+_TRAIN = ("Phase", "PhaseSampler", "train_supernet", "get_trained_supernet", "load_supernet",
+          "supernet_artifact_config")
+__all__ = [*_space_all, *_static_all, *_elastic_all, *_block_all, *_network_all,
+           *_metrics_all, *_TRAIN]
+
+
+def __getattr__(name):
+    # ``train`` is imported lazily so ``python -m apq_lib.supernet.train`` runs cleanly
+    if name in _TRAIN:
+        from . import train
+        return getattr(train, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -46,10 +46,10 @@ class ElasticMBConv(nn.Module):
 
     def set_bits(self, pw_w: int, pw_a: int, dw_w: int, dw_a: int) -> None:
         for conv in (self.expand, self.project):
-            conv.wq.set_bits(pw_w)
-            conv.aq.set_bits(pw_a)
-        self.dw.wq.set_bits(dw_w)
-        self.dw.aq.set_bits(dw_a)
+            conv.w_quant.set_bits(pw_w)
+            conv.a_quant.set_bits(pw_a)
+        self.dw.w_quant.set_bits(dw_w)
+        self.dw.a_quant.set_bits(dw_a)
 
     # ---------------------------------------------------------------- compute
     def forward(self, x: torch.Tensor) -> torch.Tensor:

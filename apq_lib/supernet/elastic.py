@@ -8,7 +8,7 @@
 * :class:`ElasticBatchNorm2d` — dynamic BN: affine parameters and running statistics
   sliced to the active channels (the slice is updated in place in training mode).
 
-Every elastic conv carries its weight quantizer ``wq`` and the quantizer ``aq`` of its
+Every elastic conv carries its weight quantizer ``w_quant`` and the quantizer ``a_quant`` of its
 *input* activation, so a mixed-precision policy can be set on the supernet itself;
 bits = 32 means off. ``to_static()`` returns the equivalent plain layer (same quantizers).
 """
@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..quant import PACTQuantizer, WeightQuantizer
-from .static import QConv2d
+from ..quant import QConv2d
+from .static import qconv
 
 __all__ = ["ElasticPointConv", "ElasticDepthwiseConv", "ElasticBatchNorm2d"]
 
@@ -35,8 +36,8 @@ class ElasticPointConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(max_out, max_in, 1, 1))
         nn.init.kaiming_normal_(self.weight, mode="fan_out")
         self.active_out = max_out
-        self.wq = WeightQuantizer(32)
-        self.aq = PACTQuantizer(32, signed=a_signed)
+        self.w_quant = WeightQuantizer(32)
+        self.a_quant = PACTQuantizer(32, signed=a_signed)
 
     def active_weight(self, in_c: int) -> torch.Tensor:
         # contiguous: the conv then sees the same memory layout as the exported copy, so
@@ -44,12 +45,12 @@ class ElasticPointConv(nn.Module):
         return self.weight[:self.active_out, :in_c].contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(self.aq(x), self.wq(self.active_weight(x.shape[1])))
+        return F.conv2d(self.a_quant(x), self.w_quant(self.active_weight(x.shape[1])))
 
     def to_static(self, in_c: int) -> QConv2d:
-        m = QConv2d(in_c, self.active_out, 1, bias=False)
+        m = qconv(in_c, self.active_out, 1)
         m.weight.data.copy_(self.active_weight(in_c).detach())
-        m.wq, m.aq = copy.deepcopy(self.wq), copy.deepcopy(self.aq)
+        m.w_quant, m.a_quant = copy.deepcopy(self.w_quant), copy.deepcopy(self.a_quant)
         return m
 
     def extra_repr(self) -> str:
@@ -71,8 +72,8 @@ class ElasticDepthwiseConv(nn.Module):
             f"{big}to{small}": nn.Parameter(torch.eye(small * small))
             for big, small in zip(self.kernels[1:], self.kernels[:-1])})
         self.active_kernel = kmax
-        self.wq = WeightQuantizer(32)
-        self.aq = PACTQuantizer(32, signed=False)
+        self.w_quant = WeightQuantizer(32)
+        self.a_quant = PACTQuantizer(32, signed=False)
 
     def active_weight(self, channels: int, kernel: int | None = None) -> torch.Tensor:
         """``[channels, 1, k, k]``: centre crops of the max kernel through the transforms."""
@@ -89,14 +90,14 @@ class ElasticDepthwiseConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c, k = x.shape[1], self.active_kernel
-        w = self.wq(self.active_weight(c, k))
-        return F.conv2d(self.aq(x), w, None, self.stride, k // 2, 1, c)
+        w = self.w_quant(self.active_weight(c, k))
+        return F.conv2d(self.a_quant(x), w, None, self.stride, k // 2, 1, c)
 
     def to_static(self, channels: int) -> QConv2d:
         k = self.active_kernel
-        m = QConv2d(channels, channels, k, self.stride, k // 2, groups=channels, bias=False)
+        m = qconv(channels, channels, k, self.stride, groups=channels)
         m.weight.data.copy_(self.active_weight(channels, k).detach())
-        m.wq, m.aq = copy.deepcopy(self.wq), copy.deepcopy(self.aq)
+        m.w_quant, m.a_quant = copy.deepcopy(self.w_quant), copy.deepcopy(self.a_quant)
         return m
 
     def extra_repr(self) -> str:

@@ -1,8 +1,9 @@
 """Static (non-elastic) layers and the standalone subnet exported from the supernet
 (OFA §3.2 "get_active_subnet"; APQ §3.1 mixed-precision MBConv blocks).
 
-:class:`QConv2d` / :class:`QLinear` are plain layers with a weight quantizer ``wq`` and an
-input-activation quantizer ``aq`` (bits 32 = off). :class:`StaticMBConv` is one MBConv
+Fixed layers are :class:`apq_lib.quant.QConv2d` / ``QLinear`` (weight quantizer ``w_quant``,
+input-activation quantizer ``a_quant``; bits 32 = off), so exported subnets work with the
+quantization tools (``quant_layers``, ``apply_policy``, ``calibrate``, QAT). :class:`StaticMBConv` is one MBConv
 block (optional expand 1×1, depthwise k×k, project 1×1, each followed by BN; ReLU6 after
 the first two). :class:`StaticSubnet` is the whole network with only the chosen channels,
 kernels and blocks; it is what the supernet's ``get_active_subnet()`` returns.
@@ -15,43 +16,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..quant import PACTQuantizer, WeightQuantizer
+from ..quant import PACTQuantizer, QConv2d, QLinear, WeightQuantizer
 
-__all__ = ["QConv2d", "QLinear", "StaticMBConv", "MobileNetBody", "StaticSubnet"]
-
-
-class QConv2d(nn.Conv2d):
-    """``Conv2d`` whose weight passes ``wq`` and whose input passes ``aq``."""
-
-    def __init__(self, *args, w_bits: int = 32, a_bits: int = 32, a_signed: bool = False,
-                 **kwargs):
-        super().__init__(*args, **kwargs)
-        self.wq = WeightQuantizer(w_bits)
-        self.aq = PACTQuantizer(a_bits, signed=a_signed)
-
-    def set_bits(self, w_bits: int, a_bits: int) -> None:
-        self.wq.set_bits(w_bits)
-        self.aq.set_bits(a_bits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.aq(x), self.wq(self.weight), self.bias)
+__all__ = ["qconv", "StaticMBConv", "MobileNetBody", "StaticSubnet", "tensor_state",
+           "load_tensor_state"]
 
 
-class QLinear(nn.Linear):
-    """``Linear`` whose weight passes ``wq`` and whose input passes ``aq``."""
-
-    def __init__(self, *args, w_bits: int = 32, a_bits: int = 32, a_signed: bool = False,
-                 **kwargs):
-        super().__init__(*args, **kwargs)
-        self.wq = WeightQuantizer(w_bits)
-        self.aq = PACTQuantizer(a_bits, signed=a_signed)
-
-    def set_bits(self, w_bits: int, a_bits: int) -> None:
-        self.wq.set_bits(w_bits)
-        self.aq.set_bits(a_bits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.aq(x), self.wq(self.weight), self.bias)
+def qconv(in_c: int, out_c: int, kernel: int, stride: int = 1, groups: int = 1,
+          a_signed: bool = False) -> QConv2d:
+    """A bias-free :class:`~apq_lib.quant.QConv2d` (padding k//2), quantizers off (bits 32):
+    symmetric per-tensor linear weights (APQ), PACT input (signed for the residual stream)."""
+    return QConv2d(in_c, out_c, kernel, stride, kernel // 2, groups=groups, bias=False,
+                   w_bits=32, a_bits=32, w_quant=WeightQuantizer(32),
+                   a_quant=PACTQuantizer(32, signed=a_signed))
 
 
 class StaticMBConv(nn.Module):
@@ -68,11 +45,11 @@ class StaticMBConv(nn.Module):
             raise ValueError(f"an MBConv without expand conv needs mid == in_c ({mid} != {in_c})")
         self.in_c, self.mid, self.out_c = in_c, mid, out_c
         self.kernel, self.stride = kernel, stride
-        self.expand = QConv2d(in_c, mid, 1, bias=False, a_signed=True) if expand else None
+        self.expand = qconv(in_c, mid, 1, a_signed=True) if expand else None
         self.expand_bn = nn.BatchNorm2d(mid) if expand else None
-        self.dw = QConv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
+        self.dw = qconv(mid, mid, kernel, stride, groups=mid)
         self.dw_bn = nn.BatchNorm2d(mid)
-        self.project = QConv2d(mid, out_c, 1, bias=False)
+        self.project = qconv(mid, out_c, 1)
         self.project_bn = nn.BatchNorm2d(out_c)
         self.residual = stride == 1 and in_c == out_c
 
@@ -103,12 +80,14 @@ class MobileNetBody(nn.Module):
     """
 
     def _build_fixed(self, c) -> None:
-        self.stem = QConv2d(c.in_channels, c.stem_width, 3, c.stem_stride, 1, bias=False)
+        self.stem = qconv(c.in_channels, c.stem_width, 3, c.stem_stride)
         self.stem_bn = nn.BatchNorm2d(c.stem_width)
         self.head = StaticMBConv(c.stem_width, c.stem_width, c.head_width, 3, 1, expand=False)
-        self.tail = QConv2d(c.stage_widths[-1], c.tail_width, 1, bias=False, a_signed=True)
+        self.tail = qconv(c.stage_widths[-1], c.tail_width, 1, a_signed=True)
         self.tail_bn = nn.BatchNorm2d(c.tail_width)
-        self.classifier = QLinear(c.tail_width, c.num_classes)
+        self.classifier = QLinear(c.tail_width, c.num_classes, w_bits=32, a_bits=32,
+                                  w_quant=WeightQuantizer(32),
+                                  a_quant=PACTQuantizer(32, signed=False))
 
     def set_fixed_bits(self, bits: int) -> None:
         """Head and tail at ``bits`` (8 when quantized, 32 for FP32); stem input stays FP."""
@@ -123,8 +102,9 @@ class MobileNetBody(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [B, C_in, H, W]`` → logits ``[B, num_classes]``. Activations are kept
         channels-last (3-5× faster depthwise and 1×1 convs on CPU)."""
-        x = x.contiguous(memory_format=torch.channels_last)
-        x = F.relu6(self.stem_bn(self.stem(x)))
+        # (after the stem: with one input channel NCHW and NHWC strides coincide)
+        x = self.stem(x).contiguous(memory_format=torch.channels_last)
+        x = F.relu6(self.stem_bn(x))
         x = self.run_blocks(self.head(x))
         x = F.relu6(self.tail_bn(self.tail(x)))
         return self.classifier(x.mean((2, 3)))
@@ -148,3 +128,18 @@ class StaticSubnet(MobileNetBody):
 
     def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)
+
+
+def tensor_state(model: nn.Module) -> dict:
+    """``state_dict`` without non-tensor entries (quantizers' ``_extra_state``), for
+    safetensors."""
+    return {k: v for k, v in model.state_dict().items() if torch.is_tensor(v)}
+
+
+def load_tensor_state(model: nn.Module, state: dict) -> None:
+    """Load a :func:`tensor_state` dict; only ``_extra_state`` entries may be missing."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("_extra_state")]
+    if missing or unexpected:
+        raise KeyError(f"state does not match the model: missing {missing[:5]}, "
+                       f"unexpected {unexpected[:5]}")

@@ -1,0 +1,310 @@
+"""Notebook 05's stages (APQ §4 baselines on the suite's data, supernet, simulators and cost
+accounting): the fixed-architecture "MobileNetV2" trained from scratch, fixed precision
+(PTQ / QAT), HAQ (linear, and k-means under a size target), HAWQ-V2, the multi-stage
+pipeline and the magnitude-pruning sweep. Every result is one row of the same table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .artifacts import ArtifactStore, config_key, load_state, save_state
+from .config import Profile
+from .pruning import accuracy, cycle, finetune, gradual_magnitude_prune, sparse_size_bits
+from .search.cost import CostMeter
+from .search.fixed import (LayerCostTable, PolicyEvaluator, build_fixed_model, fixed_bits,
+                           is_fixed, to_float, uniform_policy)
+from .search.haq import DDPGConfig, HAQSearch, haq_layers
+from .search.hawq import hawq_allocate, hawq_sensitivity, hessian_traces
+from .supernet.space import SearchSpace, SubnetConfig
+
+__all__ = ["BaselineSuite", "SCRATCH_STAGE", "COLUMNS", "pick_targets", "UNITS"]
+
+SCRATCH_STAGE = "baseline_scratch"
+MBV2 = "MobileNetV2"
+UNITS = {"latency": "ms", "energy": "mJ", "bitops": "G", "size": "kB"}
+COLUMNS = ["method", "variant", "model", "constraint", "target", "met", "test_acc",
+           "latency_ms", "energy_mj", "bitops_g", "size_kb", "search_s", "policy"]
+_METRIC_COL = {"latency": "latency_ms", "energy": "energy_mj", "bitops": "bitops_g",
+               "size": "size_kb"}
+_SCALE = {"latency": 1.0, "energy": 1.0, "bitops": 1e9, "size": 8e3}   # table units → row
+
+
+def pick_targets(values, n: int) -> list[float]:
+    """Up to ``n`` targets spread over the sorted unique ``values`` (ends included)."""
+    v = sorted({float(x) for x in values if np.isfinite(x)})
+    if len(v) <= n:
+        return v
+    return [v[int(round(i))] for i in np.linspace(0, len(v) - 1, n)]
+
+
+class BaselineSuite:
+    """Holds the data batches, the cost meter and the results table of notebook 05."""
+
+    def __init__(self, cfg: Profile, data, device=None, store: Optional[ArtifactStore] = None,
+                 meter: Optional[CostMeter] = None, progress: bool = True):
+        self.cfg, self.s, self.data = cfg, cfg.baselines, data
+        self.device = device or torch.device("cpu")
+        self.store = store or ArtifactStore()
+        self.meter = meter or CostMeter(self.device)
+        self.progress = progress
+        self.space = SearchSpace(cfg.space)
+        c = cfg.space
+        self.input_shape = (c.in_channels, c.image_size, c.image_size)
+        s, seed = self.s, cfg.seed
+        n_test = len(data.test) if s.test_images is None else min(s.test_images, len(data.test))
+        self.batches = {
+            "calib": data.fixed_batches("train", s.calib_images, seed=seed),
+            "reward": data.fixed_batches("val", s.reward_images, seed=seed),
+            "final": data.fixed_batches("test", n_test, seed=seed),
+            "train": cycle(data.loader("train", batch_size=s.finetune_batch_size, seed=seed)),
+        }
+        self.rows: list[dict] = []
+        self.scratch_info: dict = {}
+        self._tables: dict = {}
+
+    # ------------------------------------------------------------------ helpers
+    def table(self, model: nn.Module, key: str) -> LayerCostTable:
+        if key not in self._tables:
+            lo = min(2, self.s.haq_bits[0])
+            self._tables[key] = LayerCostTable(model, self.input_shape, ["bitfusion"],
+                                               range(lo, 9))
+        return self._tables[key]
+
+    def evaluator(self, model, table, steps, eval_batches, weight_quantizer="linear"):
+        return PolicyEvaluator(model, table.names, self.batches["calib"],
+                               self.batches["train"], eval_batches, steps,
+                               self.s.finetune_lr, self.device, weight_quantizer)
+
+    def add_row(self, method: str, variant: str, model: str, metric: Optional[str],
+                target: Optional[float], acc: float, costs: dict, search_s: float = 0.0,
+                met: Optional[bool] = None, policy: Optional[dict] = None) -> dict:
+        constraint = "" if metric is None else f"{metric} <= {target:.4g} {UNITS[metric]}"
+        if met is None and metric is not None:
+            met = costs[_METRIC_COL[metric]] <= target * (1 + 1e-9)
+        row = {"method": method, "variant": variant, "model": model,
+               "constraint": constraint, "target": target, "met": met,
+               "test_acc": float(acc), **{k: costs.get(k) for k in
+                                          ("latency_ms", "energy_mj", "bitops_g", "size_kb")},
+               "search_s": float(search_s),
+               "policy": json.dumps({k: list(v) for k, v in (policy or {}).items()})}
+        self.rows.append(row)
+        return row
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=COLUMNS)
+
+    def target_in_table_units(self, metric: str, target: float) -> float:
+        return target * _SCALE[metric]
+
+    def _shared_scratch(self, method: str) -> None:
+        """Count the from-scratch training once for every method that uses the model."""
+        i = self.scratch_info
+        if not any(r.method == method and r.stage.startswith("train MobileNetV2")
+                   for r in self.meter.records):
+            self.meter.add(method, "train MobileNetV2 from scratch", i["seconds"], "shared",
+                           cpu_s=i.get("cpu_seconds"), device=i.get("device"),
+                           source=i.get("source", "measured"))
+
+    # ------------------------------------------------------------------ MobileNetV2
+    def scratch_config(self) -> dict:
+        s, d = self.s, self.cfg.data
+        return {"space": dataclasses.asdict(self.cfg.space), "seed": self.cfg.seed,
+                "epochs": s.scratch_epochs, "images": s.scratch_images, "lr": s.scratch_lr,
+                "batch_size": d.batch_size,
+                "data": {k: getattr(d, k) for k in ("dataset", "val_size", "split_seed",
+                                                    "train_subset", "image_size", "augment")}}
+
+    def scratch_model(self, force: bool = False) -> nn.Module:
+        """The largest subnet trained from scratch (cached as an artifact; its training
+        seconds are stored with it and counted as a shared cost)."""
+        s, seed = self.s, self.cfg.seed
+
+        def build(work):
+            model = build_fixed_model(self.space, seed).to(self.device)
+            loader = self.data.loader("train", limit=s.scratch_images, seed=seed)
+            steps = s.scratch_epochs * len(loader)
+            w0, c0 = time.perf_counter(), time.process_time()
+            losses = finetune(model, cycle(loader), steps, s.scratch_lr, self.device,
+                              weight_decay=4e-5)
+            secs, cpu = time.perf_counter() - w0, time.process_time() - c0
+            val = accuracy(model, self.batches["reward"], self.device)
+            save_state(model.state_dict(), work / "model.safetensors")
+            (work / "info.json").write_text(json.dumps(
+                {"seconds": secs, "cpu_seconds": cpu, "steps": steps, "val_acc": val,
+                 "final_loss": float(np.mean(losses[-10:])), "device": self.meter.device},
+                indent=1))
+
+        conf = self.scratch_config()
+        cached = not force and self.store.get(SCRATCH_STAGE, config_key(conf)) is not None
+        art = self.store.build(SCRATCH_STAGE, conf, build, force=force)
+        model = build_fixed_model(self.space, seed)
+        model.load_state_dict(load_state(art.file("model.safetensors"))[0])
+        info = json.loads(art.file("info.json").read_text())
+        info["artifact"] = f"{SCRATCH_STAGE}/{art.key}"
+        info["source"] = f"artifact {info['artifact']} (earlier run)" if cached else "measured"
+        info["cached"] = cached
+        self.scratch_info = info
+        return model.to(self.device).eval()
+
+    # ------------------------------------------------------------------ fixed precision
+    def fixed_precision(self, model: nn.Module, name: str, key: str) -> list[dict]:
+        """``name`` at every ``baselines.fixed_bits`` (head/tail at 8): PTQ and QAT."""
+        table, out = self.table(model, key), []
+        ev = self.evaluator(model, table, self.s.qat_steps, self.batches["final"])
+        for b in self.s.fixed_bits:
+            pol = uniform_policy(table.names, b, b)
+            costs = table.summary(table.bits_of(pol))
+            _, acc = ev.quantized(pol, steps=0)
+            out.append(self.add_row(f"Fixed W{b}A{b}", "PTQ", name, None, None, acc, costs,
+                                    policy=pol))
+            _, acc = ev.quantized(pol, steps=self.s.qat_steps)
+            out.append(self.add_row(f"Fixed W{b}A{b}", "QAT", name, None, None, acc, costs,
+                                    policy=pol))
+        if name == MBV2:
+            for b in self.s.fixed_bits:
+                self._shared_scratch(f"Fixed W{b}A{b}")
+        return out
+
+    # ------------------------------------------------------------------ HAQ
+    def haq(self, model: nn.Module, metric: str, target: float, key: str = MBV2,
+            method: str = "HAQ", model_name: str = MBV2) -> dict:
+        """HAQ's DDPG search under ``metric ≤ target`` (row units), then QAT."""
+        s = self.s
+        table = self.table(model, key)
+        kmeans = metric == "size"
+        ev = self.evaluator(model, table, s.haq_finetune_steps, self.batches["reward"],
+                            "kmeans" if kmeans else "linear")
+        acc_fp = accuracy(model, self.batches["reward"], self.device)
+        fixed = (lambda n: (fixed_bits(n)[0], 32) if is_fixed(n) else None) if kmeans else \
+            (lambda n: fixed_bits(n) if is_fixed(n) else None)
+        layers = haq_layers(table.names, table.specs, fixed)
+        label = f"{metric}<={target:.4g}"
+        with self.meter.stage(method, "DDPG episodes", search=label) as t:
+            res = HAQSearch(layers, ev, table.fn(metric), self.target_in_table_units(
+                metric, target), acc_fp, s.haq_bits[0], s.haq_bits[1], s.haq_episodes,
+                s.haq_warmup, quantize_acts=not kmeans, a_fixed=32, ddpg=DDPGConfig(),
+                seed=self.cfg.seed).run(self.progress)
+        if model_name == MBV2:
+            self._shared_scratch(method)
+        pol = res.policy(layers)
+        _, acc = ev.quantized(pol, steps=s.qat_steps, eval_batches=self.batches["final"])
+        row = self.add_row(method, "k-means" if kmeans else "linear", model_name, metric,
+                           target, acc, table.summary(res.bits), t["wall_s"], res.met, pol)
+        row["history"] = res.history
+        return row
+
+    # ------------------------------------------------------------------ HAWQ-V2
+    def hawq(self, model: nn.Module, metric: str, targets: list[float], key: str = MBV2,
+             model_name: str = MBV2) -> list[dict]:
+        """Hessian traces once (shared), a Pareto-frontier allocation per target, QAT."""
+        s = self.s
+        table = self.table(model, key)
+        free = [i for i, n in enumerate(table.names) if not is_fixed(n)]
+        names = [table.names[i] for i in free]
+        if not hasattr(self, "_hawq_cache") or self._hawq_cache[0] != key:
+            data = self.data.fixed_batches("train", s.hawq_images, seed=self.cfg.seed,
+                                           batch_size=min(128, s.hawq_images))
+            with self.meter.stage("HAWQ-V2", "Hessian traces (Hutchinson)", "shared"):
+                traces = hessian_traces(to_float(model).to(self.device), data, names,
+                                        s.hawq_samples, self.cfg.seed, self.device)
+            self._hawq_cache = (key, traces)
+            if model_name == MBV2:
+                self._shared_scratch("HAWQ-V2")
+        traces = self._hawq_cache[1]
+        mods = dict(model.named_modules())
+        bits = list(range(s.haq_bits[0], s.haq_bits[1] + 1))
+        pairs = [(b, b) for b in bits]
+        omega = hawq_sensitivity(traces, {n: mods[n].weight for n in names}, bits)
+        ev = self.evaluator(model, table, s.qat_steps, self.batches["final"])
+        base = [fixed_bits(n) if is_fixed(n) else (8, 8) for n in table.names]
+        fixed_cost = float(table.per_layer(metric, base)[[i for i in range(len(base))
+                                                          if i not in free]].sum())
+        costs = table.choice_costs(metric, pairs)[free]
+        out = []
+        for tgt in targets:
+            label = f"{metric}<={tgt:.4g}"
+            with self.meter.stage("HAWQ-V2", "Pareto-frontier allocation", search=label) as t:
+                try:
+                    alloc = hawq_allocate(omega, costs, self.target_in_table_units(
+                        metric, tgt) - fixed_cost)
+                except ValueError:                       # unreachable: lowest bits
+                    alloc = {"choices": [0] * len(free)}
+            bl = list(base)
+            for i, c in zip(free, alloc["choices"]):
+                bl[i] = pairs[c]
+            pol = dict(zip(table.names, bl))
+            _, acc = ev.quantized(pol)
+            row = self.add_row("HAWQ-V2", "Hessian trace", model_name, metric, tgt, acc,
+                               table.summary(bl), t["wall_s"], None, pol)
+            row["traces"] = traces
+            out.append(row)
+        return out
+
+    # ------------------------------------------------------------------ multi-stage
+    def multistage(self, supernet, score_fn, arch_cost: dict, metric: str, target: float,
+                   search_cfg=None) -> dict:
+        from .search.multistage import METHOD, MultiStagePipeline
+        from .supernet.metrics import recalibrate_bn
+
+        def export(arch: dict) -> nn.Module:
+            prev, prev_q = supernet.active_config, supernet.quantized
+            try:
+                supernet.set_quantization_policy(None)
+                supernet.set_active_subnet(SubnetConfig.from_dict(arch))
+                sub = supernet.get_active_subnet()
+            finally:
+                supernet.set_quantization_policy(prev if prev_q else None)
+                supernet.set_active_subnet(prev)
+            recalibrate_bn(sub, self.batches["calib"], self.device)
+            return sub.eval()
+
+        pipe = MultiStagePipeline(self.space, score_fn, arch_cost, export, self.batches,
+                                  self.s, self.input_shape, search_cfg, self.device,
+                                  self.meter, self.cfg.seed, self.progress)
+        r = pipe.run(metric, self.target_in_table_units(metric, target))
+        row = self.add_row(METHOD, "FP32 NAS → channel pruning → HAQ", "searched + pruned",
+                           metric, target, r.accuracy, r.costs,
+                           sum(v for k, v in r.stage_seconds.items() if k != "finetune"),
+                           r.met, r.policy)
+        row.update(stage_seconds=r.stage_seconds, arch=r.arch,
+                   widths_before=r.widths_before, widths_after=r.widths_after)
+        return row
+
+    # ------------------------------------------------------------------ pruning sweep
+    def pruning_sweep(self, model: nn.Module) -> pd.DataFrame:
+        """Unstructured magnitude pruning of the FP32 model to each ratio (global and
+        layer-wise scope), gradual Zhu & Gupta schedule during ``prune_steps`` finetune
+        steps; test accuracy, measured sparsity and the sparse size."""
+        s, rows = self.s, []
+        dense = to_float(model)
+        rows.append({"scope": "dense", "target_sparsity": 0.0, "sparsity": 0.0,
+                     "test_acc": accuracy(dense, self.batches["final"], self.device),
+                     "nonzero_params": sum(int((m.weight != 0).sum()) for m in dense.modules()
+                                           if isinstance(m, (nn.Conv2d, nn.Linear))),
+                     "size_kb_fp32": sparse_size_bits(dense, 32) / 8e3,
+                     "size_kb_8bit": sparse_size_bits(dense, 8) / 8e3, "seconds": 0.0})
+        for scope in s.prune_scopes:
+            for r in s.prune_ratios:
+                m = to_float(model).to(self.device)
+                t0 = time.perf_counter()
+                out = gradual_magnitude_prune(m, self.batches["train"], s.prune_steps, r,
+                                              scope, lr=s.finetune_lr * 10,
+                                              device=self.device)
+                rows.append({"scope": scope, "target_sparsity": r,
+                             "sparsity": out["sparsity"],
+                             "test_acc": accuracy(m, self.batches["final"], self.device),
+                             "nonzero_params": sum(int((mm.weight != 0).sum())
+                                                   for mm in m.modules()
+                                                   if isinstance(mm, (nn.Conv2d, nn.Linear))),
+                             "size_kb_fp32": sparse_size_bits(m, 32) / 8e3,
+                             "size_kb_8bit": sparse_size_bits(m, 8) / 8e3,
+                             "seconds": time.perf_counter() - t0})
+        return pd.DataFrame(rows)

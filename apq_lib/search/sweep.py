@@ -1,0 +1,147 @@
+"""Constraint sweeps for notebook 04 (APQ §4, Table 2 / Fig. 5: accuracy under a range of
+latency, energy and BitOps budgets): targets from the profile or derived from the costs of
+random samples, one evolution (and its random-search baseline) per target.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping, Optional
+
+import numpy as np
+import pandas as pd
+
+from ..config import SearchConfig
+from .evolution import EvolutionFinder
+from .genome import IndexOps, SearchResult
+from .random_search import RandomSearch
+
+__all__ = ["COST_UNITS", "PROFILE_TARGETS", "sweep_targets", "run_sweep", "history_table",
+           "round_sig", "load_search_inputs"]
+
+COST_UNITS = {"latency": "ms", "energy": "mJ", "bitops": "G", "size": "kB"}
+PROFILE_TARGETS = {"latency": "latency_targets_ms", "energy": "energy_targets_mj",
+                   "bitops": "bitops_targets_g"}
+
+
+def _missing(what: str, notebook: str, why: str = ""):
+    from ..artifacts import MissingInputError
+    return MissingInputError(f"{what} is missing{': ' + why if why else ''}: run notebook "
+                             f"{notebook} first with this profile (make reproduce runs them "
+                             f"in order)")
+
+
+def load_search_inputs(ctx, data, target: str = "bitfusion", device=None) -> dict:
+    """Notebook 04's inputs, loaded (never rebuilt): the trained supernet (notebook 01), the
+    ``target`` lookup table (notebook 02) and the quantization-aware predictor (notebook 03).
+    A missing one raises :class:`~apq_lib.artifacts.MissingInputError` naming the notebook.
+
+    Returns ``{"supernet", "supernet_key", "table", "lut_artifact", "predictor",
+    "predictor_artifact", "summaries"}``."""
+    import dataclasses
+    from ..artifacts import config_key
+    from ..hardware.lut import SpaceCostTable
+    from ..supernet.space import SearchSpace
+    cfg, store = ctx.cfg, ctx.store
+    sums = {"01": ctx.read_json("01_summary.json", "01_supernet"),
+            "02": ctx.read_json("02_summary.json", "02_hardware"),
+            "03": ctx.read_json("03_summary.json", "03_predictor")}
+    space = SearchSpace(cfg.space)
+    # 01 · supernet: load the artifact only (get_trained_supernet would train a missing one)
+    from ..supernet import train as sn
+    skey = config_key(sn.supernet_artifact_config(cfg))
+    art = store.get(sn.STAGE, skey)
+    if art is None:
+        raise _missing(f"artifacts/{sn.STAGE}/{skey} (the trained supernet)", "01_supernet")
+    net = sn.load_supernet(art.file("supernet.safetensors"), space, device).eval()
+    # 02 · lookup table of this space on `target`
+    entry = sums["02"].get("lut", {}).get(target)
+    if entry is None:
+        raise _missing(f"the {target} lookup table", "02_hardware",
+                       "results/data/02_summary.json has no entry for it")
+    stage, key = entry["artifact"].split("/")
+    lut_art = store.get(stage, key)
+    if lut_art is None or lut_art.meta["config"].get("space") != dataclasses.asdict(cfg.space):
+        raise _missing(f"artifacts/{stage}/{key} for this profile's space", "02_hardware")
+    table = SpaceCostTable.load(lut_art.file("cost.npz"), space)
+    # 03 · predictor (quantization-aware, by transfer)
+    from ..predictor import pipeline as pp
+    pred_art = None
+    ref = sums["03"].get("artifact") or sums["03"].get("predictor_artifact")
+    if isinstance(ref, str) and "/" in ref:
+        pred_art = store.get(*ref.split("/")[-2:])
+    if pred_art is None:
+        for k in (skey, str(art.path)):
+            pred_art = store.get(pp.MODEL_STAGE, pp.predictor_artifact_key(cfg, k))
+            if pred_art is not None:
+                break
+    if pred_art is None:
+        raise _missing("the trained predictor (artifacts/predictor/...)", "03_predictor")
+    model = pp.load_predictor(pred_art, "quant_transfer")
+    return {"supernet": net, "supernet_key": skey, "table": table, "lut_artifact": lut_art,
+            "predictor": model, "predictor_artifact": pred_art, "summaries": sums}
+
+
+def round_sig(x: float, sig: int = 3) -> float:
+    if x == 0 or not math.isfinite(x):
+        return float(x)
+    return float(round(x, sig - 1 - int(math.floor(math.log10(abs(x))))))
+
+
+def sweep_targets(scfg: SearchConfig, space, cost_fns: Mapping[str, Callable],
+                  n_samples: int = 5000, seed: int = 0) -> tuple[dict, pd.DataFrame]:
+    """``{cost name: [limits]}`` for latency / energy / BitOps.
+
+    The profile's ``search.<cost>_targets`` are used as given. An empty list is derived:
+    ``search.sweep_points`` quantiles ``(i + 0.5) / n`` (4 points: 12.5 / 37.5 / 62.5 /
+    87.5 %) of the cost of ``n_samples`` uniform random configurations of the space,
+    rounded to 3 significant digits — tight budgets at the low end, nearly the largest
+    models at the high end. Also returns the random-sample costs (for plotting)."""
+    rng = np.random.default_rng([seed, 4])
+    idx = IndexOps(space).sample(rng, n_samples)
+    sample = pd.DataFrame({k: np.asarray(fn(idx), dtype=float) for k, fn in cost_fns.items()})
+    out = {}
+    for name, attr in PROFILE_TARGETS.items():
+        if name not in cost_fns:
+            continue
+        given = list(getattr(scfg, attr))
+        if given:
+            out[name] = [float(t) for t in given]
+        else:
+            q = (np.arange(scfg.sweep_points) + 0.5) / scfg.sweep_points
+            out[name] = [round_sig(v) for v in np.quantile(sample[name], q)]
+    return out, sample
+
+
+def run_sweep(space, score_fn, cost_fns: Mapping[str, Callable], targets: Mapping[str, list],
+              scfg: SearchConfig, seed: int = 0, random_baseline: Optional[bool] = None,
+              progress: bool = True) -> list[dict]:
+    """One single-constraint evolution per (cost, limit), plus random search at the same
+    budget. Returns ``[{"constraint", "limit", "evolution": SearchResult,
+    "random": SearchResult | None, "costs": {name: cost of the best}}]``; all costs of the
+    found configuration are evaluated (not only the constrained one)."""
+    from tqdm.auto import tqdm
+    random_baseline = scfg.random_baseline if random_baseline is None else random_baseline
+    jobs = [(c, lim) for c, lims in targets.items() for lim in lims]
+    out = []
+    for c, lim in tqdm(jobs, desc="searches", disable=not progress):
+        finder = EvolutionFinder(space, score_fn, {c: (cost_fns[c], lim)}, scfg, seed=seed)
+        evo = finder.run()
+        rnd = RandomSearch.like(finder).run() if random_baseline else None
+        best = evo.best_index[None]
+        out.append({"constraint": c, "limit": float(lim), "evolution": evo, "random": rnd,
+                    "costs": {k: float(np.asarray(fn(best))[0]) for k, fn in cost_fns.items()}})
+    return out
+
+
+def history_table(results: list[dict]) -> pd.DataFrame:
+    """Long table of every run's per-generation best: constraint, limit, method, generation,
+    n_scored, best_score."""
+    frames = []
+    for r in results:
+        for m in ("evolution", "random"):
+            res: Optional[SearchResult] = r[m]
+            if res is None:
+                continue
+            h = res.history_frame()[["generation", "n_scored", "best_score"]]
+            frames.append(h.assign(constraint=r["constraint"], limit=r["limit"], method=m))
+    return pd.concat(frames, ignore_index=True)

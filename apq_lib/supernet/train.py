@@ -1,0 +1,430 @@
+"""Progressive shrinking (OFA §3.2) of the APQ supernet, FP32 (APQ §3.1 trains the
+supernet in full precision and quantizes per sample later).
+
+The schedule is the profile's ``supernet.phases`` list; every phase is data (see
+:class:`Phase`): which kernels, depths and expand ratios it samples, how many subnets per
+step (gradients accumulated), whether it distils. Distillation is *in place*: the first
+subnet of every distilling step is the phase's largest subnet, trained on the labels, and
+its detached logits are the soft targets of the other subnets in the same step. That
+costs no extra forward pass and no second model (a frozen teacher would add a full
+forward per step), and it keeps training the largest subnet while the space shrinks.
+
+Checkpoints (weights, optimizer, phase/epoch, RNG, curves) go to the artifact's
+``.partial`` directory after every epoch; a killed run resumes the same schedule (the
+data order depends only on the epoch, the sampled subnets only on (seed, phase, epoch,
+step)). Multi-GPU: ``torchrun --nproc_per_node=N -m apq_lib.supernet.train --profile P``
+(DDP; every rank samples the same subnets; the global batch ``data.batch_size`` is split
+over the ranks).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..artifacts import ArtifactStore, config_key, load_state, save_state
+from ..config import ConfigError, Profile, SupernetConfig, load_profile
+from ..runtime import get_device, make_rng, seed_everything
+from .metrics import evaluate_subnet
+from .network import APQSupernet
+from .space import SearchSpace, SubnetConfig
+from .static import load_tensor_state, tensor_state
+
+__all__ = ["Phase", "PhaseSampler", "train_supernet", "get_trained_supernet",
+           "load_supernet", "supernet_artifact_config", "main", "PHASE_KEYS"]
+
+STAGE = "supernet"
+PHASE_KEYS = SupernetConfig.PHASE_KEYS
+
+
+@dataclass
+class Phase:
+    """One progressive-shrinking phase. ``kernels``/``depths``: allowed values (a stage
+    whose choices miss them all uses its largest depth); ``expands``: expand ratios — a
+    block samples every middle-channel choice between the choices nearest to
+    ``min(expands)·C_in`` and ``max(expands)·C_in`` (so [6] = full width, [4, 6] = all of
+    APQ's fine-grained choices). ``sandwich``: also train the smallest subnet every step."""
+    name: str
+    epochs: int
+    lr: float = 0.1
+    kernels: list = field(default_factory=lambda: [7])
+    depths: list = field(default_factory=lambda: [4])
+    expands: list = field(default_factory=lambda: [6])
+    subnets_per_step: int = 1
+    distill: bool = False
+    sandwich: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "supernet.phases") -> "Phase":
+        bad = sorted(set(d) - set(PHASE_KEYS))
+        if bad:
+            raise ConfigError(f"{where}: unknown key(s) {bad}; allowed {list(PHASE_KEYS)}")
+        ph = cls(**d)
+        if ph.subnets_per_step < 1:
+            raise ConfigError(f"{where}.subnets_per_step: must be >= 1")
+        if ph.epochs > 0 and ph.lr <= 0:
+            raise ConfigError(f"{where}.lr: must be > 0")
+        return ph
+
+
+def _nearest(choices, target: float) -> int:
+    return min(range(len(choices)), key=lambda i: (abs(choices[i] - target), -choices[i]))
+
+
+class PhaseSampler:
+    """The sub-space one phase trains: per-stage depths, kernels, per-block mid choices."""
+
+    def __init__(self, space: SearchSpace, phase: Phase):
+        self.space, self.phase = space, phase
+        self.kernels = [k for k in space.kernel_choices if k in phase.kernels]
+        if not self.kernels:
+            raise ConfigError(f"phase {phase.name}: kernels {phase.kernels} share nothing "
+                              f"with space.kernel_choices {list(space.kernel_choices)}")
+        self.depths = [[d for d in dc if d in phase.depths] or [max(dc)]
+                       for dc in space.depth_choices]
+        self.mids = []
+        for b in space.blocks:
+            lo = _nearest(b.mid_choices, min(phase.expands) * b.in_c)
+            hi = _nearest(b.mid_choices, max(phase.expands) * b.in_c)
+            self.mids.append(list(b.mid_choices[lo:hi + 1]))
+
+    @property
+    def elastic_width(self) -> bool:
+        return any(len(m) > 1 for m in self.mids)
+
+    def _cfg(self, depths, kernels, mids) -> SubnetConfig:
+        n, b = self.space.n_blocks, max(self.space.bit_choices)
+        return SubnetConfig(list(depths), list(kernels), list(mids), [b] * n, [b] * n,
+                            [b] * n, [b] * n)
+
+    def largest(self) -> SubnetConfig:
+        return self._cfg([max(d) for d in self.depths], [max(self.kernels)] * len(self.mids),
+                         [max(m) for m in self.mids])
+
+    def smallest(self) -> SubnetConfig:
+        return self._cfg([min(d) for d in self.depths], [min(self.kernels)] * len(self.mids),
+                         [min(m) for m in self.mids])
+
+    def sample(self, rng: np.random.Generator) -> SubnetConfig:
+        return self._cfg([int(rng.choice(d)) for d in self.depths],
+                         [int(rng.choice(self.kernels)) for _ in self.mids],
+                         [int(rng.choice(m)) for m in self.mids])
+
+    def plan(self, rng: np.random.Generator) -> list[SubnetConfig]:
+        """The subnets of one step: [largest if distilling] [smallest if sandwich] random."""
+        out = [self.largest()] if self.phase.distill else []
+        if self.phase.sandwich:
+            out.append(self.smallest())
+        while len(out) < self.phase.subnets_per_step:
+            out.append(self.sample(rng))
+        return out
+
+
+# --------------------------------------------------------------------------- helpers
+def _make_optimizer(net: torch.nn.Module, lr: float, sn) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        if name.endswith("a_quant.alpha"):
+            continue                      # PACT clips: unused while training in FP32
+        (decay if p.dim() > 1 and "transforms" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": sn.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if sn.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    return torch.optim.SGD(groups, lr=lr, momentum=sn.momentum, nesterov=sn.nesterov)
+
+
+def _lr_at(phase: Phase, t: int, total: int, warmup_steps: int) -> float:
+    if t < warmup_steps:
+        return phase.lr * (t + 1) / warmup_steps
+    return 0.5 * phase.lr * (1 + math.cos(math.pi * (t - warmup_steps) /
+                                          max(1, total - warmup_steps)))
+
+
+def _save_checkpoint(path: Path, net, opt, meta: dict) -> None:
+    state = {f"model.{k}": v for k, v in tensor_state(net).items()}
+    osd = opt.state_dict()
+    scalars = {}
+    for idx, st in osd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                state[f"opt.{idx}.{k}"] = v
+            else:
+                scalars[f"{idx}.{k}"] = v
+    state["rng.torch"] = torch.get_rng_state()
+    save_state(state, path, {**meta, "opt_groups": osd["param_groups"],
+                             "opt_scalars": scalars})
+
+
+def _load_checkpoint(path: Path, net, opt=None) -> dict:
+    state, meta = load_state(path)
+    load_tensor_state(net, {k[6:]: v for k, v in state.items() if k.startswith("model.")})
+    if opt is not None:
+        st: dict = {}
+        for k, v in state.items():
+            if k.startswith("opt."):
+                _, idx, name = k.split(".", 2)
+                st.setdefault(int(idx), {})[name] = v
+        for k, v in meta.get("opt_scalars", {}).items():
+            idx, name = k.split(".", 1)
+            st.setdefault(int(idx), {})[name] = v
+        opt.load_state_dict({"state": st, "param_groups": meta["opt_groups"]})
+    torch.set_rng_state(state["rng.torch"])
+    return meta
+
+
+def _kd_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(teacher) ‖ softmax(student)), mean over the batch (soft targets, T=1)."""
+    return F.kl_div(F.log_softmax(student, 1), F.softmax(teacher, 1), reduction="batchmean")
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if _rank_world()[1] > 1:
+        dist.barrier()
+
+
+# --------------------------------------------------------------------------- training
+def train_supernet(net: APQSupernet, data, cfg: Profile, workdir: Path | str,
+                   device=None, progress: bool = True, stop_after_epochs: Optional[int] = None,
+                   on_step: Optional[Callable[[int, int, int], None]] = None) -> Optional[dict]:
+    """Run (or resume) ``cfg.supernet.phases`` on ``net``, checkpointing into ``workdir``.
+
+    Writes ``supernet.safetensors`` + ``info.json`` when done and returns ``info``
+    (curves, seconds). ``stop_after_epochs``: return ``None`` after that many epochs of
+    this call (as if killed after the checkpoint). ``on_step(phase, epoch, step)`` is
+    called before each step (tests raise from it to simulate a kill mid-epoch)."""
+    from tqdm.auto import tqdm
+
+    sn, space = cfg.supernet, net.space
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    device = device or next(net.parameters()).device
+    rank, world = _rank_world()
+    final, info_p, ckpt = (workdir / "supernet.safetensors", workdir / "info.json",
+                           workdir / "checkpoint.safetensors")
+    if final.exists() and info_p.exists():
+        load_tensor_state(net, load_state(final)[0])
+        return json.loads(info_p.read_text())
+    phases = [Phase.from_dict(p, f"supernet.phases[{i}]") for i, p in enumerate(sn.phases)]
+    meta = {"phase": 0, "epoch": 0, "history": [], "seconds": 0.0}
+    if ckpt.exists():
+        meta = _load_checkpoint(ckpt, net)
+    model = net
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)
+    if cfg.data.batch_size % world:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} must divide by the "
+                          f"{world} ranks")
+    loader = data.loader("train", batch_size=cfg.data.batch_size // world, shuffle=True,
+                         seed=cfg.seed, rank=rank, world_size=world, drop_last=True)
+    steps = len(loader)
+    if steps == 0:
+        raise ConfigError("data: fewer training images than one batch per rank")
+    recal = data.fixed_batches("train", sn.bn_recal_images) if rank == 0 else None
+    val = data.fixed_batches("val", sn.eval_images) if rank == 0 else None
+    history, done_epochs = list(meta["history"]), 0
+    for p in range(meta["phase"], len(phases)):
+        ph = phases[p]
+        sampler = PhaseSampler(space, ph)
+        first = meta["epoch"] if p == meta["phase"] else 0
+        if first >= ph.epochs:
+            continue
+        opt = _make_optimizer(net, ph.lr, sn)
+        if first > 0:
+            _load_checkpoint(ckpt, net, opt)
+        elif sampler.elastic_width:
+            net.sort_channels()            # OFA: importance-sort before elastic width
+        total = ph.epochs * steps
+        warm = sn.warmup_epochs * steps if p == 0 else 0
+        for e in range(first, ph.epochs):
+            g_epoch = sum(q.epochs for q in phases[:p]) + e
+            loader.set_epoch(g_epoch)
+            net.train()
+            t0, c0, loss_sum, correct, seen = time.time(), time.process_time(), 0.0, 0, 0
+            bar = tqdm(loader, total=steps, desc=f"{ph.name} {e + 1}/{ph.epochs}",
+                       disable=not progress or rank != 0, leave=False)
+            for s, (x, y) in enumerate(bar):
+                if on_step is not None:
+                    on_step(p, e, s)
+                lr = _lr_at(ph, e * steps + s, total, warm)
+                for gr in opt.param_groups:
+                    gr["lr"] = lr
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                opt.zero_grad(set_to_none=True)
+                teacher = None
+                for i, sub in enumerate(sampler.plan(make_rng(cfg.seed, p, e, s))):
+                    net.set_active_subnet(sub)
+                    out = model(x)
+                    loss = F.cross_entropy(out, y, label_smoothing=sn.label_smoothing)
+                    if teacher is not None:
+                        loss = loss + sn.distill_weight * _kd_loss(out, teacher)
+                    loss.backward()
+                    if i == 0:
+                        loss_sum += float(loss.detach()) * len(y)
+                        correct += int((out.argmax(1) == y).sum())
+                        seen += len(y)
+                        teacher = out.detach() if ph.distill else None
+                opt.step()
+                if s % max(1, sn.log_every) == 0:
+                    bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", lr=f"{lr:.4f}")
+            net.set_active_subnet(space.largest())
+            train_s = time.time() - t0
+            row = {"phase": ph.name, "phase_index": p, "phase_epoch": e, "epoch": g_epoch,
+                   "lr": lr, "loss": loss_sum / seen, "train_top1": 100.0 * correct / seen,
+                   "steps": steps, "subnets_per_step": len(sampler.plan(make_rng(0))),
+                   "seconds": train_s, "cpu_seconds": time.process_time() - c0}
+            if rank == 0:
+                t1 = time.time()
+                for tag, sub in (("largest", space.largest()), ("smallest", space.smallest())):
+                    row[f"val_{tag}"] = evaluate_subnet(net, sub, recal, {"val": val},
+                                                        device)["val"]
+                row["eval_seconds"] = time.time() - t1
+                if progress:
+                    print(f"[supernet] {ph.name} epoch {e + 1}/{ph.epochs}: loss "
+                          f"{row['loss']:.3f}, val largest {row['val_largest']:.2f} %, "
+                          f"smallest {row['val_smallest']:.2f} %, {train_s:.0f}s", flush=True)
+            history.append(row)
+            meta = {"phase": p if e + 1 < ph.epochs else p + 1,
+                    "epoch": e + 1 if e + 1 < ph.epochs else 0, "history": history,
+                    "seconds": meta["seconds"] + time.time() - t0}
+            if rank == 0:
+                _save_checkpoint(ckpt, net, opt, meta)
+            _barrier()
+            done_epochs += 1
+            if stop_after_epochs is not None and done_epochs >= stop_after_epochs:
+                return None
+    net.set_active_subnet(space.largest())
+    info = {"history": history, "seconds": meta["seconds"],
+            "train_seconds": sum(r["seconds"] for r in history),
+            "epoch_seconds": [r["seconds"] for r in history],
+            "phases": [dataclasses.asdict(p) for p in phases], "world_size": world,
+            "device": str(device), "threads": torch.get_num_threads()}
+    if rank == 0:
+        save_state(tensor_state(net), final)
+        info_p.write_text(json.dumps(info, indent=1))
+        ckpt.unlink(missing_ok=True)
+    _barrier()
+    return info
+
+
+# --------------------------------------------------------------------------- artifact
+def supernet_artifact_config(cfg: Profile) -> dict:
+    """What the trained supernet depends on (the artifact key is its hash)."""
+    sn = dataclasses.asdict(cfg.supernet)
+    for k in ("n_random_subnets", "log_every"):
+        sn.pop(k)
+    data = dataclasses.asdict(cfg.data)
+    for k in ("root", "download", "num_workers"):
+        data.pop(k)
+    return {"version": 1, "seed": cfg.seed, "space": dataclasses.asdict(cfg.space),
+            "supernet": sn, "data": data}
+
+
+def load_supernet(path: Path | str, space: SearchSpace, device=None) -> APQSupernet:
+    net = APQSupernet(space)
+    load_tensor_state(net, load_state(path)[0])
+    return net.to(device or "cpu").eval()
+
+
+def get_trained_supernet(cfg: Profile, data, store: Optional[ArtifactStore] = None,
+                         force: bool = False, device=None,
+                         progress: bool = True) -> tuple[APQSupernet, dict]:
+    """The trained supernet of ``cfg`` from the artifact cache (``artifacts/supernet/``),
+    training (or resuming) it first when missing. Returns ``(supernet, info)``; ``info``
+    holds the curves (``history``), ``train_seconds``, ``epoch_seconds`` and ``artifact``."""
+    store = store or ArtifactStore()
+    device = device or get_device(cfg.device)
+    space = SearchSpace(cfg.space)
+
+    def build(work: Path) -> None:
+        seed_everything(cfg.seed)
+        train_supernet(APQSupernet(space).to(device), data, cfg, work, device, progress)
+
+    art = store.build(STAGE, supernet_artifact_config(cfg), build, force=force)
+    net = load_supernet(art.file("supernet.safetensors"), space, device)
+    info = json.loads(art.file("info.json").read_text())
+    info["artifact"] = str(art.path)
+    return net, info
+
+
+# --------------------------------------------------------------------------- CLI
+def _parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for it in items or []:
+        k, _, v = it.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """``python -m apq_lib.supernet.train --profile smoke`` (also under ``torchrun``)."""
+    ap = argparse.ArgumentParser(description="Train the APQ supernet (progressive shrinking)")
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="profile overrides, e.g. supernet.phases='[...]' data.train_subset=2048")
+    ap.add_argument("--force", action="store_true", help="retrain even if cached")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    from ..data import load_data
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cfg = load_profile(a.profile, _parse_overrides(a.set))
+    if world > 1:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
+        if use_cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    else:
+        device = get_device(cfg.device)
+    rank = _rank_world()[0]
+    seed_everything(cfg.seed)
+    data = load_data(cfg.data)
+    store = ArtifactStore()
+    conf = supernet_artifact_config(cfg)
+    key = config_key(conf)
+    if not a.force and store.get(STAGE, key) is not None:
+        if rank == 0:
+            print(f"[supernet] cached: {store.path(STAGE, key)}")
+    elif world == 1:
+        _, info = get_trained_supernet(cfg, data, store, a.force, device, not a.no_progress)
+        print(f"[supernet] trained in {info['train_seconds']:.0f}s: {info['artifact']}")
+    else:
+        work = store.path(STAGE, key).with_name(key + ".partial")
+        net = APQSupernet(SearchSpace(cfg.space)).to(device)
+        info = train_supernet(net, data, cfg, work, device, not a.no_progress)
+        if rank == 0:   # publish: build() finds the finished files and only hashes them
+            art = store.build(STAGE, conf, lambda w: train_supernet(net, data, cfg, w, device,
+                                                                   False), force=a.force)
+            print(f"[supernet] trained in {info['train_seconds']:.0f}s on {world} ranks: "
+                  f"{art.path}")
+        _barrier()
+    if world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -74,4 +74,6 @@ def start(notebook: str, profile: str = "default", overrides: Optional[dict] = N
     """Load and validate the profile (unknown override keys are errors), seed everything."""
     cfg = load_profile(profile, overrides)
     seed_everything(cfg.seed)
+    from .quant import set_triton_mode
+    set_triton_mode(cfg.quant.use_triton)   # fused kernels on CUDA unless "never"
     return NotebookContext(notebook, cfg, force, _dt.datetime.now())

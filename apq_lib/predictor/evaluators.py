@@ -79,8 +79,8 @@ class QATEvaluator:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                first = float(loss) if first is None else first
-                last = float(loss)
+                last = float(loss.detach())
+                first = last if first is None else first
                 step += 1
                 if step >= self.steps:
                     break

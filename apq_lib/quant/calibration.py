@@ -1,5 +1,5 @@
 """Range calibration for linear quantization: min/max, percentile, KL divergence (TensorRT
-entropy calibration, as HAQ/APQ use for < 5-bit weights) and MSE; plus an observer.
+entropy calibration, Migacz 2017; APQ uses it for < 5-bit weights) and MSE; plus an observer.
 
 All functions take a detached tensor and return the clip range ``(lo, hi)`` as float32
 tensors (0-dim per tensor, ``[C]`` per channel along ``axis``). ``symmetric`` ranges are

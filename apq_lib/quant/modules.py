@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .functional import FP_BITS, check_bits
+from .functional import check_bits
 from .kmeans import KMeansQuantizer
 from .quantizers import ActQuantizer, LSQQuantizer, PACTQuantizer, WeightQuantizer
 
 __all__ = ["QConv2d", "QLinear", "QUANT_LAYERS", "quantize_model", "apply_policy", "get_policy",
-           "quant_layers", "act_quantizers", "calibrate", "make_weight_quantizer", "make_act_quantizer",
-           "WEIGHT_QUANTIZERS", "ACT_QUANTIZERS"]
+           "quant_layers", "act_quantizers", "calibrate", "make_weight_quantizer",
+           "make_act_quantizer", "WEIGHT_QUANTIZERS", "ACT_QUANTIZERS"]
 
 WEIGHT_QUANTIZERS = ("linear", "lsq", "kmeans")
 ACT_QUANTIZERS = ("pact", "static", "lsq")

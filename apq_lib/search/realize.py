@@ -152,9 +152,9 @@ def realize(supernet, cfg, train_batches: Iterable, recal_batches: list, test_ba
     sub = export_quantized(supernet, cfg)
     if device is not None:
         sub.to(device)
-    recalibrate_bn(sub, recal_batches, device)
     before = None
-    if eval_before:
+    if eval_before:                 # QAT trains BN on batch statistics: no recal needed first
+        recalibrate_bn(sub, recal_batches, device)
         before = evaluate(sub, test_batches, device)
     ft = qat_finetune(sub, train_batches, epochs=epochs, lr=lr, steps=steps, device=device,
                       progress=progress)

@@ -34,9 +34,10 @@ class APQSupernet(MobileNetBody):
     def __init__(self, space: SearchSpace):
         super().__init__()
         self.space = space
-        self._build_fixed(space.cfg)
+        self._build_head(space.cfg)
         self.blocks = nn.ModuleList(ElasticMBConv(slot, space.kernel_choices)
                                     for slot in space.blocks)
+        self._build_tail(space.cfg)
         nn.init.normal_(self.classifier.weight, 0, 0.01)
         nn.init.zeros_(self.classifier.bias)
         for m in self.modules():
@@ -61,7 +62,9 @@ class APQSupernet(MobileNetBody):
         self._active = SubnetConfig.from_dict(cfg.to_dict())
         self._run = self.space.active_blocks(cfg)
         for i, b in enumerate(self.blocks):
-            b.set_active(cfg.kernels[i], cfg.mids[i]) if i in self._run else \
+            if i in self._run:
+                b.set_active(cfg.kernels[i], cfg.mids[i])
+            else:                          # switched off by depth: park at the largest
                 b.set_active(b.dw.kernels[-1], b.max_mid)
         if self.quantized:
             self._apply_bits(cfg)
@@ -121,18 +124,11 @@ class APQSupernet(MobileNetBody):
     def get_active_subnet(self) -> StaticSubnet:
         """A standalone copy of the active subnet (chosen channels, kernels and blocks, with
         its quantizers and their bits); in eval mode its output equals the supernet's."""
-        fixed = copy.deepcopy(nn.ModuleDict({n: getattr(self, n) for n in (
-            "stem", "stem_bn", "head", "tail", "tail_bn", "classifier")}))
+        fixed = {n: copy.deepcopy(getattr(self, n)) for n in StaticSubnet.FIXED}
         blocks = [self.blocks[i].to_static() for i in self._run]
-        sub = StaticSubnet(_Namespace(fixed), blocks, self.active_config, self.quantized)
+        sub = StaticSubnet(fixed, blocks, self.active_config, self.quantized)
         sub.train(self.training)
         return sub.to(next(self.parameters()).device)
 
     def extra_repr(self) -> str:
         return f"{self.space!r}, quantized={self.quantized}"
-
-
-class _Namespace:
-    def __init__(self, d: nn.ModuleDict):
-        for k, v in d.items():
-            setattr(self, k, v)

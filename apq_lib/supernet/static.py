@@ -3,9 +3,9 @@
 
 Fixed layers are :class:`apq_lib.quant.QConv2d` / ``QLinear`` (weight quantizer ``w_quant``,
 input-activation quantizer ``a_quant``; bits 32 = off), so exported subnets work with the
-quantization tools (``quant_layers``, ``apply_policy``, ``calibrate``, QAT). :class:`StaticMBConv` is one MBConv
-block (optional expand 1×1, depthwise k×k, project 1×1, each followed by BN; ReLU6 after
-the first two). :class:`StaticSubnet` is the whole network with only the chosen channels,
+quantization tools (``quant_layers``, ``apply_policy``, ``calibrate``, QAT).
+:class:`StaticMBConv` is one MBConv block (optional expand 1×1, depthwise k×k, project 1×1,
+each followed by BN; ReLU6 after the first two). :class:`StaticSubnet` is the whole network with only the chosen channels,
 kernels and blocks; it is what the supernet's ``get_active_subnet()`` returns.
 """
 from __future__ import annotations
@@ -79,10 +79,12 @@ class MobileNetBody(nn.Module):
     searchable blocks → tail 1×1 conv → BN → ReLU6 → global average pool → classifier.
     """
 
-    def _build_fixed(self, c) -> None:
+    def _build_head(self, c) -> None:
         self.stem = qconv(c.in_channels, c.stem_width, 3, c.stem_stride)
         self.stem_bn = nn.BatchNorm2d(c.stem_width)
         self.head = StaticMBConv(c.stem_width, c.stem_width, c.head_width, 3, 1, expand=False)
+
+    def _build_tail(self, c) -> None:
         self.tail = qconv(c.stage_widths[-1], c.tail_width, 1, a_signed=True)
         self.tail_bn = nn.BatchNorm2d(c.tail_width)
         self.classifier = QLinear(c.tail_width, c.num_classes, w_bits=32, a_bits=32,
@@ -117,12 +119,16 @@ class StaticSubnet(MobileNetBody):
     ``quantized`` says whether its quantizers are on (bits from ``config``, 8 for fixed).
     """
 
-    def __init__(self, fixed: MobileNetBody, blocks: list[StaticMBConv], config=None,
+    FIXED = ("stem", "stem_bn", "head", "tail", "tail_bn", "classifier")
+
+    def __init__(self, fixed: dict, blocks: list[StaticMBConv], config=None,
                  quantized: bool = False):
         super().__init__()
-        for name in ("stem", "stem_bn", "head", "tail", "tail_bn", "classifier"):
-            setattr(self, name, getattr(fixed, name))
+        for name in self.FIXED[:3]:          # registered in forward order
+            setattr(self, name, fixed[name])
         self.blocks = nn.Sequential(*blocks)
+        for name in self.FIXED[3:]:
+            setattr(self, name, fixed[name])
         self.config: Optional[object] = config
         self.quantized = quantized
 

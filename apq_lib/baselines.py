@@ -25,7 +25,7 @@ from .search.haq import DDPGConfig, HAQSearch, haq_layers
 from .search.hawq import hawq_allocate, hawq_sensitivity, hessian_traces
 from .supernet.space import SearchSpace, SubnetConfig
 
-__all__ = ["BaselineSuite", "SCRATCH_STAGE", "COLUMNS", "pick_targets", "UNITS"]
+__all__ = ["BaselineSuite", "SCRATCH_STAGE", "COLUMNS", "pick_targets", "spread", "UNITS"]
 
 SCRATCH_STAGE = "baseline_scratch"
 MBV2 = "MobileNetV2"
@@ -37,12 +37,22 @@ _METRIC_COL = {"latency": "latency_ms", "energy": "energy_mj", "bitops": "bitops
 _SCALE = {"latency": 1.0, "energy": 1.0, "bitops": 1e9, "size": 8e3}   # table units → row
 
 
+def spread(n_items: int, n: int) -> list[int]:
+    """``n`` indices spread over ``range(n_items)``: the middle one for ``n = 1``, else
+    both ends and evenly in between."""
+    if n <= 0 or n_items == 0:
+        return []
+    if n >= n_items:
+        return list(range(n_items))
+    if n == 1:
+        return [(n_items - 1) // 2]
+    return sorted({int(round(i)) for i in np.linspace(0, n_items - 1, n)})
+
+
 def pick_targets(values, n: int) -> list[float]:
-    """Up to ``n`` targets spread over the sorted unique ``values`` (ends included)."""
+    """Up to ``n`` targets spread over the sorted unique ``values`` (:func:`spread`)."""
     v = sorted({float(x) for x in values if np.isfinite(x)})
-    if len(v) <= n:
-        return v
-    return [v[int(round(i))] for i in np.linspace(0, len(v) - 1, n)]
+    return [v[i] for i in spread(len(v), n)]
 
 
 class BaselineSuite:
@@ -69,6 +79,7 @@ class BaselineSuite:
         self.rows: list[dict] = []
         self.scratch_info: dict = {}
         self._tables: dict = {}
+        self._hawq_cache: Optional[tuple] = None        # (model key, traces)
 
     # ------------------------------------------------------------------ helpers
     def table(self, model: nn.Module, key: str) -> LayerCostTable:
@@ -209,7 +220,7 @@ class BaselineSuite:
         table = self.table(model, key)
         free = [i for i, n in enumerate(table.names) if not is_fixed(n)]
         names = [table.names[i] for i in free]
-        if not hasattr(self, "_hawq_cache") or self._hawq_cache[0] != key:
+        if self._hawq_cache is None or self._hawq_cache[0] != key:
             data = self.data.fixed_batches("train", s.hawq_images, seed=self.cfg.seed,
                                            batch_size=min(128, s.hawq_images))
             with self.meter.stage("HAWQ-V2", "Hessian traces (Hutchinson)", "shared"):
@@ -296,7 +307,7 @@ class BaselineSuite:
                 m = to_float(model).to(self.device)
                 t0 = time.perf_counter()
                 out = gradual_magnitude_prune(m, self.batches["train"], s.prune_steps, r,
-                                              scope, lr=s.finetune_lr * 10,
+                                              scope, lr=s.prune_lr,
                                               device=self.device)
                 rows.append({"scope": scope, "target_sparsity": r,
                              "sparsity": out["sparsity"],

@@ -310,12 +310,16 @@ class BaselinesConfig:
     energy_targets_mj: list[float] = field(default_factory=list)
     bitops_targets_g: list[float] = field(default_factory=list)
     max_targets: int = 2                    # per cost, when taken from notebook 04
+    haq_costs: list[str] = field(default_factory=lambda: ["latency", "energy"])
+    hawq_costs: list[str] = field(default_factory=lambda: ["latency", "energy", "bitops"])
+    multistage_costs: list[str] = field(default_factory=lambda: ["latency"])
     # HAQ (DDPG)
     haq_episodes: int = 100
     haq_warmup: int = 20
     haq_finetune_steps: int = 20
     haq_bits: list[int] = field(default_factory=lambda: [2, 8])     # [b_min, b_max]
-    haq_size_fraction: float = 0.25         # k-means size target / FP32 size
+    haq_kmeans: bool = True                 # also HAQ with k-means weights, size target
+    haq_size_fraction: float = 0.1          # k-means size target / FP32 weight size
     # HAWQ-V2
     hawq_samples: int = 20
     hawq_images: int = 256
@@ -323,10 +327,13 @@ class BaselinesConfig:
     prune_ratios: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.8, 0.9, 0.95])
     prune_scopes: list[str] = field(default_factory=lambda: ["global", "layer"])
     prune_steps: int = 100                  # finetune steps with the gradual schedule
+    prune_lr: float = 0.01                  # their (cosine) learning rate
     channel_prune_ratio: float = 0.25       # multi-stage: middle channels removed
     multistage_arch_slack: float = 1.3      # FP32 search target = slack × target at W8A8
     # search-cost table
     amortize_searches: int = 10             # N for the amortised cost column
+    threads: Optional[int] = None           # torch threads in notebook 05 (None: default;
+                                            # 1 is several times faster on a busy box)
 
     def check(self, p: str) -> None:
         _check(self.haq_episodes > 0, f"{p}.haq_episodes", "must be > 0")
@@ -355,6 +362,12 @@ class BaselinesConfig:
             _check(v is None or v > 0, f"{p}.{k}", "must be > 0 or null")
         for k in ("latency_targets_ms", "energy_targets_mj", "bitops_targets_g"):
             _check(all(t > 0 for t in getattr(self, k)), f"{p}.{k}", "targets must be > 0")
+        for k, ok in (("haq_costs", ("latency", "energy", "bitops")),
+                      ("hawq_costs", ("latency", "energy", "bitops")),
+                      ("multistage_costs", ("latency", "energy"))):
+            _check(all(c in ok for c in getattr(self, k)), f"{p}.{k}",
+                   f"costs must be from {list(ok)}")
+        _check(self.threads is None or self.threads > 0, f"{p}.threads", "must be > 0 or null")
 
 
 @dataclass

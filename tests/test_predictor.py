@@ -336,3 +336,35 @@ def test_profile_study_sizes_checked():
     for p in ("default", "paper"):
         pc = load_profile(p).predictor
         assert len(pc.study_sizes) >= 5 and len(pc.study_seeds) >= 3
+
+
+def test_pipeline_artifacts_round_trip(tmp_path, monkeypatch):
+    from apq_lib.artifacts import ArtifactStore
+    from apq_lib.predictor import pipeline as pp
+    cfg = load_profile("smoke", {"predictor": {"fp32_pairs": 30, "quant_pairs": 24,
+                                               "epochs": 3, "hidden": 16, "workers": 1,
+                                               "study_sizes": [8]}})
+    monkeypatch.setattr(pp, "make_evaluator", lambda *a, **k: FakeEvaluator())
+    store = ArtifactStore(tmp_path)
+    arts = {k: pp.collect_pairs(cfg, k, None, "supernetkey", None, store, progress=False)
+            for k in ("fp32", "quant")}
+    pairs = {k: pp.load_pairs(a) for k, a in arts.items()}
+    assert len(pairs["fp32"]) == 30 and len(pairs["quant"]) == 24
+    # cached: a second call measures nothing
+    monkeypatch.setattr(pp, "make_evaluator", lambda *a, **k: FakeEvaluator(kill_after=0))
+    assert pp.collect_pairs(cfg, "fp32", None, "supernetkey", None, store).key == \
+        arts["fp32"].key
+    space = SearchSpace(cfg.space)
+    enc = APQEncoder(space)
+    trained = pp.train_predictors(cfg, pairs["fp32"], pairs["quant"], enc)
+    assert {"fp32", "transfer", "scratch", "fp32_on_quant"} <= set(trained["metrics"])
+    art = pp.save_predictors(cfg, trained, enc, arts["fp32"], arts["quant"], store)
+    assert art.key == pp.predictor_artifact_key(cfg, "supernetkey")
+    model = pp.load_predictor(art)
+    assert isinstance(model, QuantAwarePredictor)
+    idx = pairs["quant"].index
+    oracle = pp.AccuracyOracle(model, space)
+    expect = 100 * predict_numpy(trained["transfer"].model, enc.encode_index(idx))
+    np.testing.assert_allclose(oracle.predict_index(idx), expect, rtol=1e-5)
+    cfgs = space.from_index_array(idx[:3])
+    np.testing.assert_allclose(oracle.predict(cfgs), expect[:3], rtol=1e-5)

@@ -259,7 +259,34 @@ def test_realize_exports_quantized_and_finetunes():
     assert r.finetune_steps == 3 and len(r.losses) == 3 and 0 <= r.test_acc <= 100
     assert r.config == cfg.to_dict() and r.predicted_acc == 50.0
     assert r.row()["latency"] == 1.0
-    assert r.model.quantized and r.model.blocks[0].dw.wq.bits == cfg.dw_w[0]
+    from apq_lib.quant import get_policy
+    first = sp.active_blocks(cfg)[0]
+    assert get_policy(r.model)["blocks.0.dw"] == (cfg.dw_w[first], cfg.dw_a[first])
+    assert get_policy(r.model)["blocks.0.project"] == (cfg.pw_w[first], cfg.pw_a[first])
+    assert r.model.quantized and r.finetune_helper == "apq_lib.quant.qat"
     after = net.state_dict()                  # the supernet itself is untouched
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not net.quantized
+
+
+def test_sweep_targets_and_history(space):
+    from apq_lib.search import history_table, run_sweep, sweep_targets
+    costs = {"latency": bits_cost, "energy": lambda idx: 2 * bits_cost(idx),
+             "bitops": lambda idx: _x(idx).sum(axis=(1, 2))}
+    scfg = SearchConfig(sweep_points=2, latency_targets_ms=[50.0], generations=3,
+                        population=20, parents=5, mutants=10, crossovers=10)
+    targets, sample = sweep_targets(scfg, space, costs, n_samples=500)
+    assert targets["latency"] == [50.0]                          # the profile's, as given
+    for k in ("energy", "bitops"):                               # derived: 25 / 75 % quantiles
+        lo, hi = np.quantile(sample[k], [0.25, 0.75])
+        assert len(targets[k]) == 2 and targets[k][0] == pytest.approx(lo, rel=1e-2)
+        assert targets[k][1] == pytest.approx(hi, rel=1e-2)
+    runs = run_sweep(space, known_score, costs, targets, scfg, progress=False)
+    assert [(r["constraint"], r["limit"]) for r in runs] == [
+        (k, v) for k, vs in targets.items() for v in vs]
+    for r in runs:
+        assert r["costs"][r["constraint"]] <= r["limit"]
+        assert r["random_costs"][r["constraint"]] <= r["limit"]
+    h = history_table(runs)
+    assert set(h["method"]) == {"evolution", "random"} and set(h["budget"]) >= {"1/2", "2/2"}
+    assert len(h) == len(runs) * 2 * 4                           # generations 0..3

@@ -181,7 +181,9 @@ def collect_samples(evaluate_fn: Callable[[SubnetConfig, int], float | dict], st
     """Evaluate every unfinished index ``i`` with ``i % world == rank``.
 
     ``evaluate_fn(config, i)`` returns the accuracy in percent, or a dict with ``acc`` and
-    extra fields to store. Returns every finished sample in the directory (all shards)."""
+    extra fields to store. Each record keeps ``seconds`` (wall) and ``cpu_seconds`` (this
+    process's CPU time: the wall time a quiet core would take at one thread). Returns every
+    finished sample in the directory (all shards)."""
     from tqdm.auto import tqdm
 
     rank, world = shard
@@ -198,12 +200,13 @@ def collect_samples(evaluate_fn: Callable[[SubnetConfig, int], float | dict], st
         for i in todo:
             cfg, sampler, group = sample_config(store.space, store.kind, store.seed, i,
                                                 store.ppa)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             res = evaluate_fn(cfg, i)
-            dt = time.perf_counter() - t0
+            dt, cpu = time.perf_counter() - t0, time.process_time() - c0
             extra = dict(res) if isinstance(res, dict) else {"acc": float(res)}
             rec = {"i": i, "kind": store.kind, "sampler": sampler, "group": group,
-                   "config": cfg.to_dict(), "seconds": round(dt, 4), "shard": f"{rank}/{world}",
+                   "config": cfg.to_dict(), "seconds": round(dt, 4),
+                   "cpu_seconds": round(cpu, 4), "shard": f"{rank}/{world}",
                    **extra}
             rec["acc"] = float(rec["acc"])
             f.write(json.dumps(rec, sort_keys=True) + "\n")
@@ -219,29 +222,30 @@ def collect_samples(evaluate_fn: Callable[[SubnetConfig, int], float | dict], st
 @dataclass
 class PairSet:
     """Merged pairs, sorted by index: ``index [N, B, 6]`` (int16, as
-    :meth:`SearchSpace.to_index_array`), ``acc`` (percent), ``seconds``, ``group``,
-    ``sampler`` (0 = arch/random, 1 = arch_policies)."""
+    :meth:`SearchSpace.to_index_array`), ``acc`` (percent), ``seconds`` (wall),
+    ``cpu_seconds``, ``group``, ``sampler`` (0 = arch/random, 1 = arch_policies)."""
     index: np.ndarray
     acc: np.ndarray
     seconds: np.ndarray
+    cpu_seconds: np.ndarray
     group: np.ndarray
     sampler: np.ndarray
+
+    FIELDS = ("index", "acc", "seconds", "cpu_seconds", "group", "sampler")
 
     def __len__(self) -> int:
         return len(self.acc)
 
     def subset(self, idx) -> "PairSet":
-        return PairSet(*(getattr(self, k)[idx] for k in
-                         ("index", "acc", "seconds", "group", "sampler")))
+        return PairSet(*(getattr(self, k)[idx] for k in self.FIELDS))
 
     def save(self, path: Path | str) -> None:
-        np.savez(path, **{k: getattr(self, k) for k in
-                          ("index", "acc", "seconds", "group", "sampler")})
+        np.savez(path, **{k: getattr(self, k) for k in self.FIELDS})
 
     @classmethod
     def load(cls, path: Path | str) -> "PairSet":
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["index"], z["acc"], z["seconds"], z["group"], z["sampler"])
+            return cls(*(z[k] for k in cls.FIELDS))
 
 
 def merge_pairs(store: SampleStore) -> PairSet:
@@ -256,6 +260,7 @@ def merge_pairs(store: SampleStore) -> PairSet:
     return PairSet(store.space.to_index_array(cfgs),
                    np.array([r["acc"] for r in rows], dtype=np.float64),
                    np.array([r["seconds"] for r in rows], dtype=np.float64),
+                   np.array([r.get("cpu_seconds", np.nan) for r in rows], dtype=np.float64),
                    np.array([r["group"] for r in rows], dtype=np.int64),
                    np.array([r["sampler"] == "arch_policies" for r in rows], dtype=np.int8))
 

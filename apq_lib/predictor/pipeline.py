@@ -164,6 +164,7 @@ def _pair_summary(pairs: PairSet) -> dict:
             "acc_std": float(pairs.acc.std()), "acc_min": float(pairs.acc.min()),
             "acc_max": float(pairs.acc.max()),
             "seconds_per_pair": float(pairs.seconds.mean()),
+            "cpu_seconds_per_pair": float(np.nanmean(pairs.cpu_seconds)),
             "seconds_total": float(pairs.seconds.sum())}
 
 

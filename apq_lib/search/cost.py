@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-__all__ = ["StageCost", "CostMeter", "device_name", "apq_cost_from_results", "KINDS"]
+__all__ = ["StageCost", "CostMeter", "device_name", "apq_cost_from_results",
+           "stages_from_results", "APQ_STAGES", "MULTISTAGE_SHARED", "KINDS"]
 
 KINDS = ("shared", "per_search")
 
@@ -127,49 +128,53 @@ class CostMeter:
 
 
 # --------------------------------------------------------------------------- APQ
-_APQ_STAGES = (
-    # (notebook, summary file, stage name, kind, candidate keys in the summary)
+# (notebook, summary file, stage name, kind, candidate seconds keys, divide-by key)
+APQ_STAGES = (
     ("01_supernet", "01_summary.json", "supernet training", "shared",
-     ("train_seconds", "training_seconds", "supernet_seconds", "seconds")),
-    ("03_predictor", "03_summary.json", "predictor data", "shared",
-     ("data_seconds", "collection_seconds", "collect_seconds", "pairs_seconds")),
+     ("train_seconds", "training_seconds", "supernet_seconds"), None),
+    ("03_predictor", "03_summary.json", "FP32 pairs", "shared",
+     ("collection_seconds_fp32", "fp32_collection_seconds"), None),
+    ("03_predictor", "03_summary.json", "quantized pairs", "shared",
+     ("collection_seconds_quant", "quant_collection_seconds", "data_seconds"), None),
     ("03_predictor", "03_summary.json", "predictor training", "shared",
-     ("predictor_train_seconds", "train_seconds", "training_seconds")),
-    ("04_search", "04_summary.json", "search", "per_search",
-     ("search_seconds_per_search", "search_seconds", "seconds_per_search", "seconds")),
+     ("train_seconds", "predictor_train_seconds"), None),
+    ("04_search", "04_summary.json", "evolution search", "per_search",
+     ("search_seconds_total", "search_seconds"), "n_searches"),
 )
+# the multi-stage pipeline reuses the supernet and the FP32 predictor's data
+MULTISTAGE_SHARED = APQ_STAGES[:2]
 
 
 def _find_seconds(d, keys) -> Optional[float]:
     """The first of ``keys`` found in ``d`` or in one nested level (numbers only)."""
     if not isinstance(d, dict):
         return None
-    for k in keys:
-        if isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool):
-            return float(d[k])
-    for v in d.values():
-        if isinstance(v, dict):
-            for k in keys:
-                if isinstance(v.get(k), (int, float)) and not isinstance(v.get(k), bool):
-                    return float(v[k])
+    for level in [d] + [v for v in d.values() if isinstance(v, dict)]:
+        for k in keys:
+            v = level.get(k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                return float(v)
     return None
 
 
-def apq_cost_from_results(meter: CostMeter, results_dir: Path | str,
-                          method: str = "APQ") -> list[StageCost]:
-    """Add APQ's stages (supernet training in 01, predictor data and training in 03,
-    search in 04) read from their ``results/data/NN_summary.json``; a stage whose summary
-    lacks a seconds field falls back to the notebook's run time in ``manifest.json``
-    (an upper bound). Returns the records added."""
+def stages_from_results(meter: CostMeter, results_dir: Path | str, method: str,
+                        stages=APQ_STAGES, manifest_fallback: bool = True) -> list[StageCost]:
+    """Add stages timed by earlier notebooks, read from their ``results/data/NN_summary.json``
+    (a per-search stage is divided by the summary's count of searches). A notebook whose
+    summary lacks the field falls back, once, to its run time in ``manifest.json`` (an
+    upper bound). Returns the records added."""
     res = Path(results_dir)
     manifest = {}
-    if (res / "manifest.json").exists():
+    if manifest_fallback and (res / "manifest.json").exists():
         manifest = json.loads((res / "manifest.json").read_text()).get("notebooks", {})
     added, used_manifest = [], set()
-    for nb, fname, stage, kind, keys in _APQ_STAGES:
+    for nb, fname, stage, kind, keys, div in stages:
         p = res / "data" / fname
-        secs = _find_seconds(json.loads(p.read_text()), keys) if p.exists() else None
-        source = f"results/data/{fname}"
+        d = json.loads(p.read_text()) if p.exists() else {}
+        secs, source = _find_seconds(d, keys), f"results/data/{fname}"
+        if secs is not None and div and isinstance(d.get(div), (int, float)) and d[div] > 0:
+            secs /= float(d[div])
+            source += f" (/{div}={d[div]})"
         if secs is None:
             if nb in used_manifest or nb not in manifest:
                 continue
@@ -177,3 +182,10 @@ def apq_cost_from_results(meter: CostMeter, results_dir: Path | str,
             used_manifest.add(nb)
         added.append(meter.add(method, stage, secs, kind, source=source))
     return added
+
+
+def apq_cost_from_results(meter: CostMeter, results_dir: Path | str,
+                          method: str = "APQ") -> list[StageCost]:
+    """APQ's stages: supernet training (01), FP32 and quantized pairs and predictor
+    training (03) — shared — and the evolution search (04) per search."""
+    return stages_from_results(meter, results_dir, method, APQ_STAGES)

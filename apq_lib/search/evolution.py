@@ -27,14 +27,20 @@ def rank(scores: np.ndarray) -> np.ndarray:
     return (n - 1) - np.argsort(-scores[::-1], kind="stable")
 
 
+_HASH_W = np.random.default_rng(0).integers(1, 2**62, 4096) * 2 + 1      # odd int64
+
+
 def select(pop: np.ndarray, scores: np.ndarray, k: int, unique: bool) -> np.ndarray:
     """Indices of the top ``k`` by :func:`rank`; with ``unique`` duplicates of a better
     candidate come after every distinct one (only used when too few are distinct)."""
     order = rank(scores)
     if not unique:
         return order[:k]
-    rows = pop[order].reshape(order.shape[0], -1)
-    _, first = np.unique(rows, axis=0, return_index=True)
+    rows = pop[order].reshape(order.shape[0], -1).astype(np.int64) + 2
+    w = _HASH_W[:rows.shape[1]] if rows.shape[1] <= _HASH_W.shape[0] else \
+        np.random.default_rng(1).integers(1, 2**62, rows.shape[1]) * 2 + 1
+    h = (rows * w).sum(axis=1)              # 64-bit row hash (wraps); a collision only
+    _, first = np.unique(h, return_index=True)   # makes two candidates count as one
     is_first = np.zeros(order.shape[0], dtype=bool)
     is_first[first] = True
     return np.concatenate([order[is_first], order[~is_first]])[:k]
@@ -157,8 +163,21 @@ class EvolutionFinder:
     are drawn, the feasible ones kept, for at most ``max_tries`` rounds (a child that still
     has no feasible draw is replaced by a copy of a random parent; counted in the history).
 
+    Selection: the top ``parents`` of parents + children by score, ties to the newest (as
+    the official ``sorted(...)[::-1]``). With ``unique_parents`` (default; set it False for
+    the official behaviour) they are the top *distinct* candidates: without it copies of
+    the best soon fill every parent slot and crossover stops doing anything (on synthetic
+    problems it loses 1–3 points of a 140–330 objective at 500 generations).
+
+    The initial population is ``population`` feasible random samples. An impossible budget
+    raises :class:`InfeasibleConstraintError` (name, limit and the least cost found, from the
+    minimal configuration — shallowest, smallest, lowest bits — and the random samples);
+    a budget random samples rarely meet but the minimal configuration does is filled by
+    mutating the feasible ones found.
+
     ``score_fn(idx [N, B, 6]) -> [N]`` is the predicted accuracy; ``constraints`` is
-    ``{name: (cost_fn, limit)}`` with ``cost_fn(idx) -> [N]``. Deterministic for a seed.
+    ``{name: (cost_fn, limit)}`` with ``cost_fn(idx) -> [N]``; ``on_generation(g, pop,
+    scores, costs)`` is called after every generation. Deterministic for a seed.
     """
 
     def __init__(self, space, score_fn: ScoreFn,

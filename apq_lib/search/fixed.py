@@ -94,7 +94,8 @@ def quantize_with_policy(model: nn.Module, policy: dict, calib_batches: Optional
     """A quantized copy of a float ``model`` (``apq_lib.quant``: PACT activations, linear or
     k-means weights) at ``policy``, calibrated on ``calib_batches`` when given."""
     from ..quant import apply_policy, calibrate, quantize_model
-    q = quantize_model(to_float(model), 8, 8, weight_quantizer=weight_quantizer)
+    w0 = 32 if weight_quantizer == "kmeans" else 8     # k-means fits once, at the policy
+    q = quantize_model(to_float(model), w0, 8, weight_quantizer=weight_quantizer)
     apply_policy(q, policy)
     if device is not None:
         q.to(device)

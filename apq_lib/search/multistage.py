@@ -98,7 +98,7 @@ class MultiStagePipeline:
         with m.stage(method, "2 channel pruning") as t:
             model = to_float(self.export(res.best_config)).to(self.device)
             pr = gradual_channel_prune(model, self.b["train"], s.prune_steps,
-                                       s.channel_prune_ratio, lr=s.finetune_lr,
+                                       s.channel_prune_ratio, lr=s.prune_lr,
                                        device=self.device, step=self.space.cfg.channel_step)
         secs["channel_pruning"] = t["wall_s"]
         with m.stage(method, "3 HAQ") as t:

@@ -30,7 +30,7 @@ def _missing(what: str, notebook: str, why: str = ""):
                              f"in order)")
 
 
-def load_search_inputs(ctx, data, target: str = "bitfusion", device=None) -> dict:
+def load_search_inputs(ctx, target: str = "bitfusion", device=None) -> dict:
     """Notebook 04's inputs, loaded (never rebuilt): the trained supernet (notebook 01), the
     ``target`` lookup table (notebook 02) and the quantization-aware predictor (notebook 03).
     A missing one raises :class:`~apq_lib.artifacts.MissingInputError` naming the notebook.
@@ -117,8 +117,8 @@ def run_sweep(space, score_fn, cost_fns: Mapping[str, Callable], targets: Mappin
               progress: bool = True) -> list[dict]:
     """One single-constraint evolution per (cost, limit), plus random search at the same
     budget. Returns ``[{"constraint", "limit", "evolution": SearchResult,
-    "random": SearchResult | None, "costs": {name: cost of the best}}]``; all costs of the
-    found configuration are evaluated (not only the constrained one)."""
+    "random": SearchResult | None, "costs", "random_costs"}]``; ``costs`` holds every cost
+    of the best configuration found (not only the constrained one)."""
     from tqdm.auto import tqdm
     random_baseline = scfg.random_baseline if random_baseline is None else random_baseline
     jobs = [(c, lim) for c, lims in targets.items() for lim in lims]
@@ -127,21 +127,30 @@ def run_sweep(space, score_fn, cost_fns: Mapping[str, Callable], targets: Mappin
         finder = EvolutionFinder(space, score_fn, {c: (cost_fns[c], lim)}, scfg, seed=seed)
         evo = finder.run()
         rnd = RandomSearch.like(finder).run() if random_baseline else None
-        best = evo.best_index[None]
         out.append({"constraint": c, "limit": float(lim), "evolution": evo, "random": rnd,
-                    "costs": {k: float(np.asarray(fn(best))[0]) for k, fn in cost_fns.items()}})
+                    "costs": _all_costs(cost_fns, evo),
+                    "random_costs": _all_costs(cost_fns, rnd) if rnd else None})
     return out
 
 
+def _all_costs(cost_fns, res: SearchResult) -> dict:
+    best = res.best_index[None]
+    return {k: float(np.asarray(fn(best))[0]) for k, fn in cost_fns.items()}
+
+
 def history_table(results: list[dict]) -> pd.DataFrame:
-    """Long table of every run's per-generation best: constraint, limit, method, generation,
-    n_scored, best_score."""
+    """Long table of every run's per-generation best: constraint, limit, budget (rank of
+    the limit among its constraint's, ``1/n`` = tightest), method, generation, n_scored,
+    best_score."""
     frames = []
     for r in results:
+        lims = sorted(x["limit"] for x in results if x["constraint"] == r["constraint"])
+        budget = f"{lims.index(r['limit']) + 1}/{len(lims)}"
         for m in ("evolution", "random"):
             res: Optional[SearchResult] = r[m]
             if res is None:
                 continue
             h = res.history_frame()[["generation", "n_scored", "best_score"]]
-            frames.append(h.assign(constraint=r["constraint"], limit=r["limit"], method=m))
+            frames.append(h.assign(constraint=r["constraint"], limit=r["limit"],
+                                   budget=budget, method=m))
     return pd.concat(frames, ignore_index=True)

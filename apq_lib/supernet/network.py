@@ -35,9 +35,11 @@ class APQSupernet(MobileNetBody):
         super().__init__()
         self.space = space
         self._build_head(space.cfg)
+        tail = self._make_tail(space.cfg)     # drawn before the blocks (fixed init order),
         self.blocks = nn.ModuleList(ElasticMBConv(slot, space.kernel_choices)
                                     for slot in space.blocks)
-        self._build_tail(space.cfg)
+        for name, m in tail.items():          # registered after them (forward order)
+            setattr(self, name, m)
         nn.init.normal_(self.classifier.weight, 0, 0.01)
         nn.init.zeros_(self.classifier.bias)
         for m in self.modules():

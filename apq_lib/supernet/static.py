@@ -84,12 +84,13 @@ class MobileNetBody(nn.Module):
         self.stem_bn = nn.BatchNorm2d(c.stem_width)
         self.head = StaticMBConv(c.stem_width, c.stem_width, c.head_width, 3, 1, expand=False)
 
-    def _build_tail(self, c) -> None:
-        self.tail = qconv(c.stage_widths[-1], c.tail_width, 1, a_signed=True)
-        self.tail_bn = nn.BatchNorm2d(c.tail_width)
-        self.classifier = QLinear(c.tail_width, c.num_classes, w_bits=32, a_bits=32,
-                                  w_quant=WeightQuantizer(32),
-                                  a_quant=PACTQuantizer(32, signed=False))
+    @staticmethod
+    def _make_tail(c) -> dict:
+        return {"tail": qconv(c.stage_widths[-1], c.tail_width, 1, a_signed=True),
+                "tail_bn": nn.BatchNorm2d(c.tail_width),
+                "classifier": QLinear(c.tail_width, c.num_classes, w_bits=32, a_bits=32,
+                                      w_quant=WeightQuantizer(32),
+                                      a_quant=PACTQuantizer(32, signed=False))}
 
     def set_fixed_bits(self, bits: int) -> None:
         """Head and tail at ``bits`` (8 when quantized, 32 for FP32); stem input stays FP."""

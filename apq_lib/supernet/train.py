@@ -54,13 +54,14 @@ class Phase:
     whose choices miss them all uses its largest depth); ``expands``: expand ratios — a
     block samples every middle-channel choice between the choices nearest to
     ``min(expands)·C_in`` and ``max(expands)·C_in`` (so [6] = full width, [4, 6] = all of
-    APQ's fine-grained choices). ``sandwich``: also train the smallest subnet every step."""
+    APQ's fine-grained choices). Left out, they default to the largest choice (the full
+    network). ``sandwich``: also train the smallest subnet every step."""
     name: str
     epochs: int
     lr: float = 0.1
-    kernels: list = field(default_factory=lambda: [7])
-    depths: list = field(default_factory=lambda: [4])
-    expands: list = field(default_factory=lambda: [6])
+    kernels: Optional[list] = None
+    depths: Optional[list] = None
+    expands: Optional[list] = None
     subnets_per_step: int = 1
     distill: bool = False
     sandwich: bool = False
@@ -87,16 +88,19 @@ class PhaseSampler:
 
     def __init__(self, space: SearchSpace, phase: Phase):
         self.space, self.phase = space, phase
-        self.kernels = [k for k in space.kernel_choices if k in phase.kernels]
+        kernels = phase.kernels or [max(space.kernel_choices)]
+        depths = phase.depths or [max(space.cfg.stage_max_depth)]
+        expands = phase.expands or [space.cfg.expand_max]
+        self.kernels = [k for k in space.kernel_choices if k in kernels]
         if not self.kernels:
-            raise ConfigError(f"phase {phase.name}: kernels {phase.kernels} share nothing "
+            raise ConfigError(f"phase {phase.name}: kernels {kernels} share nothing "
                               f"with space.kernel_choices {list(space.kernel_choices)}")
-        self.depths = [[d for d in dc if d in phase.depths] or [max(dc)]
+        self.depths = [[d for d in dc if d in depths] or [max(dc)]
                        for dc in space.depth_choices]
         self.mids = []
         for b in space.blocks:
-            lo = _nearest(b.mid_choices, min(phase.expands) * b.in_c)
-            hi = _nearest(b.mid_choices, max(phase.expands) * b.in_c)
+            lo = _nearest(b.mid_choices, min(expands) * b.in_c)
+            hi = _nearest(b.mid_choices, max(expands) * b.in_c)
             self.mids.append(list(b.mid_choices[lo:hi + 1]))
 
     @property

@@ -23,6 +23,7 @@ from .search.fixed import (LayerCostTable, PolicyEvaluator, build_fixed_model, f
                            is_fixed, to_float, uniform_policy)
 from .search.haq import DDPGConfig, HAQSearch, haq_layers
 from .search.hawq import hawq_allocate, hawq_sensitivity, hessian_traces
+from .supernet.metrics import recalibrate_bn
 from .supernet.space import SearchSpace, SubnetConfig
 
 __all__ = ["BaselineSuite", "SCRATCH_STAGE", "COLUMNS", "pick_targets", "spread", "UNITS"]
@@ -72,6 +73,7 @@ class BaselineSuite:
         n_test = len(data.test) if s.test_images is None else min(s.test_images, len(data.test))
         self.batches = {
             "calib": data.fixed_batches("train", s.calib_images, seed=seed),
+            "recal": data.fixed_batches("train", cfg.supernet.bn_recal_images, seed=seed),
             "reward": data.fixed_batches("val", s.reward_images, seed=seed),
             "final": data.fixed_batches("test", n_test, seed=seed),
             "train": cycle(data.loader("train", batch_size=s.finetune_batch_size, seed=seed)),
@@ -89,10 +91,14 @@ class BaselineSuite:
                                                range(lo, 9))
         return self._tables[key]
 
-    def evaluator(self, model, table, steps, eval_batches, weight_quantizer="linear"):
+    def evaluator(self, model, table, steps, eval_batches, weight_quantizer="linear",
+                  recal: str = "recal"):
+        """A :class:`PolicyEvaluator` with the suite's batches (``recal="calib"``: BN
+        recalibration on the small calibration set, for HAQ's many reward evaluations)."""
         return PolicyEvaluator(model, table.names, self.batches["calib"],
                                self.batches["train"], eval_batches, steps,
-                               self.s.finetune_lr, self.device, weight_quantizer)
+                               self.s.finetune_lr, self.device, weight_quantizer,
+                               recal_batches=self.batches[recal])
 
     def add_row(self, method: str, variant: str, model: str, metric: Optional[str],
                 target: Optional[float], acc: float, costs: dict, search_s: float = 0.0,
@@ -130,6 +136,7 @@ class BaselineSuite:
         return {"space": dataclasses.asdict(self.cfg.space), "seed": self.cfg.seed,
                 "epochs": s.scratch_epochs, "images": s.scratch_images, "lr": s.scratch_lr,
                 "batch_size": d.batch_size,
+                "bn_recal_images": self.cfg.supernet.bn_recal_images,
                 "data": {k: getattr(d, k) for k in ("dataset", "val_size", "split_seed",
                                                     "train_subset", "image_size", "augment")}}
 
@@ -145,6 +152,7 @@ class BaselineSuite:
             w0, c0 = time.perf_counter(), time.process_time()
             losses = finetune(model, cycle(loader), steps, s.scratch_lr, self.device,
                               weight_decay=4e-5)
+            recalibrate_bn(model, self.batches["recal"], self.device)
             secs, cpu = time.perf_counter() - w0, time.process_time() - c0
             val = accuracy(model, self.batches["reward"], self.device)
             save_state(model.state_dict(), work / "model.safetensors")
@@ -192,7 +200,7 @@ class BaselineSuite:
         table = self.table(model, key)
         kmeans = metric == "size"
         ev = self.evaluator(model, table, s.haq_finetune_steps, self.batches["reward"],
-                            "kmeans" if kmeans else "linear")
+                            "kmeans" if kmeans else "linear", recal="calib")
         acc_fp = accuracy(model, self.batches["reward"], self.device)
         fixed = (lambda n: (fixed_bits(n)[0], 32) if is_fixed(n) else None) if kmeans else \
             (lambda n: fixed_bits(n) if is_fixed(n) else None)
@@ -206,6 +214,7 @@ class BaselineSuite:
         if model_name == MBV2:
             self._shared_scratch(method)
         pol = res.policy(layers)
+        ev.recal = self.batches["recal"]
         _, acc = ev.quantized(pol, steps=s.qat_steps, eval_batches=self.batches["final"])
         row = self.add_row(method, "k-means" if kmeans else "linear", model_name, metric,
                            target, acc, table.summary(res.bits), t["wall_s"], res.met, pol)
@@ -260,23 +269,24 @@ class BaselineSuite:
         return out
 
     # ------------------------------------------------------------------ multi-stage
+    def export_fp32(self, supernet, arch: dict) -> nn.Module:
+        """An architecture exported FP32 from the supernet (inherited weights, BN
+        recalibrated as in notebooks 01-04) as a plain float model."""
+        prev, prev_q = supernet.active_config, supernet.quantized
+        try:
+            supernet.set_quantization_policy(None)
+            supernet.set_active_subnet(SubnetConfig.from_dict(arch))
+            sub = supernet.get_active_subnet()
+        finally:
+            supernet.set_quantization_policy(prev if prev_q else None)
+            supernet.set_active_subnet(prev)
+        recalibrate_bn(sub, self.batches["recal"], self.device)
+        return to_float(sub).eval()
+
     def multistage(self, supernet, score_fn, arch_cost: dict, metric: str, target: float,
                    search_cfg=None) -> dict:
         from .search.multistage import METHOD, MultiStagePipeline
-        from .supernet.metrics import recalibrate_bn
-
-        def export(arch: dict) -> nn.Module:
-            prev, prev_q = supernet.active_config, supernet.quantized
-            try:
-                supernet.set_quantization_policy(None)
-                supernet.set_active_subnet(SubnetConfig.from_dict(arch))
-                sub = supernet.get_active_subnet()
-            finally:
-                supernet.set_quantization_policy(prev if prev_q else None)
-                supernet.set_active_subnet(prev)
-            recalibrate_bn(sub, self.batches["calib"], self.device)
-            return sub.eval()
-
+        export = lambda arch: self.export_fp32(supernet, arch)  # noqa: E731
         pipe = MultiStagePipeline(self.space, score_fn, arch_cost, export, self.batches,
                                   self.s, self.input_shape, search_cfg, self.device,
                                   self.meter, self.cfg.seed, self.progress)
@@ -309,6 +319,7 @@ class BaselineSuite:
                 out = gradual_magnitude_prune(m, self.batches["train"], s.prune_steps, r,
                                               scope, lr=s.prune_lr,
                                               device=self.device)
+                recalibrate_bn(m, self.batches["recal"], self.device)
                 rows.append({"scope": scope, "target_sparsity": r,
                              "sparsity": out["sparsity"],
                              "test_acc": accuracy(m, self.batches["final"], self.device),

@@ -290,14 +290,20 @@ def load_predictor(artifact: Artifact, which: str = "quant_transfer") -> torch.n
 
 class AccuracyOracle:
     """Batched accuracy prediction (top-1 percent) for configurations or index arrays,
-    e.g. ``AccuracyOracle(load_predictor(art), SearchSpace(cfg.space))``."""
+    e.g. ``AccuracyOracle(load_predictor(art), SearchSpace(cfg.space))``; runs on
+    :class:`~apq_lib.predictor.model.FastPredictor` (``dtype=torch.bfloat16`` for ~2-4x
+    faster, slightly rounded predictions)."""
 
-    def __init__(self, model: torch.nn.Module, space: SearchSpace):
+    def __init__(self, model: torch.nn.Module, space: SearchSpace,
+                 dtype: torch.dtype = torch.float32):
+        from .model import FastPredictor
         self.model, self.encoder = model.eval(), APQEncoder(space)
         self.quant = isinstance(model, QuantAwarePredictor)
+        self.fast = FastPredictor(self.model, self.encoder, dtype)
 
     def predict_index(self, idx: np.ndarray) -> np.ndarray:
-        return 100.0 * predict_numpy(self.model, self.encoder.encode_index(idx, self.quant))
+        """``[N, B, 6]`` index arrays -> ``[N]`` predicted top-1 (%)."""
+        return 100.0 * self.fast(idx).astype(np.float64)
 
     def predict(self, configs: list[SubnetConfig] | SubnetConfig) -> np.ndarray:
         if isinstance(configs, SubnetConfig):

@@ -201,15 +201,18 @@ class LayerCostTable:
 class PolicyEvaluator:
     """``evaluator(bits) -> accuracy (percent)``: quantize a copy of the float model at a
     per-layer policy (``bits`` in ``names`` order, or a ``{name: (w, a)}`` dict),
-    calibrate, finetune ``steps`` steps (QAT, STE), evaluate on ``eval_batches``.
+    calibrate, finetune ``steps`` steps (QAT, STE), recalibrate BN on ``recal_batches``
+    (when given and ``steps`` > 0), evaluate on ``eval_batches``.
 
     HAQ's reward and HAWQ's / the fixed-precision baselines' final finetunes all go
     through here, so every method gets the same quantizers and the same recipe."""
 
     def __init__(self, model: nn.Module, names: Sequence[str], calib_batches: list,
                  train_batches, eval_batches: list, steps: int, lr: float = 1e-3,
-                 device=None, weight_quantizer: str = "linear", label_smoothing: float = 0.1):
+                 device=None, weight_quantizer: str = "linear", label_smoothing: float = 0.1,
+                 recal_batches: Optional[list] = None):
         self.model = to_float(model).eval()
+        self.recal = recal_batches
         self.names = list(names)
         self.calib, self.train, self.eval_batches = calib_batches, train_batches, eval_batches
         self.steps, self.lr, self.device = steps, lr, device or torch.device("cpu")
@@ -237,6 +240,9 @@ class PolicyEvaluator:
         if steps > 0:
             finetune(q, self.train, steps, self.lr, self.device,
                      label_smoothing=self.label_smoothing)
+            if self.recal is not None:          # as APQ / notebook 04: BN recal after QAT
+                from ..supernet.metrics import recalibrate_bn
+                recalibrate_bn(q, self.recal, self.device)
         batches = self.eval_batches if eval_batches is None else eval_batches
         acc = accuracy(q, batches, self.device) if batches is not None else None
         return q, acc

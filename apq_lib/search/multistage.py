@@ -73,7 +73,8 @@ class MultiStagePipeline:
     ``export(arch_dict) -> nn.Module`` gives the FP32 subnet with inherited supernet weights
     (BN recalibrated); ``arch_cost(idx) -> [N]`` the cost of index arrays (the space LUT);
     ``batches``: dict with ``calib`` (list), ``train`` (endless iterator), ``reward`` (list,
-    validation) and ``final`` (list, test) batches; ``settings``: the profile's baselines
+    validation), ``final`` (list, test) and optionally ``recal`` (BN recalibration)
+    batches; ``settings``: the profile's baselines
     section (``haq_*``, ``prune_*``, ``multistage_*``, ``qat_steps``)."""
 
     def __init__(self, space, score_fn: Callable, arch_cost: dict, export: Callable,
@@ -100,12 +101,15 @@ class MultiStagePipeline:
             pr = gradual_channel_prune(model, self.b["train"], s.prune_steps,
                                        s.channel_prune_ratio, lr=s.prune_lr,
                                        device=self.device, step=self.space.cfg.channel_step)
+            if self.b.get("recal") is not None:
+                from ..supernet.metrics import recalibrate_bn
+                recalibrate_bn(model, self.b["recal"], self.device)
         secs["channel_pruning"] = t["wall_s"]
         with m.stage(method, "3 HAQ") as t:
             table = LayerCostTable(model, self.input_shape, ["bitfusion"])
             ev = PolicyEvaluator(model, table.names, self.b["calib"], self.b["train"],
                                  self.b["reward"], s.haq_finetune_steps, s.finetune_lr,
-                                 self.device)
+                                 self.device, recal_batches=self.b["calib"])
             acc_fp = _fp32_accuracy(model, self.b["reward"], self.device)
             layers = haq_layers(table.names, table.specs,
                                 lambda n: fixed_bits(n) if is_fixed(n) else None)
@@ -114,6 +118,7 @@ class MultiStagePipeline:
                             ddpg=DDPGConfig(), seed=self.seed).run(self.progress)
         secs["haq"] = t["wall_s"]
         with m.stage(method, "4 finetune") as t:
+            ev.recal = self.b.get("recal", ev.recal)
             q, acc = ev.quantized(haq.bits, steps=s.qat_steps, eval_batches=self.b["final"])
         secs["finetune"] = t["wall_s"]
         return MultiStageResult(metric, target, res.best_config, float(res.best_score),

@@ -55,6 +55,15 @@ class NotebookContext:
                 f"(make reproduce runs them in order)")
         return json.loads(p.read_text())
 
+    def write_table(self, df, name: str, floatfmt: str = ".3g") -> Path:
+        """Write ``df`` as ``results/tables/<name>.{csv,md,tex}``; returns the CSV path."""
+        p = self.out("tables", name + ".csv")
+        df.to_csv(p, index=False)
+        p.with_suffix(".md").write_text(df.to_markdown(index=False, floatfmt=floatfmt) + "\n")
+        p.with_suffix(".tex").write_text(df.to_latex(index=False, float_format=lambda v: format(
+            v, floatfmt), na_rep="--"))
+        return p
+
     def savefig(self, fig, name: str) -> Path:
         """Save a figure as PNG and PDF under ``results/figures/``."""
         p = self.out("figures", name if name.endswith(".png") else name + ".png")

@@ -10,7 +10,7 @@ from .cpu import CpuSim, cpu_info, cpu_layer_latency
 from .layers import LayerSpec, layer_key, mbconv_layers, parse_key
 from .lut import (LUT_STAGE, SpaceCostTable, build_lut, build_space_lut, fixed_layer_specs,
                   load_lut, subnet_cost, subnet_layers)
-from .reference import markdown_table, mobilenet_v2_costs, reference_model
+from .reference import mobilenet_v2_costs, reference_model
 
 __all__ = [
     "LayerSpec", "layer_key", "parse_key", "mbconv_layers",
@@ -22,7 +22,7 @@ __all__ = [
     "SIMULATORS", "get_simulator", "model_cost", "network_cost", "bits_sweep",
     "SpaceCostTable", "build_lut", "build_space_lut", "load_lut", "subnet_layers",
     "subnet_cost", "fixed_layer_specs", "LUT_STAGE",
-    "mobilenet_v2_costs", "reference_model", "markdown_table",
+    "mobilenet_v2_costs", "reference_model",
     "plot_bits_sweep", "plot_wa_grid", "plot_roofline", "plot_space_costs",
 ]
 

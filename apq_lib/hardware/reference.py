@@ -7,7 +7,7 @@ from typing import Iterable, Sequence
 from .bitops import count_bitops, layer_table, model_layer_specs, model_size_bits
 from .costs import network_cost
 
-__all__ = ["mobilenet_v2_costs", "reference_model", "markdown_table"]
+__all__ = ["mobilenet_v2_costs", "reference_model"]
 
 
 def reference_model(arch: str = "mobilenet_v2"):
@@ -55,19 +55,3 @@ def mobilenet_v2_costs(resolution: int = 224, bits: Iterable[int] = (8, 6, 4),
     out["memory_bound_layers"] = out["memory_bound_layers"].astype("Int64")
     return out, layers
 
-
-def markdown_table(df, digits: int = 3) -> str:
-    """A GitHub-markdown table of ``df`` (no ``tabulate`` dependency)."""
-    import pandas as pd
-
-    def fmt(v):
-        if v is None or v is pd.NA or (isinstance(v, float) and v != v):
-            return ""
-        if isinstance(v, float):
-            return f"{v:.{digits}g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.{digits}f}"
-        return str(v)
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |"
-              for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"

@@ -26,7 +26,8 @@ from .search.hawq import hawq_allocate, hawq_sensitivity, hessian_traces
 from .supernet.metrics import recalibrate_bn
 from .supernet.space import SearchSpace, SubnetConfig
 
-__all__ = ["BaselineSuite", "SCRATCH_STAGE", "COLUMNS", "pick_targets", "spread", "UNITS"]
+__all__ = ["BaselineSuite", "SCRATCH_STAGE", "COLUMNS", "pick_targets", "spread", "UNITS",
+           "cost_at_equal_accuracy"]
 
 SCRATCH_STAGE = "baseline_scratch"
 MBV2 = "MobileNetV2"
@@ -54,6 +55,21 @@ def pick_targets(values, n: int) -> list[float]:
     """Up to ``n`` targets spread over the sorted unique ``values`` (:func:`spread`)."""
     v = sorted({float(x) for x in values if np.isfinite(x)})
     return [v[i] for i in spread(len(v), n)]
+
+
+def cost_at_equal_accuracy(apq: pd.DataFrame, base: pd.DataFrame, col: str) -> pd.DataFrame:
+    """The paper's "same accuracy, N× lower cost" reading: for every baseline row, the
+    cheapest APQ model (by ``col``) at least as accurate, and the ratio of the costs."""
+    rows = []
+    for _, b in base.dropna(subset=[col, "test_acc"]).iterrows():
+        ok = apq[apq["test_acc"] >= b["test_acc"]]
+        best = ok.loc[ok[col].idxmin()] if len(ok) else None
+        rows.append({"method": b["method"], "model": b["model"], "constraint": b["constraint"],
+                     "test_acc": b["test_acc"], col: b[col],
+                     f"apq_{col}": None if best is None else float(best[col]),
+                     "apq_test_acc": None if best is None else float(best["test_acc"]),
+                     "ratio": None if best is None else float(b[col] / best[col])})
+    return pd.DataFrame(rows)
 
 
 class BaselineSuite:

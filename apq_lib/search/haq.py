@@ -313,10 +313,12 @@ class HAQSearch:
                 for _ in range(len(self.steps)):
                     self.agent.update()
             c = float(self.cost(bits))
+            free = [b for l, b in zip(self.layers, bits) if l.fixed is None]
             hist.append({"episode": ep, "accuracy": acc, "reward": reward, "cost": c,
                          "met": met, "sigma": self.sigma(ep) if ep >= self.warmup else None,
-                         "mean_w_bits": float(np.mean([b[0] for b in bits])),
-                         "mean_a_bits": float(np.mean([b[1] for b in bits]))})
+                         "mean_w_bits": float(np.mean([b[0] for b in free])),
+                         "mean_a_bits": float(np.mean([b[1] for b in free]))
+                         if self.quantize_acts else None})
             if met and (best is None or reward > best.reward):
                 best = HAQResult(bits, acc, reward, c, met)
         if best is None:                       # nothing met the target: report the last

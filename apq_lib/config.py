@@ -266,6 +266,8 @@ class SearchConfig:
     finetune_batch_size: int = 64           # QAT finetune of each found model
     test_images: Optional[int] = None       # cap on test images per found model (None: all)
     recal_images: Optional[int] = None      # BN recal of found models (None: supernet's)
+    threads: Optional[int] = None           # torch threads in notebook 04 (None: default;
+                                            # 1 is several times faster on a busy box)
     max_tries: int = 20                     # rejection-sampling rounds per batch of children
     unique_parents: bool = True             # parents = top distinct candidates (APQ: no)
     sweep_points: int = 4                   # targets derived per cost when a list is empty
@@ -280,7 +282,7 @@ class SearchConfig:
         _check(self.sweep_points > 0, f"{p}.sweep_points", "must be > 0")
         _check(self.finetune_epochs >= 0, f"{p}.finetune_epochs", "must be >= 0")
         _check(self.finetune_batch_size > 0, f"{p}.finetune_batch_size", "must be > 0")
-        for k in ("test_images", "recal_images"):
+        for k in ("test_images", "recal_images", "threads"):
             _check(getattr(self, k) is None or getattr(self, k) > 0, f"{p}.{k}",
                    "must be > 0 or null")
         _check(0 < self.parents <= self.population, f"{p}.parents",

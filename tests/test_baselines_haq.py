@@ -87,4 +87,5 @@ def test_haq_search_runs_and_respects_target():
     assert res.reward == max(h["reward"] for h in res.history)
     assert res.reward == pytest.approx(0.1 * (res.accuracy - 90.0))
     assert search.agent.moving_average is not None               # DDPG updates happened
-    assert search.sigma(10) == pytest.approx(0.5) and search.sigma(12) == pytest.approx(0.5 * 0.99 ** 2)
+    assert search.sigma(10) == pytest.approx(0.5)
+    assert search.sigma(12) == pytest.approx(0.5 * 0.99 ** 2)

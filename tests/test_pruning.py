@@ -88,7 +88,8 @@ def test_gradual_magnitude_hits_end_sparsity_on_schedule():
     assert measured == pytest.approx(0.8, abs=0.01)
     assert out["sparsity"] == pytest.approx(0.8, abs=0.01)      # kept through finetune
     mid = out["schedule"][2]
-    assert mid[1] == pytest.approx(0.8 * (1 - 0.5 ** 3)) and mid[2] == pytest.approx(mid[1], abs=0.01)
+    assert mid[1] == pytest.approx(0.8 * (1 - 0.5 ** 3))
+    assert mid[2] == pytest.approx(mid[1], abs=0.01)
     assert not any(hasattr(m, "weight_mask") for m in net.modules())
 
 

@@ -2,8 +2,8 @@
 analogue for the multi-stage baseline; APQ §4 "ProxylessNAS + AMC + HAQ").
 
 An MBConv block is found structurally, in module registration order:
-``Conv2d 1×1 (C→m) → BatchNorm2d(m) → [act] → Conv2d k×k groups=m (m→m) → BatchNorm2d(m)
-→ [act] → Conv2d 1×1 (m→C')``. Pruning keeps the middle channels with the largest
+``Conv2d 1×1 (C→m) → BN(m) → [act] → Conv2d k×k groups=m (m→m) → BN(m) → [act] →
+Conv2d 1×1 (m→C')``. Pruning keeps the middle channels with the largest
 importance (L1 norm of the second 1×1's input weights, OFA's channel ranking, or of the
 first 1×1's filters) and *rebuilds* the five layers with fewer channels, so the pruned
 model is physically smaller and its cost is measured on its real layers.

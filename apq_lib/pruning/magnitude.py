@@ -7,7 +7,7 @@ earlier masks are baked in first, so pruned weights (now zero) are pruned again 
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import nn

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -232,6 +233,9 @@ def train_supernet(net: APQSupernet, data, cfg: Profile, workdir: Path | str,
         meta = _load_checkpoint(ckpt, net)
     model = net
     if world > 1:
+        # 1x1 conv grads come back with channels-last strides that differ from the bucket
+        # views only in size-1 dims (no copy cost); silence DDP's stride warning for them
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True)

@@ -212,6 +212,7 @@ class PredictorConfig:
     finetune_batch_size: int = 64
     finetune_optimizer: str = "sgd"         # sgd (Nesterov 0.9) | adam
     eval_images: int = 2000                 # validation images per pair
+    quant_eval_images: Optional[int] = None  # per quantized pair (None: eval_images)
     recal_images: int = 2000                # training images for BN recalibration per pair
     workers: int = 1                        # collection processes (CLI shards) in notebook 03
     hidden: int = 400
@@ -231,6 +232,8 @@ class PredictorConfig:
                   "recal_images", "finetune_batch_size", "workers", "hidden", "n_layers",
                   "batch_size", "epochs", "patience"):
             _check(getattr(self, k) > 0, f"{p}.{k}", "must be > 0")
+        _check(self.quant_eval_images is None or self.quant_eval_images > 0,
+               f"{p}.quant_eval_images", "must be > 0 or null")
         _check(self.finetune_steps >= 0, f"{p}.finetune_steps", "must be >= 0")
         _check(self.finetune_lr >= 0, f"{p}.finetune_lr", "must be >= 0")
         _check(self.finetune_optimizer in ("sgd", "adam"), f"{p}.finetune_optimizer",

@@ -290,3 +290,20 @@ def test_sweep_targets_and_history(space):
     h = history_table(runs)
     assert set(h["method"]) == {"evolution", "random"} and set(h["budget"]) >= {"1/2", "2/2"}
     assert len(h) == len(runs) * 2 * 4                           # generations 0..3
+
+
+def test_predictor_score_fast_path_matches_dense(space):
+    import torch
+    from apq_lib.predictor.encoder import APQEncoder
+    from apq_lib.predictor.model import QuantAwarePredictor
+    from apq_lib.search import PredictorScore
+    enc = APQEncoder(space)
+    torch.manual_seed(0)
+    model = QuantAwarePredictor(enc.arch_dims, enc.quant_dims, 64, 3)
+    idx = IndexOps(space).sample(np.random.default_rng(0), 50)
+    fast, dense = PredictorScore(model, space), PredictorScore(model, space, fast=False)
+    assert fast.fast is not None and dense.fast is None
+    assert np.allclose(fast(idx), dense(idx), atol=1e-4)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(enc.encode_index(idx))).double().numpy() * 100
+    assert np.allclose(dense(idx), ref, atol=1e-6) and fast.n_scored == 50

@@ -43,7 +43,8 @@ def collection_config(cfg: Profile, kind: str) -> dict:
     """What determines a collection's samples (its artifact key, with the supernet key)."""
     p = cfg.predictor
     d = {"kind": kind, "n": p.fp32_pairs if kind == "fp32" else p.quant_pairs,
-         "seed": cfg.seed, "eval_images": p.eval_images, "recal_images": p.recal_images,
+         "seed": cfg.seed, "eval_images": _eval_images(cfg, kind),
+         "recal_images": p.recal_images,
          "space": dataclasses.asdict(cfg.space),
          "data": {k: getattr(cfg.data, k) for k in _DATA_KEYS}}
     if kind == "quant":
@@ -51,6 +52,11 @@ def collection_config(cfg: Profile, kind: str) -> dict:
                  finetune_lr=p.finetune_lr, finetune_batch_size=p.finetune_batch_size,
                  finetune_optimizer=p.finetune_optimizer)
     return d
+
+
+def _eval_images(cfg: Profile, kind: str) -> int:
+    p = cfg.predictor
+    return p.quant_eval_images if kind == "quant" and p.quant_eval_images else p.eval_images
 
 
 def sample_store(cfg: Profile, kind: str, workdir: Path) -> SampleStore:
@@ -64,7 +70,7 @@ def make_evaluator(cfg: Profile, kind: str, supernet, data, device=None):
     from .evaluators import FP32Evaluator, QATEvaluator
     p = cfg.predictor
     recal = data.fixed_batches("train", p.recal_images, seed=cfg.seed)
-    val = data.fixed_batches("val", p.eval_images, seed=cfg.seed)   # never the test split
+    val = data.fixed_batches("val", _eval_images(cfg, kind), seed=cfg.seed)  # never test
     if kind == "fp32":
         return FP32Evaluator(supernet, recal, val, device)
     return QATEvaluator(supernet, data, recal, val, p.finetune_steps, p.finetune_lr,

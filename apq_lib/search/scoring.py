@@ -37,7 +37,7 @@ class PredictorScore:
     """
 
     def __init__(self, model: torch.nn.Module, space, threads: Optional[int] = 1,
-                 percent: bool = True, batch_size: int = 32768):
+                 percent: bool = True, batch_size: int = 32768, fast: bool = True):
         from ..predictor.encoder import APQEncoder
         from ..predictor.model import QuantAwarePredictor
         self.model = model.eval().cpu()
@@ -45,15 +45,26 @@ class PredictorScore:
         self.quant = isinstance(model, QuantAwarePredictor)
         self.threads, self.scale, self.batch_size = threads, 100.0 if percent else 1.0, batch_size
         self.n_calls = self.n_scored = 0
+        self.fast = None
+        if fast:                  # first layer as row gathers from the index arrays (fp32)
+            try:
+                from ..predictor.model import FastPredictor
+                self.fast = FastPredictor(self.model, self.encoder)
+            except (ImportError, AttributeError):
+                self.fast = None
 
     @torch.inference_mode()
     def __call__(self, idx: np.ndarray) -> np.ndarray:
         self.n_calls += 1
         self.n_scored += len(idx)
-        x = self.encoder.encode_index(idx, self.quant)
         with torch_threads(self.threads):
-            out = [self.model(torch.from_numpy(x[i:i + self.batch_size]))
-                   for i in range(0, len(x), self.batch_size)]
+            if self.fast is not None:
+                out = [torch.from_numpy(np.asarray(self.fast(idx[i:i + self.batch_size])))
+                       for i in range(0, len(idx), self.batch_size)]
+            else:
+                x = self.encoder.encode_index(idx, self.quant)
+                out = [self.model(torch.from_numpy(x[i:i + self.batch_size]))
+                       for i in range(0, len(x), self.batch_size)]
         return (torch.cat(out).double().numpy() * self.scale if out
                 else np.zeros(0, np.float64))
 

@@ -2,8 +2,9 @@
 
 ``space`` (the shared search-space contract), ``elastic`` (elastic kernel / width / BN
 ops), ``block`` (:class:`ElasticMBConv`), ``network`` (:class:`APQSupernet`), ``static``
-(exported standalone subnets), ``metrics`` (BN recalibration, top-1, MACs) and ``train``
-(progressive shrinking, checkpoint/resume, DDP, artifact cache).
+(exported standalone subnets), ``metrics`` (BN recalibration, top-1, MACs), ``schedule``
+(progressive-shrinking phases) and ``train`` (training loop, checkpoint/resume, DDP,
+artifact cache).
 """
 from .space import *  # noqa: F401,F403
 from .space import __all__ as _space_all
@@ -17,11 +18,13 @@ from .network import *  # noqa: F401,F403
 from .network import __all__ as _network_all
 from .metrics import *  # noqa: F401,F403
 from .metrics import __all__ as _metrics_all
+from .schedule import *  # noqa: F401,F403
+from .schedule import __all__ as _schedule_all
 
-_TRAIN = ("Phase", "PhaseSampler", "train_supernet", "get_trained_supernet", "load_supernet",
+_TRAIN = ("train_supernet", "get_trained_supernet", "load_supernet",
           "supernet_artifact_config")
 __all__ = [*_space_all, *_static_all, *_elastic_all, *_block_all, *_network_all,
-           *_metrics_all, *_TRAIN]
+           *_metrics_all, *_schedule_all, *_TRAIN]
 
 
 def __getattr__(name):

@@ -8,8 +8,8 @@
 * :class:`ElasticBatchNorm2d` — dynamic BN: affine parameters and running statistics
   sliced to the active channels (the slice is updated in place in training mode).
 
-Every elastic conv carries its weight quantizer ``w_quant`` and the quantizer ``a_quant`` of its
-*input* activation, so a mixed-precision policy can be set on the supernet itself;
+Every elastic conv carries its weight quantizer ``w_quant`` and the quantizer ``a_quant``
+of its *input* activation, so a mixed-precision policy can be set on the supernet itself;
 bits = 32 means off. ``to_static()`` returns the equivalent plain layer (same quantizers).
 """
 from __future__ import annotations
@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..quant import PACTQuantizer, WeightQuantizer
-from ..quant import QConv2d
+from ..quant import PACTQuantizer, QConv2d, WeightQuantizer
 from .static import qconv
 
 __all__ = ["ElasticPointConv", "ElasticDepthwiseConv", "ElasticBatchNorm2d"]

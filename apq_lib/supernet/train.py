@@ -15,6 +15,10 @@ data order depends only on the epoch, the sampled subnets only on (seed, phase, 
 step)). Multi-GPU: ``torchrun --nproc_per_node=N -m apq_lib.supernet.train --profile P``
 (DDP; every rank samples the same subnets; the global batch ``data.batch_size`` is split
 over the ranks).
+
+CPU notes: activations are channels-last (3-5x faster depthwise convs); on shared cores use
+``OMP_NUM_THREADS=1`` or ``OMP_WAIT_POLICY=PASSIVE`` — an oversubscribed OpenMP pool that
+spin-waits makes every step several times slower.
 """
 from __future__ import annotations
 
@@ -25,115 +29,26 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..artifacts import ArtifactStore, config_key, load_state, save_state
-from ..config import ConfigError, Profile, SupernetConfig, load_profile
+from ..config import ConfigError, Profile, load_profile
 from ..runtime import get_device, make_rng, seed_everything
 from .metrics import evaluate_subnet
 from .network import APQSupernet
-from .space import SearchSpace, SubnetConfig
+from .schedule import Phase, PhaseSampler
+from .space import SearchSpace
 from .static import load_tensor_state, tensor_state
 
-__all__ = ["Phase", "PhaseSampler", "train_supernet", "get_trained_supernet",
-           "load_supernet", "supernet_artifact_config", "main", "PHASE_KEYS"]
+__all__ = ["train_supernet", "get_trained_supernet", "load_supernet",
+           "supernet_artifact_config", "main"]
 
 STAGE = "supernet"
-PHASE_KEYS = SupernetConfig.PHASE_KEYS
-
-
-@dataclass
-class Phase:
-    """One progressive-shrinking phase. ``kernels``/``depths``: allowed values (a stage
-    whose choices miss them all uses its largest depth); ``expands``: expand ratios — a
-    block samples every middle-channel choice between the choices nearest to
-    ``min(expands)·C_in`` and ``max(expands)·C_in`` (so [6] = full width, [4, 6] = all of
-    APQ's fine-grained choices). Left out, they default to the largest choice (the full
-    network). ``sandwich``: also train the smallest subnet every step."""
-    name: str
-    epochs: int
-    lr: float = 0.1
-    kernels: Optional[list] = None
-    depths: Optional[list] = None
-    expands: Optional[list] = None
-    subnets_per_step: int = 1
-    distill: bool = False
-    sandwich: bool = False
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "supernet.phases") -> "Phase":
-        bad = sorted(set(d) - set(PHASE_KEYS))
-        if bad:
-            raise ConfigError(f"{where}: unknown key(s) {bad}; allowed {list(PHASE_KEYS)}")
-        ph = cls(**d)
-        if ph.subnets_per_step < 1:
-            raise ConfigError(f"{where}.subnets_per_step: must be >= 1")
-        if ph.epochs > 0 and ph.lr <= 0:
-            raise ConfigError(f"{where}.lr: must be > 0")
-        return ph
-
-
-def _nearest(choices, target: float) -> int:
-    return min(range(len(choices)), key=lambda i: (abs(choices[i] - target), -choices[i]))
-
-
-class PhaseSampler:
-    """The sub-space one phase trains: per-stage depths, kernels, per-block mid choices."""
-
-    def __init__(self, space: SearchSpace, phase: Phase):
-        self.space, self.phase = space, phase
-        kernels = phase.kernels or [max(space.kernel_choices)]
-        depths = phase.depths or [max(space.cfg.stage_max_depth)]
-        expands = phase.expands or [space.cfg.expand_max]
-        self.kernels = [k for k in space.kernel_choices if k in kernels]
-        if not self.kernels:
-            raise ConfigError(f"phase {phase.name}: kernels {kernels} share nothing "
-                              f"with space.kernel_choices {list(space.kernel_choices)}")
-        self.depths = [[d for d in dc if d in depths] or [max(dc)]
-                       for dc in space.depth_choices]
-        self.mids = []
-        for b in space.blocks:
-            lo = _nearest(b.mid_choices, min(expands) * b.in_c)
-            hi = _nearest(b.mid_choices, max(expands) * b.in_c)
-            self.mids.append(list(b.mid_choices[lo:hi + 1]))
-
-    @property
-    def elastic_width(self) -> bool:
-        return any(len(m) > 1 for m in self.mids)
-
-    def _cfg(self, depths, kernels, mids) -> SubnetConfig:
-        n, b = self.space.n_blocks, max(self.space.bit_choices)
-        return SubnetConfig(list(depths), list(kernels), list(mids), [b] * n, [b] * n,
-                            [b] * n, [b] * n)
-
-    def largest(self) -> SubnetConfig:
-        return self._cfg([max(d) for d in self.depths], [max(self.kernels)] * len(self.mids),
-                         [max(m) for m in self.mids])
-
-    def smallest(self) -> SubnetConfig:
-        return self._cfg([min(d) for d in self.depths], [min(self.kernels)] * len(self.mids),
-                         [min(m) for m in self.mids])
-
-    def sample(self, rng: np.random.Generator) -> SubnetConfig:
-        return self._cfg([int(rng.choice(d)) for d in self.depths],
-                         [int(rng.choice(self.kernels)) for _ in self.mids],
-                         [int(rng.choice(m)) for m in self.mids])
-
-    def plan(self, rng: np.random.Generator) -> list[SubnetConfig]:
-        """The subnets of one step: [largest if distilling] [smallest if sandwich] random."""
-        out = [self.largest()] if self.phase.distill else []
-        if self.phase.sandwich:
-            out.append(self.smallest())
-        while len(out) < self.phase.subnets_per_step:
-            out.append(self.sample(rng))
-        return out
 
 
 # --------------------------------------------------------------------------- helpers
@@ -215,18 +130,47 @@ def train_supernet(net: APQSupernet, data, cfg: Profile, workdir: Path | str,
     (curves, seconds). ``stop_after_epochs``: return ``None`` after that many epochs of
     this call (as if killed after the checkpoint). ``on_step(phase, epoch, step)`` is
     called before each step (tests raise from it to simulate a kill mid-epoch)."""
-    from tqdm.auto import tqdm
-
-    sn, space = cfg.supernet, net.space
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     device = device or next(net.parameters()).device
     rank, world = _rank_world()
-    final, info_p, ckpt = (workdir / "supernet.safetensors", workdir / "info.json",
-                           workdir / "checkpoint.safetensors")
+    final, info_p = workdir / "supernet.safetensors", workdir / "info.json"
     if final.exists() and info_p.exists():
         load_tensor_state(net, load_state(final)[0])
         return json.loads(info_p.read_text())
+    lock = workdir / "train.lock"
+    if rank == 0:
+        _acquire(lock)
+    try:
+        return _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs,
+                             on_step, rank, world)
+    finally:
+        if rank == 0:
+            lock.unlink(missing_ok=True)
+
+
+def _acquire(lock: Path) -> None:
+    """One trainer per work directory: refuse while another live process holds it."""
+    if lock.exists():
+        try:
+            pid = int(lock.read_text().strip() or 0)
+            os.kill(pid, 0)
+            alive = pid != os.getpid()
+        except (ValueError, ProcessLookupError, PermissionError):
+            alive = False
+        if alive:
+            raise RuntimeError(f"{lock.parent} is being trained by process {pid}; wait for "
+                               f"it (or end it) before training here")
+    lock.write_text(str(os.getpid()))
+
+
+def _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs, on_step,
+                  rank, world) -> Optional[dict]:
+    from tqdm.auto import tqdm
+
+    sn, space = cfg.supernet, net.space
+    final, info_p, ckpt = (workdir / "supernet.safetensors", workdir / "info.json",
+                           workdir / "checkpoint.safetensors")
     phases = [Phase.from_dict(p, f"supernet.phases[{i}]") for i, p in enumerate(sn.phases)]
     meta = {"phase": 0, "epoch": 0, "history": [], "seconds": 0.0}
     if ckpt.exists():

@@ -19,7 +19,7 @@ from .artifacts import MissingInputError
 from .config import ENV_DIR
 
 __all__ = ["Results", "load_results", "joint_vs_fixed_haq", "joint_vs_multistage",
-           "limited_bitops", "predictor_transfer", "run_summary", "check_provenance",
+           "limited_bitops", "predictor_transfer", "run_summary", "check_provenance", "missed_budgets",
            "CO2_KG_PER_KWH", "DEVICE_WATTS", "COST_COLUMNS"]
 
 # CO2 estimate: energy = seconds x device power; intensity = world-average grid 2019
@@ -98,8 +98,22 @@ def _constraint_kind(s: str) -> str:
     return str(s).split()[0].split("<=")[0].strip()
 
 
-def _qat_rows(r: Results, method: str) -> pd.DataFrame:
+def _met(d: pd.DataFrame) -> pd.DataFrame:
+    """Rows that met their budget (a budget the method cannot reach is flagged
+    ``met = False`` by notebook 05 and left out of the comparisons)."""
+    if "met" not in d:
+        return d
+    return d[d["met"].isna() | (d["met"].astype(str).str.lower() == "true")]
+
+
+def missed_budgets(r: Results) -> pd.DataFrame:
+    """Baseline rows whose budget was out of reach (listed beside the tables)."""
     b = r.baselines
+    return b.drop(_met(b).index)
+
+
+def _qat_rows(r: Results, method: str) -> pd.DataFrame:
+    b = _met(r.baselines)
     d = b[b["method"] == method]
     if "variant" in d:
         d = d[d["variant"] != "PTQ"]
@@ -118,7 +132,8 @@ def joint_vs_fixed_haq(r: Results) -> pd.DataFrame:
     """Table 1: APQ vs fixed-architecture (MobileNetV2-style) + HAQ, matched latency/energy.
 
     For each HAQ model: the cheapest APQ model (any budget of notebook 04) at least as
-    accurate, and the cost ratio HAQ / APQ at equal accuracy."""
+    accurate, and the cost ratio HAQ / APQ at equal accuracy (cost in ms or mJ as
+    ``matched`` says)."""
     apq = r.search
     rows = []
     claims = r.paper["claims"]["joint_vs_fixed_haq"]
@@ -129,13 +144,14 @@ def joint_vs_fixed_haq(r: Results) -> pd.DataFrame:
         for _, h in haq[haq["constraint"].map(_constraint_kind) == kind].iterrows():
             a = _cheapest_at_least(apq, col, h["test_acc"])
             rows.append({
-                "matched": kind, "HAQ budget": h["constraint"],
-                "HAQ top-1": h["test_acc"], f"HAQ {col}": h[col],
-                "APQ top-1": np.nan if a is None else a["test_acc"],
-                f"APQ {col}": np.nan if a is None else a[col],
+                "matched": kind, "HAQ budget": h["constraint"], "HAQ top-1": h["test_acc"],
+                "HAQ cost": h[col], "APQ top-1": np.nan if a is None else a["test_acc"],
+                "APQ cost": np.nan if a is None else a[col],
                 "ratio (HAQ/APQ)": np.nan if a is None else h[col] / a[col],
                 "paper ratio": paper_ratio})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["matched", "HAQ budget", "HAQ top-1", "HAQ cost",
+                                       "APQ top-1", "APQ cost", "ratio (HAQ/APQ)",
+                                       "paper ratio"])
 
 
 def _co2_kg(seconds: float, device: str) -> float:
@@ -190,7 +206,7 @@ def limited_bitops(r: Results) -> pd.DataFrame:
         rows.append({"method": "APQ", "budget (G BitOps)": a["limit"], "top-1": a["test_acc"],
                      "BitOps (G)": a["bitops_g"], "latency_ms": a["latency_ms"],
                      "energy_mj": a["energy_mj"]})
-    b = r.baselines
+    b = _met(r.baselines)
     for method in sorted(set(b["method"])):
         if not (method.startswith("Fixed") or method.startswith("HAWQ")):
             continue

@@ -368,3 +368,12 @@ def test_pipeline_artifacts_round_trip(tmp_path, monkeypatch):
     np.testing.assert_allclose(oracle.predict_index(idx), expect, rtol=1e-5)
     cfgs = space.from_index_array(idx[:3])
     np.testing.assert_allclose(oracle.predict(cfgs), expect[:3], rtol=1e-5)
+
+
+def test_collection_config_eval_images():
+    from apq_lib.predictor.pipeline import collection_config
+    cfg = load_profile("smoke", {"predictor.quant_eval_images": 200})
+    assert collection_config(cfg, "quant")["eval_images"] == 200
+    assert collection_config(cfg, "fp32")["eval_images"] == cfg.predictor.eval_images
+    assert "finetune_steps" in collection_config(cfg, "quant")
+    assert "finetune_steps" not in collection_config(cfg, "fp32")

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -15,3 +16,12 @@ def tmp_results(tmp_path, monkeypatch):
     monkeypatch.setenv("APQ_RESULTS_DIR", str(res))
     monkeypatch.setenv("APQ_ARTIFACTS", str(tmp_path / "artifacts"))
     return res
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one torch thread avoids thread contention on a shared 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

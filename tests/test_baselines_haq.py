@@ -7,13 +7,7 @@ from apq_lib.search.haq import (HAQLayer, HAQSearch, action_from_bits, action_wa
                                 bits_from_action, haq_states)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids thread contention on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bits_from_action_hand_values():

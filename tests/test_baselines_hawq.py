@@ -10,13 +10,7 @@ from apq_lib.search.hawq import (hawq_allocate, hawq_sensitivity, hessian_traces
                                  hutchinson_trace, pareto_frontier, weight_quant_error)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids thread contention on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mlp_problem():

@@ -8,13 +8,7 @@ from apq_lib.pruning import (GradualSchedule, find_mbconv_sites, gradual_channel
                              middle_channels, prune_channels, sparsity)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids thread contention on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Block(nn.Module):

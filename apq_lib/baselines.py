@@ -17,7 +17,8 @@ from torch import nn
 
 from .artifacts import ArtifactStore, config_key, load_state, save_state
 from .config import Profile
-from .pruning import accuracy, cycle, finetune, gradual_magnitude_prune, sparse_size_bits
+from .pruning import (accuracy, cycle, finetune, gradual_magnitude_prune, sparse_size_bits,
+                      sparsity)
 from .search.cost import CostMeter
 from .search.fixed import (LayerCostTable, PolicyEvaluator, build_fixed_model, fixed_bits,
                            is_fixed, to_float, uniform_policy)
@@ -32,8 +33,8 @@ __all__ = ["BaselineSuite", "SCRATCH_STAGE", "COLUMNS", "pick_targets", "spread"
 SCRATCH_STAGE = "baseline_scratch"
 MBV2 = "MobileNetV2"
 UNITS = {"latency": "ms", "energy": "mJ", "bitops": "G", "size": "kB"}
-COLUMNS = ["method", "variant", "model", "constraint", "target", "met", "test_acc",
-           "latency_ms", "energy_mj", "bitops_g", "size_kb", "search_s", "policy"]
+COLUMNS = ["method", "variant", "model", "constraint", "target", "target_from", "met",
+           "test_acc", "latency_ms", "energy_mj", "bitops_g", "size_kb", "search_s", "policy"]
 _METRIC_COL = {"latency": "latency_ms", "energy": "energy_mj", "bitops": "bitops_g",
                "size": "size_kb"}
 _SCALE = {"latency": 1.0, "energy": 1.0, "bitops": 1e9, "size": 8e3}   # table units → row
@@ -86,10 +87,13 @@ class BaselineSuite:
         c = cfg.space
         self.input_shape = (c.in_channels, c.image_size, c.image_size)
         s, seed = self.s, cfg.seed
+        # BN recalibration images: as notebook 04's found models
+        self.recal_images = getattr(cfg.search, "recal_images", None) or \
+            cfg.supernet.bn_recal_images
         n_test = len(data.test) if s.test_images is None else min(s.test_images, len(data.test))
         self.batches = {
             "calib": data.fixed_batches("train", s.calib_images, seed=seed),
-            "recal": data.fixed_batches("train", cfg.supernet.bn_recal_images, seed=seed),
+            "recal": data.fixed_batches("train", self.recal_images, seed=seed),
             "reward": data.fixed_batches("val", s.reward_images, seed=seed),
             "final": data.fixed_batches("test", n_test, seed=seed),
             "train": cycle(data.loader("train", batch_size=s.finetune_batch_size, seed=seed)),
@@ -102,7 +106,7 @@ class BaselineSuite:
     # ------------------------------------------------------------------ helpers
     def table(self, model: nn.Module, key: str) -> LayerCostTable:
         if key not in self._tables:
-            lo = min(2, self.s.haq_bits[0])
+            lo = min(2, self.s.haq_bits[0], self.s.haq_kmeans_bits[0])
             self._tables[key] = LayerCostTable(model, self.input_shape, ["bitfusion"],
                                                range(lo, 9))
         return self._tables[key]
@@ -118,12 +122,14 @@ class BaselineSuite:
 
     def add_row(self, method: str, variant: str, model: str, metric: Optional[str],
                 target: Optional[float], acc: float, costs: dict, search_s: float = 0.0,
-                met: Optional[bool] = None, policy: Optional[dict] = None) -> dict:
+                met: Optional[bool] = None, policy: Optional[dict] = None,
+                target_from: str = "") -> dict:
         constraint = "" if metric is None else f"{metric} <= {target:.4g} {UNITS[metric]}"
         if met is None and metric is not None:
             met = costs[_METRIC_COL[metric]] <= target * (1 + 1e-9)
         row = {"method": method, "variant": variant, "model": model,
-               "constraint": constraint, "target": target, "met": met,
+               "constraint": constraint, "target": target, "target_from": target_from,
+               "met": met,
                "test_acc": float(acc), **{k: costs.get(k) for k in
                                           ("latency_ms", "energy_mj", "bitops_g", "size_kb")},
                "search_s": float(search_s),
@@ -152,7 +158,7 @@ class BaselineSuite:
         return {"space": dataclasses.asdict(self.cfg.space), "seed": self.cfg.seed,
                 "epochs": s.scratch_epochs, "images": s.scratch_images, "lr": s.scratch_lr,
                 "batch_size": d.batch_size,
-                "bn_recal_images": self.cfg.supernet.bn_recal_images,
+                "bn_recal_images": self.recal_images,
                 "data": {k: getattr(d, k) for k in ("dataset", "val_size", "split_seed",
                                                     "train_subset", "image_size", "augment")}}
 
@@ -210,7 +216,7 @@ class BaselineSuite:
 
     # ------------------------------------------------------------------ HAQ
     def haq(self, model: nn.Module, metric: str, target: float, key: str = MBV2,
-            method: str = "HAQ", model_name: str = MBV2) -> dict:
+            method: str = "HAQ", model_name: str = MBV2, target_from: str = "") -> dict:
         """HAQ's DDPG search under ``metric ≤ target`` (row units), then QAT."""
         s = self.s
         table = self.table(model, key)
@@ -222,10 +228,11 @@ class BaselineSuite:
             (lambda n: fixed_bits(n) if is_fixed(n) else None)
         layers = haq_layers(table.names, table.specs, fixed)
         label = f"{metric}<={target:.4g}"
+        lo, hi = s.haq_kmeans_bits if kmeans else s.haq_bits
         with self.meter.stage(method, "DDPG episodes", search=label) as t:
             res = HAQSearch(layers, ev, table.fn(metric), self.target_in_table_units(
-                metric, target), acc_fp, s.haq_bits[0], s.haq_bits[1], s.haq_episodes,
-                s.haq_warmup, quantize_acts=not kmeans, a_fixed=32, ddpg=DDPGConfig(),
+                metric, target), acc_fp, lo, hi, s.haq_episodes, s.haq_warmup,
+                quantize_acts=not kmeans, a_fixed=32, ddpg=DDPGConfig(),
                 seed=self.cfg.seed).run(self.progress)
         if model_name == MBV2:
             self._shared_scratch(method)
@@ -233,13 +240,14 @@ class BaselineSuite:
         ev.recal = self.batches["recal"]
         _, acc = ev.quantized(pol, steps=s.qat_steps, eval_batches=self.batches["final"])
         row = self.add_row(method, "k-means" if kmeans else "linear", model_name, metric,
-                           target, acc, table.summary(res.bits), t["wall_s"], res.met, pol)
+                           target, acc, table.summary(res.bits), t["wall_s"], res.met, pol,
+                           target_from)
         row["history"] = res.history
         return row
 
     # ------------------------------------------------------------------ HAWQ-V2
     def hawq(self, model: nn.Module, metric: str, targets: list[float], key: str = MBV2,
-             model_name: str = MBV2) -> list[dict]:
+             model_name: str = MBV2, target_from: str = "") -> list[dict]:
         """Hessian traces once (shared), a Pareto-frontier allocation per target, QAT."""
         s = self.s
         table = self.table(model, key)
@@ -279,7 +287,7 @@ class BaselineSuite:
             pol = dict(zip(table.names, bl))
             _, acc = ev.quantized(pol)
             row = self.add_row("HAWQ-V2", "Hessian trace", model_name, metric, tgt, acc,
-                               table.summary(bl), t["wall_s"], None, pol)
+                               table.summary(bl), t["wall_s"], None, pol, target_from)
             row["traces"] = traces
             out.append(row)
         return out
@@ -300,7 +308,7 @@ class BaselineSuite:
         return to_float(sub).eval()
 
     def multistage(self, supernet, score_fn, arch_cost: dict, metric: str, target: float,
-                   search_cfg=None) -> dict:
+                   search_cfg=None, target_from: str = "") -> dict:
         from .search.multistage import METHOD, MultiStagePipeline
         export = lambda arch: self.export_fp32(supernet, arch)  # noqa: E731
         pipe = MultiStagePipeline(self.space, score_fn, arch_cost, export, self.batches,
@@ -310,7 +318,7 @@ class BaselineSuite:
         row = self.add_row(METHOD, "FP32 NAS → channel pruning → HAQ", "searched + pruned",
                            metric, target, r.accuracy, r.costs,
                            sum(v for k, v in r.stage_seconds.items() if k != "finetune"),
-                           r.met, r.policy)
+                           r.met, r.policy, target_from)
         row.update(stage_seconds=r.stage_seconds, arch=r.arch,
                    widths_before=r.widths_before, widths_after=r.widths_after)
         return row
@@ -323,6 +331,7 @@ class BaselineSuite:
         s, rows = self.s, []
         dense = to_float(model)
         rows.append({"scope": "dense", "target_sparsity": 0.0, "sparsity": 0.0,
+                     "max_layer_sparsity": 0.0, "layers_fully_pruned": 0,
                      "test_acc": accuracy(dense, self.batches["final"], self.device),
                      "nonzero_params": sum(int((m.weight != 0).sum()) for m in dense.modules()
                                            if isinstance(m, (nn.Conv2d, nn.Linear))),
@@ -336,8 +345,11 @@ class BaselineSuite:
                                               scope, lr=s.prune_lr,
                                               device=self.device)
                 recalibrate_bn(m, self.batches["recal"], self.device)
+                per_layer = sparsity(m)["layers"]
                 rows.append({"scope": scope, "target_sparsity": r,
                              "sparsity": out["sparsity"],
+                             "max_layer_sparsity": max(per_layer.values()),
+                             "layers_fully_pruned": sum(v >= 1.0 for v in per_layer.values()),
                              "test_acc": accuracy(m, self.batches["final"], self.device),
                              "nonzero_params": sum(int((mm.weight != 0).sum())
                                                    for mm in m.modules()

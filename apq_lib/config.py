@@ -317,6 +317,8 @@ class BaselinesConfig:
     energy_targets_mj: list[float] = field(default_factory=list)
     bitops_targets_g: list[float] = field(default_factory=list)
     max_targets: int = 2                    # per cost, when taken from notebook 04
+    relative_targets: list[float] = field(default_factory=lambda: [0.75])  # HAQ / HAWQ also
+                                            # at these fractions of MobileNetV2's W8A8 cost
     haq_costs: list[str] = field(default_factory=lambda: ["latency", "energy"])
     hawq_costs: list[str] = field(default_factory=lambda: ["latency", "energy", "bitops"])
     multistage_costs: list[str] = field(default_factory=lambda: ["latency"])
@@ -324,7 +326,9 @@ class BaselinesConfig:
     haq_episodes: int = 100
     haq_warmup: int = 20
     haq_finetune_steps: int = 20
-    haq_bits: list[int] = field(default_factory=lambda: [2, 8])     # [b_min, b_max]
+    haq_bits: list[int] = field(default_factory=lambda: [2, 8])     # [b_min, b_max] of
+                                            # HAQ and HAWQ-V2 (HAQ's own range: 2..8)
+    haq_kmeans_bits: list[int] = field(default_factory=lambda: [2, 8])   # k-means weights
     haq_kmeans: bool = True                 # also HAQ with k-means weights, size target
     haq_size_fraction: float = 0.1          # k-means size target / FP32 weight size
     # HAWQ-V2
@@ -346,8 +350,10 @@ class BaselinesConfig:
         _check(self.haq_episodes > 0, f"{p}.haq_episodes", "must be > 0")
         _check(0 <= self.haq_warmup <= self.haq_episodes, f"{p}.haq_warmup",
                "must be in 0..haq_episodes")
-        _check(len(self.haq_bits) == 2 and 2 <= self.haq_bits[0] <= self.haq_bits[1] <= 8,
-               f"{p}.haq_bits", "needs [b_min, b_max] with 2 <= b_min <= b_max <= 8")
+        for k in ("haq_bits", "haq_kmeans_bits"):
+            v = getattr(self, k)
+            _check(len(v) == 2 and 2 <= v[0] <= v[1] <= 8, f"{p}.{k}",
+                   "needs [b_min, b_max] with 2 <= b_min <= b_max <= 8")
         _check(all(0 < r < 1 for r in self.prune_ratios), f"{p}.prune_ratios",
                "ratios must be in (0, 1)")
         _check(all(s in ("global", "layer") for s in self.prune_scopes), f"{p}.prune_scopes",
@@ -375,6 +381,8 @@ class BaselinesConfig:
             _check(all(c in ok for c in getattr(self, k)), f"{p}.{k}",
                    f"costs must be from {list(ok)}")
         _check(self.threads is None or self.threads > 0, f"{p}.threads", "must be > 0 or null")
+        _check(all(0 < f < 1 for f in self.relative_targets), f"{p}.relative_targets",
+               "fractions must be in (0, 1)")
 
 
 @dataclass

@@ -12,12 +12,7 @@ from apq_lib.search.fixed import (LayerCostTable, PolicyEvaluator, build_fixed_m
 from apq_lib.supernet import APQSupernet, SearchSpace
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

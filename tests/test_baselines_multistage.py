@@ -13,12 +13,7 @@ from apq_lib.search.multistage import MultiStagePipeline, at_uniform_bits, fp32_
 from apq_lib.supernet import APQSupernet, SearchSpace, SubnetConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -127,10 +127,15 @@ def _run_workers(cfg_profile: str, overrides: dict, kind: str, workers: int, wor
         bar.close()
         for log in logs:
             log.close()
-    bad = [r for r, p in enumerate(procs) if p.returncode != 0]
+    bad = {r: p.returncode for r, p in enumerate(procs) if p.returncode != 0}
     if bad:
-        tail = (work / f"{kind}_worker{bad[0]}.log").read_text()[-2000:]
-        raise CollectionError(f"collection worker(s) {bad} failed; log tail:\n{tail}")
+        r0 = next(iter(bad))
+        tail = (work / f"{kind}_worker{r0}.log").read_text()[-2000:]
+        how = "; ".join(f"worker {r}: " + (f"killed by signal {-c}" if c < 0 else f"exit {c}")
+                        for r, c in bad.items())
+        raise CollectionError(f"collection worker(s) failed ({how}); finished samples are "
+                              f"kept in {work} and a rerun resumes there. Log tail of worker "
+                              f"{r0}:\n{tail}")
 
 
 def collect_pairs(cfg: Profile, kind: str, supernet, supernet_key: str, data,

@@ -15,7 +15,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .artifacts import ArtifactStore, config_key, load_state, save_state
+from .artifacts import (ArtifactError, ArtifactStore, MissingInputError, config_key, load_state,
+                        save_state)
 from .config import Profile
 from .pruning import (accuracy, cycle, finetune, gradual_magnitude_prune, sparse_size_bits,
                       sparsity)
@@ -163,8 +164,11 @@ class BaselineSuite:
                                                     "train_subset", "image_size", "augment")}}
 
     def scratch_model(self, force: bool = False) -> nn.Module:
-        """The largest subnet trained from scratch (cached as an artifact; its training
-        seconds are stored with it and counted as a shared cost)."""
+        """The largest subnet trained from scratch: the supernet's full-network phase
+        (``baselines.scratch_source: supernet``) or trained here and cached as an artifact
+        (``train``). Its training seconds are counted as a shared cost."""
+        if self.s.scratch_source == "supernet":
+            return self._scratch_from_supernet()
         s, seed = self.s, self.cfg.seed
 
         def build(work):
@@ -194,6 +198,35 @@ class BaselineSuite:
         info["cached"] = cached
         self.scratch_info = info
         return model.to(self.device).eval()
+
+    def _scratch_from_supernet(self) -> nn.Module:
+        from .supernet import train as sn
+        p, ph = sn.full_network_phase(self.cfg)
+        key = config_key(sn.supernet_artifact_config(self.cfg))
+        art = self.store.get(sn.STAGE, key)
+        if art is None:
+            raise MissingInputError(f"artifacts/{sn.STAGE}/{key} (the trained supernet) is "
+                                    f"missing: run notebook 01_supernet first")
+        f = art.path / sn.phase_file(p, ph.name)
+        if not f.exists():
+            raise ArtifactError(f"{art.path} has no {f.name} (the end of phase '{ph.name}'): "
+                                f"retrain the supernet (notebook 01 with force=True) or set "
+                                f"baselines.scratch_source: train")
+        net = sn.load_supernet(f, self.space, self.device)
+        net.set_active_subnet(self.space.largest())
+        model = to_float(net.get_active_subnet()).to(self.device)
+        recalibrate_bn(model, self.batches["recal"], self.device)
+        rows = [r for r in json.loads(art.file("info.json").read_text())["history"]
+                if r["phase_index"] == p]
+        self.scratch_info = {
+            "seconds": sum(r["seconds"] for r in rows),
+            "cpu_seconds": sum(r.get("cpu_seconds", 0.0) for r in rows),
+            "steps": sum(r["steps"] for r in rows),
+            "val_acc": accuracy(model, self.batches["reward"], self.device),
+            "device": self.meter.device, "artifact": f"{sn.STAGE}/{art.key}",
+            "source": f"supernet phase '{ph.name}' ({len(rows)} epochs, "
+                      f"artifact {sn.STAGE}/{art.key})", "cached": True}
+        return model.eval()
 
     # ------------------------------------------------------------------ fixed precision
     def fixed_precision(self, model: nn.Module, name: str, key: str) -> list[dict]:

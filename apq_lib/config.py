@@ -131,6 +131,8 @@ class SupernetConfig:
     bn_recal_images: int = 2000             # training images for BN recalibration
     eval_images: int = 2000                 # validation images for the per-epoch curves
     n_random_subnets: int = 100             # random subnets evaluated in notebook 01
+    random_eval_images: Optional[int] = None  # val and test images per random subnet in
+                                            # notebook 01 (None: whole splits)
     log_every: int = 50
 
     PHASE_KEYS = ("name", "epochs", "lr", "kernels", "depths", "expands", "subnets_per_step",
@@ -157,6 +159,8 @@ class SupernetConfig:
         _check(self.optimizer in ("sgd", "adam"), f"{p}.optimizer", "use sgd or adam")
         _check(self.bn_recal_images > 0, f"{p}.bn_recal_images", "must be > 0")
         _check(self.eval_images > 0, f"{p}.eval_images", "must be > 0")
+        _check(self.random_eval_images is None or self.random_eval_images > 0,
+               f"{p}.random_eval_images", "must be > 0 or null (whole splits)")
         _check(self.n_random_subnets > 0, f"{p}.n_random_subnets", "must be > 0")
         _check(self.warmup_epochs >= 0, f"{p}.warmup_epochs", "must be >= 0")
 
@@ -299,7 +303,11 @@ class SearchConfig:
 @dataclass
 class BaselinesConfig:
     """Notebook 05: fixed-precision, HAQ, HAWQ-V2, multi-stage and pruning baselines."""
-    # fixed-architecture "MobileNetV2" (largest subnet, trained from scratch)
+    # fixed-architecture "MobileNetV2" (largest subnet, trained from scratch): "supernet"
+    # takes the supernet's full-network phase (the largest subnet trained alone from scratch
+    # on the labels, same recipe and data; no extra cost), "train" trains it here with
+    # scratch_epochs / scratch_images / scratch_lr
+    scratch_source: str = "train"
     scratch_epochs: int = 5
     scratch_images: Optional[int] = None    # training images per epoch (None: all)
     scratch_lr: float = 0.05
@@ -347,6 +355,8 @@ class BaselinesConfig:
                                             # 1 is several times faster on a busy box)
 
     def check(self, p: str) -> None:
+        _check(self.scratch_source in ("supernet", "train"), f"{p}.scratch_source",
+               "use 'supernet' (the supernet's full-network phase) or 'train'")
         _check(self.haq_episodes > 0, f"{p}.haq_episodes", "must be > 0")
         _check(0 <= self.haq_warmup <= self.haq_episodes, f"{p}.haq_warmup",
                "must be in 0..haq_episodes")

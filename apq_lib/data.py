@@ -22,7 +22,7 @@ from .config import DataConfig
 
 __all__ = [
     "DatasetNotFoundError", "TensorImageSet", "DataBundle", "BatchLoader", "load_data",
-    "split_indices", "find_fashion_mnist", "DEBIAN_FMNIST_DIR", "read_idx",
+    "split_indices", "find_fashion_mnist", "DEBIAN_FMNIST_DIR", "read_idx", "cycle",
 ]
 
 DEBIAN_FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -344,3 +344,17 @@ def load_data(cfg: Optional[DataConfig] = None, root: Optional[str] = None) -> D
                       _cap(test, cfg.test_subset, cfg.split_seed),
                       int(ytr.max()) + 1, xtr.shape[1], cfg.image_size, cfg, src)
 
+
+def cycle(loader) -> Iterator:
+    """Endless iterator over a loader's batches; calls ``set_epoch`` between passes."""
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        n = 0
+        for batch in loader:
+            n += 1
+            yield batch
+        if n == 0:
+            raise ValueError("the loader yields no batches")
+        epoch += 1

@@ -9,12 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from apq_lib.artifacts import ArtifactStore
+from apq_lib.artifacts import ArtifactStore, load_state
 from apq_lib.config import ConfigError, DataConfig, Profile, SpaceConfig, SupernetConfig
 from apq_lib.data import DataBundle, TensorImageSet
 from apq_lib.supernet import (APQSupernet, ElasticDepthwiseConv, InvalidConfigError, Phase,
                               PhaseSampler, SearchSpace, evaluate, get_trained_supernet,
                               recalibrate_bn, subnet_macs, train_supernet)
+from apq_lib.supernet.static import tensor_state
+from apq_lib.supernet.train import full_network_phase, phase_file
 
 torch.set_num_threads(1)
 
@@ -214,6 +216,28 @@ def test_resume_after_interruption_continues_the_same_schedule(tmp_path):
             if torch.is_tensor(v):
                 assert torch.equal(v, w), k
     assert len(info_b["history"]) == 2
+    # every run (straight or resumed) keeps the weights at the end of each phase
+    for run in ("straight", "epoch_kill", "mid_kill"):
+        assert {f.name for f in (tmp_path / run).glob("phase*.safetensors")} == \
+            {phase_file(0, "full"), phase_file(1, "elastic")}
+    last = load_state(tmp_path / "straight" / phase_file(1, "elastic"))[0]
+    assert all(torch.equal(v, last[k]) for k, v in tensor_state(ref).items())
+
+
+def test_full_phase_snapshot_is_the_largest_network_trained_alone(tmp_path):
+    """The end-of-phase-0 weights of a two-phase run equal a run of phase 0 alone: the
+    fixed-architecture baseline taken from them is the largest network trained from
+    scratch, untouched by the elastic phases."""
+    _trained_state(tmp_path, "two")
+    torch.manual_seed(0)
+    alone = APQSupernet(SearchSpace(TINY))
+    train_supernet(alone, tiny_data(), tiny_profile(phases=PHASES[:1]), tmp_path / "one",
+                   progress=False)
+    snap = load_state(tmp_path / "two" / phase_file(0, "full"))[0]
+    assert all(torch.equal(v, snap[k]) for k, v in tensor_state(alone).items())
+    assert full_network_phase(tiny_profile())[0] == 0
+    with pytest.raises(ConfigError, match="scratch_source"):
+        full_network_phase(tiny_profile(phases=PHASES[1:]))
 
 
 def test_get_trained_supernet_uses_the_artifact_cache(tmp_path):
@@ -274,3 +298,41 @@ def test_kd_loss_is_zero_for_identical_logits():
     z = torch.randn(4, 10)
     assert float(_kd_loss(z, z)) == pytest.approx(0.0, abs=1e-6)
     assert float(_kd_loss(z, z + F.one_hot(torch.arange(4), 10) * 3)) > 0
+
+
+def test_baseline_scratch_model_from_the_full_phase_or_trained(tmp_path):
+    """Notebook 05's fixed model: ``scratch_source: supernet`` is the full phase's largest
+    network (exported, BN recalibrated; missing supernet → a clear error), ``train`` trains
+    and caches one."""
+    import dataclasses
+
+    from apq_lib.artifacts import MissingInputError
+    from apq_lib.baselines import BaselineSuite
+    from apq_lib.config import BaselinesConfig
+    from apq_lib.search.fixed import to_float
+
+    base = BaselinesConfig(scratch_source="supernet", scratch_epochs=1, calib_images=16,
+                           reward_images=32, test_images=32, finetune_batch_size=16)
+    prof, data, store = dataclasses.replace(tiny_profile(), baselines=base), tiny_data(), \
+        ArtifactStore(tmp_path)
+    suite = BaselineSuite(prof, data, store=store, progress=False)
+    with pytest.raises(MissingInputError, match="01_supernet"):
+        suite.scratch_model()
+    _, info = get_trained_supernet(prof, data, store, progress=False)
+    model = suite.scratch_model()
+    assert suite.scratch_info["steps"] == info["history"][0]["steps"]
+    assert suite.scratch_info["seconds"] == pytest.approx(info["history"][0]["seconds"])
+    # the same network as the phase-0 snapshot's largest subnet, BN recalibrated alike
+    net = APQSupernet(SearchSpace(TINY))
+    snap = load_state(next((tmp_path / "supernet").glob("*/" + phase_file(0, "full"))))[0]
+    net.load_state_dict({**net.state_dict(), **snap})
+    ref = to_float(net.get_active_subnet())
+    recalibrate_bn(ref, suite.batches["recal"])
+    x = torch.randn(4, 1, 16, 16)
+    torch.testing.assert_close(model(x), ref.eval()(x), rtol=1e-5, atol=1e-5)
+
+    trained = BaselineSuite(dataclasses.replace(prof, baselines=dataclasses.replace(
+        base, scratch_source="train")), data, store=store, progress=False)
+    m2 = trained.scratch_model()
+    assert trained.scratch_info["source"] == "measured" and m2(x).shape == (4, 10)
+    assert not torch.allclose(m2(x), model(x))

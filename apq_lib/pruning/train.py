@@ -8,22 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data import cycle
+
 __all__ = ["cycle", "finetune", "accuracy", "make_optimizer"]
-
-
-def cycle(loader) -> Iterator:
-    """Endless iterator over a loader's batches; calls ``set_epoch`` between passes."""
-    epoch = 0
-    while True:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        n = 0
-        for batch in loader:
-            n += 1
-            yield batch
-        if n == 0:
-            raise ValueError("the loader yields no batches")
-        epoch += 1
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 4e-5,

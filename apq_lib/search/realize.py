@@ -47,70 +47,24 @@ def qat_finetune(model: nn.Module, train_batches: Iterable, epochs: float = 1.0,
                  lr: float = 1e-3, steps: Optional[int] = None, momentum: float = 0.9,
                  weight_decay: float = 4e-5, label_smoothing: float = 0.1,
                  device=None, progress: bool = False) -> dict:
-    """Quantization-aware finetune in place; ``{"steps", "losses", "seconds", "helper"}``.
+    """Quantization-aware finetune in place; ``{"steps", "losses", "seconds"}``.
 
-    Uses :func:`apq_lib.quant.qat` when the model's layers are the quant package's; the
-    supernet's exported layers carry their own quantizers, which a plain SGD loop trains
-    with the same recipe (STE through the fake quantizers)."""
+    :func:`apq_lib.quant.train_steps` (the loop under :func:`apq_lib.quant.qat`): the
+    supernet's exported layers carry their own quantizers, trained through by STE with the
+    same recipe. ``steps`` defaults to ``ceil(epochs × batches per epoch)``."""
+    from ..quant.training import train_steps
     t0 = time.perf_counter()
-    per_epoch = _n_batches(train_batches)
     if steps is None:
+        per_epoch = _n_batches(train_batches)
         if per_epoch is None:
             raise ValueError("train_batches has no len(); pass steps=")
         steps = int(math.ceil(epochs * per_epoch))
     if steps <= 0:
-        return {"steps": 0, "losses": [], "seconds": 0.0, "helper": "none"}
-    try:
-        from ..quant import qat, quant_layers
-        if quant_layers(model):
-            r = qat(model, train_batches, steps=steps, lr=lr, optimizer="sgd",
-                    momentum=momentum, weight_decay=weight_decay,
-                    label_smoothing=label_smoothing, device=device, progress=progress)
-            return {"steps": steps, "losses": r.losses, "helper": "apq_lib.quant.qat",
-                    "seconds": time.perf_counter() - t0}
-    except ImportError:
-        pass
-    device = device or next(model.parameters()).device
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
-    other = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
-                           {"params": other, "weight_decay": 0.0}], lr=lr, momentum=momentum,
-                          nesterov=momentum > 0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    model.train()
-    losses, step, epoch = [], 0, 0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=steps, desc="QAT finetune", leave=False)
-    while step < steps:
-        if hasattr(train_batches, "set_epoch"):
-            train_batches.set_epoch(epoch)
-        n = 0
-        for x, y in train_batches:
-            n += 1
-            loss = F.cross_entropy(model(x.to(device)), y.to(device),
-                                   label_smoothing=label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"QAT loss became {float(loss)} at step {step}; "
-                                         f"lower search.finetune_lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            if bar is not None:
-                bar.update(1)
-            if step >= steps:
-                break
-        if n == 0:
-            raise ValueError("qat_finetune got no training batches")
-        epoch += 1
-    if bar is not None:
-        bar.close()
-    return {"steps": steps, "losses": losses, "helper": "sgd-ste loop",
-            "seconds": time.perf_counter() - t0}
+        return {"steps": 0, "losses": [], "seconds": 0.0}
+    losses = train_steps(model, train_batches, steps, lr, "sgd", momentum, weight_decay,
+                         label_smoothing, device=device, progress=progress,
+                         desc="QAT finetune")
+    return {"steps": steps, "losses": losses, "seconds": time.perf_counter() - t0}
 
 
 @dataclass
@@ -124,7 +78,6 @@ class Realized:
     finetune_steps: int
     finetune_seconds: float
     eval_seconds: float
-    finetune_helper: str
     losses: list = field(default_factory=list)
     model: Optional[nn.Module] = None
 
@@ -165,6 +118,6 @@ def realize(supernet, cfg, train_batches: Iterable, recal_batches: list, test_ba
     return Realized(config=cfg.to_dict(), predicted_acc=float(predicted_acc), test_acc=acc,
                     test_acc_before_finetune=before, costs=dict(costs or {}),
                     finetune_steps=ft["steps"], finetune_seconds=ft["seconds"],
-                    eval_seconds=time.perf_counter() - t0, finetune_helper=ft["helper"],
+                    eval_seconds=time.perf_counter() - t0,
                     losses=[float(v) for v in np.asarray(ft["losses"])[:: max(1, len(
                         ft["losses"]) // 200)]] if ft["losses"] else [], model=sub)

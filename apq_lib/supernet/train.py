@@ -255,6 +255,11 @@ def _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs, 
                           f"{row['loss']:.3f}, val largest {row['val_largest']:.2f} %, "
                           f"smallest {row['val_smallest']:.2f} %, {train_s:.0f}s", flush=True)
             history.append(row)
+            if rank == 0 and e + 1 == ph.epochs:
+                # the weights at the end of every phase (before the checkpoint that moves
+                # past it, so a resumed run never lacks one): the full phase's snapshot is
+                # the fixed-architecture baseline trained from scratch (notebook 05)
+                save_state(tensor_state(net), workdir / phase_file(p, ph.name))
             meta = {"phase": p if e + 1 < ph.epochs else p + 1,
                     "epoch": e + 1 if e + 1 < ph.epochs else 0, "history": history,
                     "seconds": meta["seconds"] + time.time() - t0}
@@ -279,15 +284,37 @@ def _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs, 
 
 
 # --------------------------------------------------------------------------- artifact
+def phase_file(index: int, name: str) -> str:
+    """File name of the weights at the end of phase ``index`` in the supernet artifact."""
+    return f"phase{index}_{name}.safetensors"
+
+
+def full_network_phase(cfg: Profile) -> tuple[int, Phase]:
+    """The first phase that trains only the largest subnet on the labels (no distillation,
+    no elastic choice): its end-of-phase weights are that network trained from scratch."""
+    space = SearchSpace(cfg.space)
+    for i, d in enumerate(cfg.supernet.phases):
+        ph = Phase.from_dict(d, f"supernet.phases[{i}]")
+        plan = PhaseSampler(space, ph)
+        if ph.epochs > 0 and not ph.distill and not ph.sandwich and \
+                plan.largest() == plan.smallest() == space.largest():
+            return i, ph
+    raise ConfigError("supernet.phases: no phase trains the full network alone (kernels, "
+                      "depths and expands at their largest, distill false), so there is no "
+                      "from-scratch largest network to take; set baselines.scratch_source: "
+                      "train")
+
+
 def supernet_artifact_config(cfg: Profile) -> dict:
-    """What the trained supernet depends on (the artifact key is its hash)."""
+    """What the trained supernet depends on (the artifact key is its hash). Version 2:
+    the artifact also holds the weights at the end of every phase."""
     sn = dataclasses.asdict(cfg.supernet)
-    for k in ("n_random_subnets", "log_every"):
+    for k in ("n_random_subnets", "random_eval_images", "log_every"):
         sn.pop(k)
     data = dataclasses.asdict(cfg.data)
     for k in ("root", "download", "num_workers"):
         data.pop(k)
-    return {"version": 1, "seed": cfg.seed, "space": dataclasses.asdict(cfg.space),
+    return {"version": 2, "seed": cfg.seed, "space": dataclasses.asdict(cfg.space),
             "supernet": sn, "data": data}
 
 

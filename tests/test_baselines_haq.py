@@ -1,7 +1,6 @@
 """HAQ: action → bits mapping, the action wall, and a short DDPG run on a toy problem."""
 import numpy as np
 import pytest
-import torch
 
 from apq_lib.search.haq import (HAQLayer, HAQSearch, action_from_bits, action_wall,
                                 bits_from_action, haq_states)

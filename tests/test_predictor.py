@@ -1,6 +1,5 @@
 """Predictor (issue 6): encoder, models, transfer, resumable collection, metrics, training."""
 import json
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -18,7 +17,7 @@ from apq_lib.predictor import (AccuracyPredictor, APQEncoder, CorruptSampleError
 from apq_lib.predictor.model import FastPredictor, predict_numpy
 from apq_lib.predictor.transfer import TransferError
 from apq_lib.predictor.collect import CollectionError, parse_shard_arg
-from apq_lib.runtime import make_rng
+
 from apq_lib.supernet.space import SearchSpace, apq_imagenet_space
 
 

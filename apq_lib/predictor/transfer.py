@@ -7,7 +7,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torch import nn
 
 from .model import AccuracyPredictor, QuantAwarePredictor, predict_numpy
 from .train import TrainResult, TrainSettings, train_predictor

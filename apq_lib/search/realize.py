@@ -16,7 +16,6 @@ from typing import Iterable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["export_quantized", "qat_finetune", "realize", "Realized"]

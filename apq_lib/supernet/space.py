@@ -7,7 +7,7 @@ by depth), which the predictor encoder, the lookup tables and the search all sha
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np

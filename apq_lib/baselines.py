@@ -329,14 +329,7 @@ class BaselineSuite:
     def export_fp32(self, supernet, arch: dict) -> nn.Module:
         """An architecture exported FP32 from the supernet (inherited weights, BN
         recalibrated as in notebooks 01-04) as a plain float model."""
-        prev, prev_q = supernet.active_config, supernet.quantized
-        try:
-            supernet.set_quantization_policy(None)
-            supernet.set_active_subnet(SubnetConfig.from_dict(arch))
-            sub = supernet.get_active_subnet()
-        finally:
-            supernet.set_quantization_policy(prev if prev_q else None)
-            supernet.set_active_subnet(prev)
+        sub = supernet.export(SubnetConfig.from_dict(arch))
         recalibrate_bn(sub, self.batches["recal"], self.device)
         return to_float(sub).eval()
 

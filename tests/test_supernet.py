@@ -14,7 +14,7 @@ from apq_lib.config import ConfigError, DataConfig, Profile, SpaceConfig, Supern
 from apq_lib.data import DataBundle, TensorImageSet
 from apq_lib.supernet import (APQSupernet, ElasticDepthwiseConv, InvalidConfigError, Phase,
                               PhaseSampler, SearchSpace, evaluate, get_trained_supernet,
-                              recalibrate_bn, subnet_macs, train_supernet)
+                              SubnetConfig, recalibrate_bn, subnet_macs, train_supernet)
 from apq_lib.supernet.static import tensor_state
 from apq_lib.supernet.train import full_network_phase, phase_file
 
@@ -86,6 +86,29 @@ def test_exported_subnet_matches_supernet_fp32_and_quantized():
         assert diff <= 1e-5, f"quantized export differs by {diff}"
         net.set_quantization_policy(None)
     assert len(sub.blocks) == sum(qcfg.depths)
+
+
+def test_export_restores_the_supernet_state_even_on_a_bad_config():
+    net = busy_supernet()
+    rng = np.random.default_rng(2)
+    net.sample_active_subnet(rng)
+    before = net.active_config.to_dict()
+    other = net.space.sample(rng)
+    x = torch.randn(2, 1, 16, 16)
+    sub = net.export(other, quantized=True)
+    assert sub.quantized and sub.config.to_dict() == other.to_dict()
+    assert net.active_config.to_dict() == before and not net.quantized
+    net.set_active_subnet(other)
+    net.set_quantization_policy(other)
+    with torch.no_grad():
+        torch.testing.assert_close(sub.eval()(x), net.eval()(x), rtol=1e-5, atol=1e-5)
+    net.set_quantization_policy(None)
+    net.set_active_subnet(SubnetConfig.from_dict(before))
+    bad = other.to_dict()
+    bad["kernels"] = [4] * len(bad["kernels"])
+    with pytest.raises(InvalidConfigError):
+        net.export(SubnetConfig.from_dict(bad))
+    assert net.active_config.to_dict() == before and not net.quantized
 
 
 def test_sampling_is_valid_and_seeded():

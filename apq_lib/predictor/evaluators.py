@@ -17,13 +17,7 @@ __all__ = ["export_subnet", "FP32Evaluator", "QATEvaluator"]
 def export_subnet(supernet, cfg: SubnetConfig, quantized: bool):
     """A standalone copy of ``cfg`` (with quantizers at ``cfg``'s bits when ``quantized``);
     the supernet's own active configuration is restored afterwards."""
-    prev_cfg, prev_q = supernet.active_config, supernet.quantized
-    supernet.set_quantization_policy(cfg if quantized else None)
-    supernet.set_active_subnet(cfg)
-    sub = supernet.get_active_subnet()
-    supernet.set_quantization_policy(prev_cfg if prev_q else None)
-    supernet.set_active_subnet(prev_cfg)
-    return sub
+    return supernet.export(cfg, quantized)
 
 
 class FP32Evaluator:

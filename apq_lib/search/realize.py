@@ -24,15 +24,7 @@ __all__ = ["export_quantized", "qat_finetune", "realize", "Realized"]
 def export_quantized(supernet, cfg) -> nn.Module:
     """``set_active_subnet(cfg)`` with quantization on at ``cfg``'s bits, then
     ``get_active_subnet()``: a standalone quantized copy. The supernet is restored."""
-    prev_cfg, prev_q = supernet.active_config, supernet.quantized
-    try:
-        supernet.set_quantization_policy(cfg)
-        supernet.set_active_subnet(cfg)
-        sub = supernet.get_active_subnet()
-    finally:
-        supernet.set_quantization_policy(prev_cfg if prev_q else None)
-        supernet.set_active_subnet(prev_cfg)
-    return sub
+    return supernet.export(cfg, quantized=True)
 
 
 def _n_batches(batches) -> Optional[int]:

@@ -77,12 +77,7 @@ def evaluate_subnet(supernet, cfg: SubnetConfig, recal_batches: list,
                     eval_sets: dict, device=None, quantized: bool = False) -> dict:
     """Export ``cfg`` from the supernet, recalibrate its BN, and return top-1 (percent) on
     each of ``eval_sets`` (name → batches). The supernet itself is left unchanged."""
-    prev_cfg, prev_q = supernet.active_config, supernet.quantized
-    supernet.set_quantization_policy(cfg if quantized else None)
-    supernet.set_active_subnet(cfg)
-    sub = supernet.get_active_subnet()
-    supernet.set_quantization_policy(prev_cfg if prev_q else None)
-    supernet.set_active_subnet(prev_cfg)
+    sub = supernet.export(cfg, quantized)
     recalibrate_bn(sub, recal_batches, device)
     return {name: evaluate(sub, batches, device) for name, batches in eval_sets.items()}
 

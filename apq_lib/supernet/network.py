@@ -132,5 +132,18 @@ class APQSupernet(MobileNetBody):
         sub.train(self.training)
         return sub.to(next(self.parameters()).device)
 
+    def export(self, cfg: SubnetConfig, quantized: bool = False) -> StaticSubnet:
+        """A standalone copy of ``cfg`` (FP32, or with quantizers at ``cfg``'s bits when
+        ``quantized``); the supernet's own active subnet and policy are restored, also when
+        ``cfg`` is invalid."""
+        prev_cfg, prev_q = self.active_config, self.quantized
+        try:
+            self.set_quantization_policy(cfg if quantized else None)
+            self.set_active_subnet(cfg)
+            return self.get_active_subnet()
+        finally:
+            self.set_quantization_policy(prev_cfg if prev_q else None)
+            self.set_active_subnet(prev_cfg)
+
     def extra_repr(self) -> str:
         return f"{self.space!r}, quantized={self.quantized}"

@@ -85,6 +85,11 @@ class ArtifactStore:
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
+    def completed(self) -> list[str]:
+        """``stage/key`` of every published artifact (``.partial`` work dirs excluded)."""
+        return sorted(f"{d.parent.name}/{d.name}" for d in self.root.glob("*/*")
+                      if d.is_dir() and (d / "meta.json").exists())
+
     def verify(self, stage: str, key: str) -> Artifact:
         """Return the artifact if complete and intact, else raise :class:`ArtifactError`."""
         d = self.path(stage, key)
@@ -196,6 +201,17 @@ def _device() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def record_chain(info: dict, results_dir: Path = RESULTS_DIR) -> dict:
+    """Record a whole ``make reproduce`` chain (notebooks, start/end, seconds, artifacts that
+    existed before it) under ``chain`` in ``results/manifest.json``."""
+    mpath = results_dir / "manifest.json"
+    manifest = json.loads(mpath.read_text()) if mpath.exists() else {}
+    manifest["chain"] = info
+    results_dir.mkdir(parents=True, exist_ok=True)
+    mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
 
 
 def update_manifest(notebook: str, profile: Any, start: _dt.datetime,

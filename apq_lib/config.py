@@ -278,6 +278,8 @@ class SearchConfig:
     max_tries: int = 20                     # rejection-sampling rounds per batch of children
     unique_parents: bool = True             # parents = top distinct candidates (APQ: no)
     sweep_points: int = 4                   # targets derived per cost when a list is empty
+    sweep_quantiles: list[float] = field(default_factory=list)  # their quantiles of the cost
+                                            # of random subnets (empty: (i + 0.5) / sweep_points)
     random_baseline: bool = True            # also run random search at the same budget
 
     def check(self, p: str) -> None:
@@ -287,6 +289,8 @@ class SearchConfig:
                "need mutants + crossovers > 0 children per generation")
         _check(self.max_tries > 0, f"{p}.max_tries", "must be > 0")
         _check(self.sweep_points > 0, f"{p}.sweep_points", "must be > 0")
+        _check(all(0 <= q <= 1 for q in self.sweep_quantiles), f"{p}.sweep_quantiles",
+               "quantiles must be in [0, 1]")
         _check(self.finetune_epochs >= 0, f"{p}.finetune_epochs", "must be >= 0")
         _check(self.finetune_batch_size > 0, f"{p}.finetune_batch_size", "must be > 0")
         for k in ("test_images", "recal_images", "threads"):

@@ -35,11 +35,21 @@ def _select(only: Optional[list[str]]) -> list[str]:
     return [n for n in NOTEBOOKS if any(n.startswith(o) for o in only)]
 
 
+def results_dir() -> Path:
+    return Path(os.environ.get("APQ_RESULTS_DIR", REPO / "results"))
+
+
 def run_chain(profile: str, out_dir: Path, only: Optional[list[str]] = None,
               kernel: str = "apq") -> None:
     """Execute notebooks in order; stop at the first failure, naming it."""
+    import datetime as dt
+
     import papermill as pm
+
+    from .artifacts import ArtifactStore, record_chain
     out_dir.mkdir(parents=True, exist_ok=True)
+    reused = ArtifactStore().completed()
+    start, t_chain, done = dt.datetime.now(), time.time(), []
     for nb in _select(only):
         params = notebook_parameters(profile, nb)
         t0 = time.time()
@@ -55,6 +65,15 @@ def run_chain(profile: str, out_dir: Path, only: Optional[list[str]] = None,
                   file=sys.stderr, flush=True)
             raise SystemExit(1)
         print(f"[reproduce] {nb} done in {time.time() - t0:.0f}s", flush=True)
+        done.append(nb)
+    seconds = time.time() - t_chain
+    record_chain({"profile": profile, "notebooks": done,
+                  "start": start.isoformat(timespec="seconds"),
+                  "end": dt.datetime.now().isoformat(timespec="seconds"),
+                  "seconds": round(seconds, 1),
+                  "artifacts_before": reused, "from_scratch": not reused}, results_dir())
+    print(f"[reproduce] {len(done)} notebooks in {seconds:.0f}s"
+          f"{' (from scratch: no artifacts before)' if not reused else ''}", flush=True)
 
 
 def prepare_chain(profile: str, out_dir: Path, only: Optional[list[str]] = None) -> list[Path]:
@@ -79,8 +98,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--only", nargs="*", help="notebook prefixes, e.g. 01 02")
     a = ap.parse_args(argv)
     if a.action == "reproduce":
-        out = Path(a.out) if a.out else Path(os.environ.get(
-            "APQ_RESULTS_DIR", REPO / "results")) / "executed"
+        out = Path(a.out) if a.out else results_dir() / "executed"
         run_chain(a.profile, out, a.only)
     else:
         prepare_chain(a.profile, Path(a.out or REPO / "build" / "nbval"), a.only)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from apq_lib.artifacts import (ArtifactError, ArtifactStore, config_key, file_sha256,
-                               load_state, save_state, update_manifest)
+                               load_state, record_chain, save_state, update_manifest)
 from apq_lib.config import load_profile
 
 
@@ -109,3 +109,16 @@ def test_manifest_records_run(tmp_path):
     m2 = update_manifest("02_hardware", cfg, t0, t0, results_dir=res)
     assert set(m2["notebooks"]) == {"01_supernet", "02_hardware"}
     assert "data/02_summary.json" in m2["files"]
+
+
+def test_completed_lists_published_artifacts_and_chain_is_recorded(tmp_path):
+    store = ArtifactStore(tmp_path / "art")
+    assert store.completed() == []
+    a = store.build("stage", {"x": 1}, _writer([]))
+    (tmp_path / "art" / "stage" / "deadbeef.partial").mkdir()      # unfinished work dir
+    assert store.completed() == [f"stage/{a.key}"]
+    res = tmp_path / "results"
+    update_manifest("01_x", load_profile("smoke"), dt.datetime.now(), results_dir=res)
+    record_chain({"seconds": 12.5, "artifacts_before": []}, res)
+    m = json.loads((res / "manifest.json").read_text())
+    assert m["chain"] == {"seconds": 12.5, "artifacts_before": []} and "01_x" in m["notebooks"]

@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from apq_lib.config import SearchConfig, SpaceConfig, load_profile
+from apq_lib.config import ConfigError, SearchConfig, SpaceConfig, load_profile
 from apq_lib.search import (EvolutionFinder, IndexOps, InfeasibleConstraintError, RandomSearch,
                             SearchResult)
 from apq_lib.supernet.space import SearchSpace
@@ -281,6 +281,15 @@ def test_sweep_targets_and_history(space):
         lo, hi = np.quantile(sample[k], [0.25, 0.75])
         assert len(targets[k]) == 2 and targets[k][0] == pytest.approx(lo, rel=1e-2)
         assert targets[k][1] == pytest.approx(hi, rel=1e-2)
+    # explicit quantiles win over sweep_points (1.0 = the costliest random sample)
+    q_cfg = SearchConfig(sweep_points=2, sweep_quantiles=[0.1, 0.5, 1.0])
+    q_targets, q_sample = sweep_targets(q_cfg, space, costs, n_samples=500)
+    for k in ("latency", "energy", "bitops"):
+        want = np.quantile(q_sample[k], [0.1, 0.5, 1.0])
+        assert q_targets[k] == pytest.approx(want, rel=1e-2)
+        assert q_targets[k][2] == pytest.approx(q_sample[k].max(), rel=1e-2)
+    with pytest.raises(ConfigError, match="sweep_quantiles"):
+        SearchConfig(sweep_quantiles=[1.5]).check("search")
     runs = run_sweep(space, known_score, costs, targets, scfg, progress=False)
     assert [(r["constraint"], r["limit"]) for r in runs] == [
         (k, v) for k, vs in targets.items() for v in vs]

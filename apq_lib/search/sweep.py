@@ -92,10 +92,11 @@ def sweep_targets(scfg: SearchConfig, space, cost_fns: Mapping[str, Callable],
     """``{cost name: [limits]}`` for latency / energy / BitOps.
 
     The profile's ``search.<cost>_targets`` are used as given. An empty list is derived:
-    ``search.sweep_points`` quantiles ``(i + 0.5) / n`` (4 points: 12.5 / 37.5 / 62.5 /
-    87.5 %) of the cost of ``n_samples`` uniform random configurations of the space,
-    rounded to 3 significant digits — tight budgets at the low end, nearly the largest
-    models at the high end. Also returns the random-sample costs (for plotting)."""
+    ``search.sweep_quantiles`` of the cost of ``n_samples`` uniform random configurations
+    of the space (when empty, ``search.sweep_points`` quantiles ``(i + 0.5) / n``; 4 points:
+    12.5 / 37.5 / 62.5 / 87.5 %), rounded to 3 significant digits — tight budgets at the
+    low end, nearly the largest models at the high end. Also returns the random-sample
+    costs (for plotting)."""
     rng = np.random.default_rng([seed, 4])
     idx = IndexOps(space).sample(rng, n_samples)
     sample = pd.DataFrame({k: np.asarray(fn(idx), dtype=float) for k, fn in cost_fns.items()})
@@ -107,7 +108,8 @@ def sweep_targets(scfg: SearchConfig, space, cost_fns: Mapping[str, Callable],
         if given:
             out[name] = [float(t) for t in given]
         else:
-            q = (np.arange(scfg.sweep_points) + 0.5) / scfg.sweep_points
+            q = np.asarray(scfg.sweep_quantiles, float) if scfg.sweep_quantiles else \
+                (np.arange(scfg.sweep_points) + 0.5) / scfg.sweep_points
             out[name] = [round_sig(v) for v in np.quantile(sample[name], q)]
     return out, sample
 

@@ -20,10 +20,10 @@ cycle. A w-bit × a-bit matmul is ``w·a`` binary matmuls over the bit planes, s
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Optional
 
-from .layers import LayerSpec, ceil_div, check_bits
+from .layers import AnalyticSim, LayerSpec, ceil_div, check_bits
 
 __all__ = ["BismoConfig", "BismoSim", "BISMO_PLATFORMS", "bismo_layer_cost"]
 
@@ -65,7 +65,7 @@ BISMO_PLATFORMS = {
 }
 
 
-class BismoSim:
+class BismoSim(AnalyticSim):
     def __init__(self, platform: str = "edge", config: Optional[BismoConfig] = None):
         if config is None:
             if platform not in BISMO_PLATFORMS:
@@ -74,9 +74,6 @@ class BismoSim:
             config = BISMO_PLATFORMS[platform]
         self.cfg = config
         self.name = f"bismo_{config.name}"
-
-    def params(self) -> dict:
-        return asdict(self.cfg)
 
     def _exec_cycles(self, spec: LayerSpec, gp: int, n: int, bits: int) -> int:
         c = self.cfg
@@ -122,15 +119,6 @@ class BismoSim:
             "energy_static": e_static * 1e3, "energy_compute": e_array * 1e3,
             "energy_dram": e_dram * 1e3,
         }
-
-    def cost(self, spec: LayerSpec, w_bits: int, a_bits: int, batch: int = 1) -> dict:
-        r = self.report(spec, w_bits, a_bits, batch)
-        return {"latency": r["latency"], "energy": r["energy"]}
-
-    def roofline(self, w_bits: int, a_bits: int) -> dict:
-        peak = self.cfg.peak_macs_per_cycle(w_bits, a_bits) * self.cfg.freq_hz
-        bw = self.cfg.dram_bytes_per_cycle * self.cfg.freq_hz
-        return {"peak_macs_per_s": peak, "bytes_per_s": bw, "ridge": peak / bw}
 
 
 _SIMS: dict = {}

@@ -26,10 +26,10 @@ Per layer, at batch 1 (or ``batch``):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Optional
 
-from .layers import LayerSpec, ceil_div, check_bits
+from .layers import AnalyticSim, LayerSpec, ceil_div, check_bits
 
 __all__ = ["BitFusionConfig", "BitFusionSim", "bitfusion_layer_cost", "fused_bits",
            "BRICK_WIDTHS"]
@@ -86,16 +86,13 @@ class BitFusionConfig:
         return self.dram_bits_per_cycle / 8
 
 
-class BitFusionSim:
+class BitFusionSim(AnalyticSim):
     """``sim.report(spec, w, a)``: every intermediate quantity; ``sim.cost``: the LUT entry."""
 
     name = "bitfusion"
 
     def __init__(self, config: Optional[BitFusionConfig] = None):
         self.cfg = config or BitFusionConfig()
-
-    def params(self) -> dict:
-        return asdict(self.cfg)
 
     def report(self, spec: LayerSpec, w_bits: int, a_bits: int, batch: int = 1) -> dict:
         c = self.cfg
@@ -145,16 +142,6 @@ class BitFusionSim:
             "energy_compute": e_compute * 1e-9, "energy_sram": e_sram * 1e-9,
             "energy_dram": e_dram * 1e-9,
         }
-
-    def cost(self, spec: LayerSpec, w_bits: int, a_bits: int, batch: int = 1) -> dict:
-        r = self.report(spec, w_bits, a_bits, batch)
-        return {"latency": r["latency"], "energy": r["energy"]}
-
-    def roofline(self, w_bits: int, a_bits: int) -> dict:
-        """Peak MAC/s, DRAM bytes/s and the ridge intensity (MACs per byte)."""
-        peak = self.cfg.peak_macs_per_cycle(w_bits, a_bits) * self.cfg.freq_hz
-        bw = self.cfg.dram_bytes_per_cycle * self.cfg.freq_hz
-        return {"peak_macs_per_s": peak, "bytes_per_s": bw, "ridge": peak / bw}
 
 
 _DEFAULT = BitFusionSim()

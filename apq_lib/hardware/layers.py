@@ -11,7 +11,8 @@ import numbers
 import re
 from dataclasses import dataclass
 
-__all__ = ["LayerSpec", "layer_key", "parse_key", "mbconv_layers", "check_bits", "ceil_div"]
+__all__ = ["LayerSpec", "layer_key", "parse_key", "mbconv_layers", "check_bits", "ceil_div",
+           "AnalyticSim"]
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -134,3 +135,29 @@ def check_bits(w_bits, a_bits, lo: int, hi: int, who: str, why: str = "") -> Non
         if not lo <= int(b) <= hi:
             raise ValueError(f"{who}: {name}={b} is outside the supported range {lo}..{hi}"
                              + (f" ({why})" if why else ""))
+
+
+class AnalyticSim:
+    """Shared interface of the analytic accelerator models (BitFusion, BISMO): a subclass
+    sets ``cfg`` (a dataclass with ``peak_macs_per_cycle(w, a)``, ``freq_hz`` and
+    ``dram_bytes_per_cycle``) and implements ``report(spec, w_bits, a_bits, batch)``."""
+
+    cfg: object
+
+    def params(self) -> dict:
+        from dataclasses import asdict
+        return asdict(self.cfg)
+
+    def report(self, spec: LayerSpec, w_bits: int, a_bits: int, batch: int = 1) -> dict:
+        raise NotImplementedError
+
+    def cost(self, spec: LayerSpec, w_bits: int, a_bits: int, batch: int = 1) -> dict:
+        """``{"latency": ms, "energy": mJ}``: the lookup-table entry of one layer."""
+        r = self.report(spec, w_bits, a_bits, batch)
+        return {"latency": r["latency"], "energy": r["energy"]}
+
+    def roofline(self, w_bits: int, a_bits: int) -> dict:
+        """Peak MAC/s, DRAM bytes/s and the ridge intensity (MACs per byte)."""
+        peak = self.cfg.peak_macs_per_cycle(w_bits, a_bits) * self.cfg.freq_hz
+        bw = self.cfg.dram_bytes_per_cycle * self.cfg.freq_hz
+        return {"peak_macs_per_s": peak, "bytes_per_s": bw, "ridge": peak / bw}

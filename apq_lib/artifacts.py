@@ -206,11 +206,19 @@ def _device() -> str:
 def record_chain(info: dict, results_dir: Path = RESULTS_DIR) -> dict:
     """Record a whole ``make reproduce`` chain (notebooks, start/end, seconds, artifacts that
     existed before it) under ``chain`` in ``results/manifest.json``."""
-    mpath = results_dir / "manifest.json"
-    manifest = json.loads(mpath.read_text()) if mpath.exists() else {}
+    manifest = _read_manifest(results_dir)
     manifest["chain"] = info
+    return _write_manifest(manifest, results_dir)
+
+
+def _read_manifest(results_dir: Path) -> dict:
+    mpath = results_dir / "manifest.json"
+    return json.loads(mpath.read_text()) if mpath.exists() else {}
+
+
+def _write_manifest(manifest: dict, results_dir: Path) -> dict:
     results_dir.mkdir(parents=True, exist_ok=True)
-    mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    (results_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
 
 
@@ -219,8 +227,7 @@ def update_manifest(notebook: str, profile: Any, start: _dt.datetime,
                     results_dir: Path = RESULTS_DIR, extra: Optional[dict] = None) -> dict:
     """Record one notebook run in ``results/manifest.json`` and rehash every results file."""
     end = end or _dt.datetime.now()
-    mpath = results_dir / "manifest.json"
-    manifest = json.loads(mpath.read_text()) if mpath.exists() else {}
+    manifest = _read_manifest(results_dir)
     prof = profile.to_dict() if hasattr(profile, "to_dict") else dict(profile)
     status = _git("status", "--porcelain", "--", ".", ":!results")
     manifest.update({
@@ -241,6 +248,4 @@ def update_manifest(notebook: str, profile: Any, start: _dt.datetime,
         str(p.relative_to(results_dir)): file_sha256(p)
         for p in sorted(results_dir.rglob("*"))
         if p.is_file() and p.name != "manifest.json" and "executed" not in p.parts}
-    results_dir.mkdir(parents=True, exist_ok=True)
-    mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    return manifest
+    return _write_manifest(manifest, results_dir)

@@ -89,8 +89,7 @@ class BaselineSuite:
         self.input_shape = (c.in_channels, c.image_size, c.image_size)
         s, seed = self.s, cfg.seed
         # BN recalibration images: as notebook 04's found models
-        self.recal_images = getattr(cfg.search, "recal_images", None) or \
-            cfg.supernet.bn_recal_images
+        self.recal_images = cfg.search.recal_images or cfg.supernet.bn_recal_images
         n_test = len(data.test) if s.test_images is None else min(s.test_images, len(data.test))
         self.batches = {
             "calib": data.fixed_batches("train", s.calib_images, seed=seed),

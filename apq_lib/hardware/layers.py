@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 __all__ = ["LayerSpec", "layer_key", "parse_key", "mbconv_layers", "check_bits", "ceil_div",
            "AnalyticSim"]
@@ -145,7 +145,6 @@ class AnalyticSim:
     cfg: object
 
     def params(self) -> dict:
-        from dataclasses import asdict
         return asdict(self.cfg)
 
     def report(self, spec: LayerSpec, w_bits: int, a_bits: int, batch: int = 1) -> dict:

@@ -11,13 +11,7 @@ import torch.nn.functional as F
 
 from ..supernet.space import SubnetConfig
 
-__all__ = ["export_subnet", "FP32Evaluator", "QATEvaluator"]
-
-
-def export_subnet(supernet, cfg: SubnetConfig, quantized: bool):
-    """A standalone copy of ``cfg`` (with quantizers at ``cfg``'s bits when ``quantized``);
-    the supernet's own active configuration is restored afterwards."""
-    return supernet.export(cfg, quantized)
+__all__ = ["FP32Evaluator", "QATEvaluator"]
 
 
 class FP32Evaluator:
@@ -30,7 +24,7 @@ class FP32Evaluator:
 
     def __call__(self, cfg: SubnetConfig, i: int) -> dict:
         from ..supernet.metrics import evaluate, recalibrate_bn
-        sub = export_subnet(self.net, cfg, quantized=False)
+        sub = self.net.export(cfg)
         recalibrate_bn(sub, self.recal, self.device)
         return {"acc": evaluate(sub, self.val, self.device)}
 
@@ -83,7 +77,7 @@ class QATEvaluator:
 
     def __call__(self, cfg: SubnetConfig, i: int) -> dict:
         from ..supernet.metrics import evaluate, recalibrate_bn
-        sub = export_subnet(self.net, cfg, quantized=True)
+        sub = self.net.export(cfg, quantized=True)
         first, last = self.finetune(sub, i)
         recalibrate_bn(sub, self.recal, self.device)
         return {"acc": evaluate(sub, self.val, self.device), "loss_first": first,

@@ -18,13 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["export_quantized", "qat_finetune", "realize", "Realized"]
-
-
-def export_quantized(supernet, cfg) -> nn.Module:
-    """``set_active_subnet(cfg)`` with quantization on at ``cfg``'s bits, then
-    ``get_active_subnet()``: a standalone quantized copy. The supernet is restored."""
-    return supernet.export(cfg, quantized=True)
+__all__ = ["qat_finetune", "realize", "Realized"]
 
 
 def _n_batches(batches) -> Optional[int]:
@@ -93,7 +87,7 @@ def realize(supernet, cfg, train_batches: Iterable, recal_batches: list, test_ba
     if isinstance(cfg, dict):
         cfg = SubnetConfig.from_dict(cfg)
     torch.manual_seed(seed)
-    sub = export_quantized(supernet, cfg)
+    sub = supernet.export(cfg, quantized=True)
     if device is not None:
         sub.to(device)
     before = None

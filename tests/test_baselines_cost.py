@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from apq_lib.search.cost import CostMeter, apq_cost_from_results
+from apq_lib.baselines.cost import CostMeter, apq_cost_from_results
 
 
 def test_meter_measures_and_amortises():

@@ -6,7 +6,7 @@ import torch
 from apq_lib.config import load_profile
 from apq_lib.hardware import get_simulator, subnet_cost
 from apq_lib.pruning import find_mbconv_sites, middle_channels, prune_channels
-from apq_lib.search.fixed import (LayerCostTable, PolicyEvaluator, build_fixed_model,
+from apq_lib.baselines.fixed import (LayerCostTable, PolicyEvaluator, build_fixed_model,
                                   fixed_bits, is_fixed, quantize_with_policy, to_float,
                                   uniform_policy)
 from apq_lib.supernet import APQSupernet, SearchSpace

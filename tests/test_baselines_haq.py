@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from apq_lib.search.haq import (HAQLayer, HAQSearch, action_from_bits, action_wall,
+from apq_lib.baselines.haq import (HAQLayer, HAQSearch, action_from_bits, action_wall,
                                 bits_from_action, haq_states)
 
 

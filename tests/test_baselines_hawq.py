@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from apq_lib.search.hawq import (hawq_allocate, hawq_sensitivity, hessian_traces,
+from apq_lib.baselines.hawq import (hawq_allocate, hawq_sensitivity, hessian_traces,
                                  hutchinson_trace, pareto_frontier, weight_quant_error)
 
 

@@ -332,7 +332,7 @@ def test_baseline_scratch_model_from_the_full_phase_or_trained(tmp_path):
     from apq_lib.artifacts import MissingInputError
     from apq_lib.baselines import BaselineSuite
     from apq_lib.config import BaselinesConfig
-    from apq_lib.search.fixed import to_float
+    from apq_lib.baselines.fixed import to_float
 
     base = BaselinesConfig(scratch_source="supernet", scratch_epochs=1, calib_images=16,
                            reward_images=32, test_images=32, finetune_batch_size=16)

@@ -15,18 +15,18 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .artifacts import (ArtifactError, ArtifactStore, MissingInputError, config_key, load_state,
+from ..artifacts import (ArtifactError, ArtifactStore, MissingInputError, config_key, load_state,
                         save_state)
-from .config import Profile
-from .pruning import (accuracy, cycle, finetune, gradual_magnitude_prune, sparse_size_bits,
+from ..config import Profile
+from ..pruning import (accuracy, cycle, finetune, gradual_magnitude_prune, sparse_size_bits,
                       sparsity)
-from .search.cost import CostMeter
-from .search.fixed import (LayerCostTable, PolicyEvaluator, build_fixed_model, fixed_bits,
+from .cost import CostMeter
+from .fixed import (LayerCostTable, PolicyEvaluator, build_fixed_model, fixed_bits,
                            is_fixed, to_float, uniform_policy)
-from .search.haq import DDPGConfig, HAQSearch, haq_layers
-from .search.hawq import hawq_allocate, hawq_sensitivity, hessian_traces
-from .supernet.metrics import recalibrate_bn
-from .supernet.space import SearchSpace, SubnetConfig
+from .haq import DDPGConfig, HAQSearch, haq_layers
+from .hawq import hawq_allocate, hawq_sensitivity, hessian_traces
+from ..supernet.metrics import recalibrate_bn
+from ..supernet.space import SearchSpace, SubnetConfig
 
 __all__ = ["BaselineSuite", "SCRATCH_STAGE", "COLUMNS", "pick_targets", "spread", "UNITS",
            "cost_at_equal_accuracy"]
@@ -199,7 +199,7 @@ class BaselineSuite:
         return model.to(self.device).eval()
 
     def _scratch_from_supernet(self) -> nn.Module:
-        from .supernet import train as sn
+        from ..supernet import train as sn
         p, ph = sn.full_network_phase(self.cfg)
         key = config_key(sn.supernet_artifact_config(self.cfg))
         art = self.store.get(sn.STAGE, key)
@@ -334,7 +334,7 @@ class BaselineSuite:
 
     def multistage(self, supernet, score_fn, arch_cost: dict, metric: str, target: float,
                    search_cfg=None, target_from: str = "") -> dict:
-        from .search.multistage import METHOD, MultiStagePipeline
+        from .multistage import METHOD, MultiStagePipeline
         export = lambda arch: self.export_fp32(supernet, arch)  # noqa: E731
         pipe = MultiStagePipeline(self.space, score_fn, arch_cost, export, self.batches,
                                   self.s, self.input_shape, search_cfg, self.device,

@@ -10,7 +10,7 @@ supernet, predictor and simulators:
 3. HAQ on the pruned model under the real target (action wall on the simulator);
 4. final quantization-aware finetune of the chosen policy.
 
-Every stage's wall / CPU seconds go to a :class:`~apq_lib.search.cost.CostMeter`.
+Every stage's wall / CPU seconds go to a :class:`~apq_lib.baselines.cost.CostMeter`.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def fp32_arch_search(space, score_fn: Callable, cost_fn: Callable, limit: float,
                      search_cfg=None, seed: int = 0, name: str = "cost", **kw):
     """Quantization-unaware evolution: ``score_fn`` (FP32 predictor, bits ignored) under
     ``cost_fn(at_uniform_bits(idx)) ≤ limit``. Returns the finder's ``SearchResult``."""
-    from .evolution import EvolutionFinder
+    from ..search.evolution import EvolutionFinder
     cons = {name: (lambda idx: cost_fn(at_uniform_bits(space, idx)), limit)}
     return EvolutionFinder(space, score_fn, cons, cfg=search_cfg, seed=seed, **kw).run()
 

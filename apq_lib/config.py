@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -182,6 +183,40 @@ class QuantConfig:
         _check(self.qat_epochs >= 0, f"{p}.qat_epochs", "must be >= 0")
         _check(self.use_triton in ("auto", "always", "never"), f"{p}.use_triton",
                "use auto, always or never")
+
+
+@dataclass
+class FinetuneConfig:
+    """The one quantization-aware finetune every final model gets (``apq_lib.loops``): APQ's
+    realised models (notebook 04), every baseline (05), the quantized predictor pairs (03,
+    which override only ``steps``). Accuracy of a final model is measured on the test split
+    (``test_images``: null = all of it, the same images for every model: paired)."""
+    steps: int = 35
+    lr: float = 1e-3
+    batch_size: int = 64
+    optimizer: str = "sgd"                  # sgd (Nesterov) | adam
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    label_smoothing: float = 0.1
+    recal_images: int = 1000                # BN recalibration after the finetune
+    test_images: Optional[int] = None       # None: the whole test split
+    seeds: int = 1                          # finetune seeds of the models behind Tables 1-2
+
+    def check(self, p: str) -> None:
+        _check(self.steps >= 0, f"{p}.steps", "must be >= 0")
+        _check(math.isfinite(self.lr) and self.lr > 0, f"{p}.lr", "must be a finite number > 0")
+        _check(self.batch_size > 0, f"{p}.batch_size", "must be > 0")
+        _check(self.optimizer in ("sgd", "adam"), f"{p}.optimizer", "use sgd or adam")
+        _check(math.isfinite(self.momentum) and 0 <= self.momentum < 1, f"{p}.momentum",
+               "must be in [0, 1)")
+        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+               f"{p}.weight_decay", "must be >= 0")
+        _check(math.isfinite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+               f"{p}.label_smoothing", "must be in [0, 1)")
+        _check(self.recal_images > 0, f"{p}.recal_images", "must be > 0")
+        _check(self.test_images is None or self.test_images > 0, f"{p}.test_images",
+               "must be > 0 or null (the whole test split)")
+        _check(self.seeds >= 1, f"{p}.seeds", "must be >= 1")
 
 
 @dataclass
@@ -408,6 +443,7 @@ class Profile:
     space: SpaceConfig = field(default_factory=SpaceConfig)
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     search: SearchConfig = field(default_factory=SearchConfig)

@@ -1,13 +1,14 @@
 """Seeds and devices: the one seed setter and the one device rule of the suite."""
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "get_device", "make_rng"]
+__all__ = ["seed_everything", "get_device", "make_rng", "STREAMS", "stream_seed", "stream_rng"]
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -34,3 +35,33 @@ def get_device(pref: str = "auto") -> torch.device:
 def make_rng(seed: int, *stream: int) -> np.random.Generator:
     """An independent NumPy generator for (seed, stream...) — e.g. one per sample index."""
     return np.random.default_rng([seed, *stream])
+
+
+# The registry of named RNG streams: every seeded draw outside the global seed names its
+# stream here, so two parts of the suite never share (or collide on) a sequence.
+STREAMS = {
+    "finetune": "batches of a final model's QAT finetune (one loader per model)",
+    "pair_finetune": "batches of a quantized predictor pair's short finetune",
+    "predictor_split": "train / validation / held-out split of the predictor's pairs",
+    "study_subset": "training subsets of the sample-efficiency study",
+    "bootstrap": "resamples of the paired bootstrap CIs",
+    "scratch": "batches of the fixed network trained from scratch",
+    "prune": "batches of the pruning baselines' finetunes",
+    "fbnet": "FBNet's weight / architecture steps and Gumbel noise",
+    "sparsity": "notebook 08's training runs",
+}
+
+
+def stream_seed(seed: int, stream: str, *ids) -> int:
+    """A 63-bit seed for ``(seed, stream, *ids)``; ``stream`` must be in :data:`STREAMS`.
+    ``ids`` may be ints or strings (e.g. a model name), hashed stably (not Python's
+    randomised ``hash``)."""
+    if stream not in STREAMS:
+        raise KeyError(f"unknown RNG stream {stream!r}; register it in apq_lib.runtime.STREAMS")
+    text = "\x1f".join([str(int(seed)), stream, *map(str, ids)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def stream_rng(seed: int, stream: str, *ids) -> np.random.Generator:
+    """A NumPy generator for ``(seed, stream, *ids)`` (see :func:`stream_seed`)."""
+    return np.random.default_rng(stream_seed(seed, stream, *ids))

@@ -254,9 +254,12 @@ def test_realize_exports_quantized_and_finetunes():
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(8, 1, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g))
                for _ in range(3)]
-    r = realize(net, cfg, batches, batches[:1], batches, epochs=1.0, lr=1e-2,
+    from apq_lib.config import FinetuneConfig
+    r = realize(net, cfg, FinetuneConfig(steps=3, lr=1e-2), batches, batches[:1], batches,
                 predicted_acc=50.0, costs={"latency": 1.0})
     assert r.finetune_steps == 3 and len(r.losses) == 3 and 0 <= r.test_acc <= 100
+    assert r.correct.dtype == bool and r.correct.shape == (24,)
+    assert r.test_acc == pytest.approx(100 * r.correct.mean())
     assert r.config == cfg.to_dict() and r.predicted_acc == 50.0
     assert r.row()["latency"] == 1.0
     from apq_lib.quant import get_policy

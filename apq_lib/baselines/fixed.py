@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -201,8 +202,13 @@ class LayerCostTable:
 class PolicyEvaluator:
     """``evaluator(bits) -> accuracy (percent)``: quantize a copy of the float model at a
     per-layer policy (``bits`` in ``names`` order, or a ``{name: (w, a)}`` dict),
-    calibrate, finetune ``steps`` steps (QAT, STE), recalibrate BN on ``recal_batches``
-    (when given and ``steps`` > 0), evaluate on ``eval_batches``.
+    calibrate, finetune ``steps`` steps with the one recipe (:func:`apq_lib.loops.finetune`;
+    ``recipe`` or, without one, SGD at ``lr``), recalibrate BN on ``recal_batches`` (when
+    given and ``steps`` > 0), evaluate on ``eval_batches``.
+
+    ``train_batches`` is either batches (an iterator or a loader) or a function ``key ->
+    batches``; with a function every policy is finetuned on its own batches (``key`` is
+    the policy), so its accuracy does not depend on what was evaluated before it.
 
     HAQ's reward and HAWQ's / the fixed-precision baselines' final finetunes all go
     through here, so every method gets the same quantizers and the same recipe."""
@@ -210,13 +216,16 @@ class PolicyEvaluator:
     def __init__(self, model: nn.Module, names: Sequence[str], calib_batches: list,
                  train_batches, eval_batches: list, steps: int, lr: float = 1e-3,
                  device=None, weight_quantizer: str = "linear", label_smoothing: float = 0.1,
-                 recal_batches: Optional[list] = None):
+                 recal_batches: Optional[list] = None, recipe=None):
+        from ..config import FinetuneConfig
         self.model = to_float(model).eval()
         self.recal = recal_batches
         self.names = list(names)
         self.calib, self.train, self.eval_batches = calib_batches, train_batches, eval_batches
-        self.steps, self.lr, self.device = steps, lr, device or torch.device("cpu")
-        self.weight_quantizer, self.label_smoothing = weight_quantizer, label_smoothing
+        self.steps, self.device = steps, device or torch.device("cpu")
+        self.recipe = recipe or FinetuneConfig(steps=steps, lr=lr,
+                                               label_smoothing=label_smoothing)
+        self.weight_quantizer = weight_quantizer
         self.n_calls = 0
 
     def policy(self, bits) -> dict:
@@ -226,26 +235,37 @@ class PolicyEvaluator:
             raise ValueError(f"{len(bits)} (w, a) pairs for {len(self.names)} layers")
         return {n: tuple(map(int, b)) for n, b in zip(self.names, bits)}
 
-    def quantized(self, bits, steps: Optional[int] = None, eval_batches=None
-                  ) -> tuple[nn.Module, Optional[float]]:
+    def batches_for(self, pol: dict, steps: int):
+        """The finetune batches of ``pol``: its own when ``train_batches`` is a function."""
+        if not callable(self.train):
+            return self.train
+        key = json.dumps({"policy": sorted((k, list(v)) for k, v in pol.items()),
+                          "steps": steps, "quantizer": self.weight_quantizer})
+        return self.train(key)
+
+    def quantized(self, bits, steps: Optional[int] = None, eval_batches=None,
+                  return_correct: bool = False):
         """The calibrated (and, for ``steps`` > 0, finetuned) quantized model and its
-        accuracy on ``eval_batches`` (default: the evaluator's)."""
-        from ..pruning.train import accuracy, finetune
+        accuracy on ``eval_batches`` (default: the evaluator's); with ``return_correct``
+        also the per-image correctness."""
+        from ..loops import evaluate, finetune
+        from ..supernet.metrics import recalibrate_bn
         steps = self.steps if steps is None else steps
         calib = self.calib
         if self.weight_quantizer == "kmeans":
             calib = None           # activations stay FP: nothing to calibrate
-        q = quantize_with_policy(self.model, self.policy(bits), calib, self.weight_quantizer,
-                                 self.device)
+        pol = self.policy(bits)
+        q = quantize_with_policy(self.model, pol, calib, self.weight_quantizer, self.device)
         if steps > 0:
-            finetune(q, self.train, steps, self.lr, self.device,
-                     label_smoothing=self.label_smoothing)
+            finetune(q, self.recipe, self.batches_for(pol, steps), steps=steps,
+                     device=self.device)
             if self.recal is not None:          # as APQ / notebook 04: BN recal after QAT
-                from ..supernet.metrics import recalibrate_bn
                 recalibrate_bn(q, self.recal, self.device)
         batches = self.eval_batches if eval_batches is None else eval_batches
-        acc = accuracy(q, batches, self.device) if batches is not None else None
-        return q, acc
+        if batches is None:
+            return (q, None, None) if return_correct else (q, None)
+        acc, correct = evaluate(q, batches, self.device, return_correct=True)
+        return (q, acc, correct) if return_correct else (q, acc)
 
     def __call__(self, bits) -> float:
         self.n_calls += 1

@@ -65,6 +65,7 @@ class MultiStageResult:
     met: bool
     stage_seconds: dict = field(default_factory=dict)
     model: Optional[nn.Module] = None
+    correct: Optional[np.ndarray] = None   # per-image correctness on the final batches
 
 
 class MultiStagePipeline:
@@ -79,13 +80,14 @@ class MultiStagePipeline:
 
     def __init__(self, space, score_fn: Callable, arch_cost: dict, export: Callable,
                  batches: dict, settings, input_shape, search_cfg=None, device=None,
-                 meter: Optional[CostMeter] = None, seed: int = 0, progress: bool = False):
+                 meter: Optional[CostMeter] = None, seed: int = 0, progress: bool = False,
+                 recipe=None):
         self.space, self.score_fn, self.arch_cost = space, score_fn, arch_cost
         self.export, self.b, self.s = export, batches, settings
         self.input_shape, self.search_cfg = tuple(input_shape), search_cfg
         self.device = device or torch.device("cpu")
         self.meter = meter or CostMeter(self.device)
-        self.seed, self.progress = seed, progress
+        self.seed, self.progress, self.recipe = seed, progress, recipe
 
     def run(self, metric: str, target: float, method: str = METHOD) -> MultiStageResult:
         from ..pruning import gradual_channel_prune
@@ -98,7 +100,9 @@ class MultiStagePipeline:
         secs["arch_search"] = t["wall_s"]
         with m.stage(method, "2 channel pruning") as t:
             model = to_float(self.export(res.best_config)).to(self.device)
-            pr = gradual_channel_prune(model, self.b["train"], s.prune_steps,
+            train = self.b["train"]
+            pr = gradual_channel_prune(model, train(f"multistage|prune|{metric}|{target}")
+                                       if callable(train) else train, s.prune_steps,
                                        s.channel_prune_ratio, lr=s.prune_lr,
                                        device=self.device, step=self.space.cfg.channel_step)
             if self.b.get("recal") is not None:
@@ -109,7 +113,8 @@ class MultiStagePipeline:
             table = LayerCostTable(model, self.input_shape, ["bitfusion"])
             ev = PolicyEvaluator(model, table.names, self.b["calib"], self.b["train"],
                                  self.b["reward"], s.haq_finetune_steps, s.finetune_lr,
-                                 self.device, recal_batches=self.b["calib"])
+                                 self.device, recal_batches=self.b["calib"],
+                                 recipe=self.recipe)
             acc_fp = _fp32_accuracy(model, self.b["reward"], self.device)
             layers = haq_layers(table.names, table.specs,
                                 lambda n: fixed_bits(n) if is_fixed(n) else None)
@@ -119,12 +124,14 @@ class MultiStagePipeline:
         secs["haq"] = t["wall_s"]
         with m.stage(method, "4 finetune") as t:
             ev.recal = self.b.get("recal", ev.recal)
-            q, acc = ev.quantized(haq.bits, steps=s.qat_steps, eval_batches=self.b["final"])
+            q, acc, correct = ev.quantized(haq.bits, steps=self.recipe.steps if self.recipe
+                                           else s.qat_steps, eval_batches=self.b["final"],
+                                           return_correct=True)
         secs["finetune"] = t["wall_s"]
         return MultiStageResult(metric, target, res.best_config, float(res.best_score),
                                 pr["widths_before"], pr["widths_after"],
                                 haq.policy(layers), haq.accuracy, float(acc),
-                                table.summary(haq.bits), haq.met, secs, q)
+                                table.summary(haq.bits), haq.met, secs, q, correct)
 
 
 @torch.no_grad()

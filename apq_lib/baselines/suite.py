@@ -18,6 +18,7 @@ from torch import nn
 from ..artifacts import (ArtifactError, ArtifactStore, MissingInputError, config_key, load_state,
                         save_state)
 from ..config import Profile
+from ..loops import finetune_batches, test_batches
 from ..pruning import (accuracy, cycle, finetune, gradual_magnitude_prune, sparse_size_bits,
                       sparsity)
 from .cost import CostMeter
@@ -88,22 +89,28 @@ class BaselineSuite:
         c = cfg.space
         self.input_shape = (c.in_channels, c.image_size, c.image_size)
         s, seed = self.s, cfg.seed
-        # BN recalibration images: as notebook 04's found models
-        self.recal_images = cfg.search.recal_images or cfg.supernet.bn_recal_images
-        n_test = len(data.test) if s.test_images is None else min(s.test_images, len(data.test))
+        # the one finetune recipe and test protocol of every final model (as notebook 04's)
+        self.recipe = ft = cfg.finetune
+        self.recal_images = ft.recal_images
         self.batches = {
             "calib": data.fixed_batches("train", s.calib_images, seed=seed),
             "recal": data.fixed_batches("train", self.recal_images, seed=seed),
             "reward": data.fixed_batches("val", s.reward_images, seed=seed),
-            "final": data.fixed_batches("test", n_test, seed=seed),
-            "train": cycle(data.loader("train", batch_size=s.finetune_batch_size, seed=seed)),
+            "final": test_batches(data, ft, seed),
+            "train": self.train_batches,
         }
         self.rows: list[dict] = []
+        self.correct: dict[str, np.ndarray] = {}     # row_id -> per-image correctness
         self.scratch_info: dict = {}
         self._tables: dict = {}
         self._hawq_cache: Optional[tuple] = None        # (model key, traces)
 
     # ------------------------------------------------------------------ helpers
+    def train_batches(self, key: str):
+        """Endless finetune batches of one model (``key``), seeded from (seed, key) only:
+        a baseline's numbers do not depend on which baselines ran before it."""
+        return cycle(finetune_batches(self.data, self.recipe, self.cfg.seed, key))
+
     def table(self, model: nn.Module, key: str) -> LayerCostTable:
         if key not in self._tables:
             lo = min(2, self.s.haq_bits[0], self.s.haq_kmeans_bits[0])
@@ -116,14 +123,14 @@ class BaselineSuite:
         """A :class:`PolicyEvaluator` with the suite's batches (``recal="calib"``: BN
         recalibration on the small calibration set, for HAQ's many reward evaluations)."""
         return PolicyEvaluator(model, table.names, self.batches["calib"],
-                               self.batches["train"], eval_batches, steps,
-                               self.s.finetune_lr, self.device, weight_quantizer,
-                               recal_batches=self.batches[recal])
+                               self.train_batches, eval_batches, steps,
+                               device=self.device, weight_quantizer=weight_quantizer,
+                               recal_batches=self.batches[recal], recipe=self.recipe)
 
     def add_row(self, method: str, variant: str, model: str, metric: Optional[str],
                 target: Optional[float], acc: float, costs: dict, search_s: float = 0.0,
                 met: Optional[bool] = None, policy: Optional[dict] = None,
-                target_from: str = "") -> dict:
+                target_from: str = "", correct: Optional[np.ndarray] = None) -> dict:
         constraint = "" if metric is None else f"{metric} <= {target:.4g} {UNITS[metric]}"
         if met is None and metric is not None:
             met = costs[_METRIC_COL[metric]] <= target * (1 + 1e-9)
@@ -134,6 +141,9 @@ class BaselineSuite:
                                           ("latency_ms", "energy_mj", "bitops_g", "size_kb")},
                "search_s": float(search_s),
                "policy": json.dumps({k: list(v) for k, v in (policy or {}).items()})}
+        row["row_id"] = rid = f"{method}|{variant}|{model}|{constraint}|{target_from}"
+        if correct is not None:
+            self.correct[rid] = np.asarray(correct, bool)
         self.rows.append(row)
         return row
 
@@ -176,7 +186,7 @@ class BaselineSuite:
             steps = s.scratch_epochs * len(loader)
             w0, c0 = time.perf_counter(), time.process_time()
             losses = finetune(model, cycle(loader), steps, s.scratch_lr, self.device,
-                              weight_decay=4e-5)
+                              weight_decay=4e-5)  # the scratch recipe (baselines.scratch_*)
             recalibrate_bn(model, self.batches["recal"], self.device)
             secs, cpu = time.perf_counter() - w0, time.process_time() - c0
             val = accuracy(model, self.batches["reward"], self.device)
@@ -231,16 +241,16 @@ class BaselineSuite:
     def fixed_precision(self, model: nn.Module, name: str, key: str) -> list[dict]:
         """``name`` at every ``baselines.fixed_bits`` (head/tail at 8): PTQ and QAT."""
         table, out = self.table(model, key), []
-        ev = self.evaluator(model, table, self.s.qat_steps, self.batches["final"])
+        ev = self.evaluator(model, table, self.recipe.steps, self.batches["final"])
         for b in self.s.fixed_bits:
             pol = uniform_policy(table.names, b, b)
             costs = table.summary(table.bits_of(pol))
-            _, acc = ev.quantized(pol, steps=0)
+            _, acc, cor = ev.quantized(pol, steps=0, return_correct=True)
             out.append(self.add_row(f"Fixed W{b}A{b}", "PTQ", name, None, None, acc, costs,
-                                    policy=pol))
-            _, acc = ev.quantized(pol, steps=self.s.qat_steps)
+                                    policy=pol, correct=cor))
+            _, acc, cor = ev.quantized(pol, return_correct=True)
             out.append(self.add_row(f"Fixed W{b}A{b}", "QAT", name, None, None, acc, costs,
-                                    policy=pol))
+                                    policy=pol, correct=cor))
         if name == MBV2:
             for b in self.s.fixed_bits:
                 self._shared_scratch(f"Fixed W{b}A{b}")
@@ -270,10 +280,11 @@ class BaselineSuite:
             self._shared_scratch(method)
         pol = res.policy(layers)
         ev.recal = self.batches["recal"]
-        _, acc = ev.quantized(pol, steps=s.qat_steps, eval_batches=self.batches["final"])
+        _, acc, cor = ev.quantized(pol, steps=self.recipe.steps,
+                                   eval_batches=self.batches["final"], return_correct=True)
         row = self.add_row(method, "k-means" if kmeans else "linear", model_name, metric,
                            target, acc, table.summary(res.bits), t["wall_s"], res.met, pol,
-                           target_from)
+                           target_from, correct=cor)
         row["history"] = res.history
         return row
 
@@ -299,7 +310,7 @@ class BaselineSuite:
         bits = list(range(s.haq_bits[0], s.haq_bits[1] + 1))
         pairs = [(b, b) for b in bits]
         omega = hawq_sensitivity(traces, {n: mods[n].weight for n in names}, bits)
-        ev = self.evaluator(model, table, s.qat_steps, self.batches["final"])
+        ev = self.evaluator(model, table, self.recipe.steps, self.batches["final"])
         base = [fixed_bits(n) if is_fixed(n) else (8, 8) for n in table.names]
         fixed_cost = float(table.per_layer(metric, base)[[i for i in range(len(base))
                                                           if i not in free]].sum())
@@ -317,9 +328,10 @@ class BaselineSuite:
             for i, c in zip(free, alloc["choices"]):
                 bl[i] = pairs[c]
             pol = dict(zip(table.names, bl))
-            _, acc = ev.quantized(pol)
+            _, acc, cor = ev.quantized(pol, return_correct=True)
             row = self.add_row("HAWQ-V2", "Hessian trace", model_name, metric, tgt, acc,
-                               table.summary(bl), t["wall_s"], None, pol, target_from)
+                               table.summary(bl), t["wall_s"], None, pol, target_from,
+                               correct=cor)
             row["traces"] = traces
             out.append(row)
         return out
@@ -338,12 +350,12 @@ class BaselineSuite:
         export = lambda arch: self.export_fp32(supernet, arch)  # noqa: E731
         pipe = MultiStagePipeline(self.space, score_fn, arch_cost, export, self.batches,
                                   self.s, self.input_shape, search_cfg, self.device,
-                                  self.meter, self.cfg.seed, self.progress)
+                                  self.meter, self.cfg.seed, self.progress, self.recipe)
         r = pipe.run(metric, self.target_in_table_units(metric, target))
         row = self.add_row(METHOD, "FP32 NAS → channel pruning → HAQ", "searched + pruned",
                            metric, target, r.accuracy, r.costs,
                            sum(v for k, v in r.stage_seconds.items() if k != "finetune"),
-                           r.met, r.policy, target_from)
+                           r.met, r.policy, target_from, correct=r.correct)
         row.update(stage_seconds=r.stage_seconds, arch=r.arch,
                    widths_before=r.widths_before, widths_after=r.widths_after)
         return row
@@ -366,7 +378,8 @@ class BaselineSuite:
             for r in s.prune_ratios:
                 m = to_float(model).to(self.device)
                 t0 = time.perf_counter()
-                out = gradual_magnitude_prune(m, self.batches["train"], s.prune_steps, r,
+                out = gradual_magnitude_prune(m, self.train_batches(f"prune|{scope}|{r}"),
+                                              s.prune_steps, r,
                                               scope, lr=s.prune_lr,
                                               device=self.device)
                 recalibrate_bn(m, self.batches["recal"], self.device)

@@ -16,33 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import cycle
+from ..loops import evaluate, train_steps
 from .folding import fold_bn
 from .functional import FP_BITS, qrange
 from .modules import apply_policy, calibrate, get_policy, quant_layers, quantize_model
 from .quantizers import ActQuantizer, LSQQuantizer, PACTQuantizer, WeightQuantizer
 
 __all__ = ["evaluate", "ptq", "qat", "train_steps", "convert_to_lsq", "PTQResult", "QATResult"]
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable, device: Optional[torch.device] = None,
-             max_batches: Optional[int] = None) -> float:
-    """Top-1 accuracy in percent over ``(x, y)`` batches (eval mode; mode restored)."""
-    device = device or next(model.parameters()).device
-    was = model.training
-    model.eval()
-    correct = total = 0
-    for i, (x, y) in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
-            break
-        pred = model(x.to(device)).argmax(1)
-        correct += int((pred == y.to(device)).sum())
-        total += y.numel()
-    model.train(was)
-    if total == 0:
-        raise ValueError("evaluate() got no batches")
-    return 100.0 * correct / total
 
 
 @dataclass
@@ -109,61 +89,6 @@ class QATResult:
     accuracy: Optional[float] = None
 
 
-def _param_groups(model: nn.Module, weight_decay: float):
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.dim() > 1 else no_decay).append(p)    # no decay on biases, BN, scales
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
-
-
-def train_steps(model: nn.Module, train_batches: Iterable, steps: int, lr: float,
-                optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 4e-5,
-                label_smoothing: float = 0.0, loss_fn: Optional[Callable] = None,
-                device: Optional[torch.device] = None, progress: bool = False,
-                desc: str = "finetune") -> list[float]:
-    """``steps`` optimizer steps over ``train_batches`` (passed over again as often as
-    needed, ``set_epoch`` between passes): SGD Nesterov (or Adam) with a cosine schedule, no
-    weight decay on biases / BN / quantizer scales, cross-entropy with label smoothing (or
-    ``loss_fn``). Works on any model; gradients pass the fake quantizers by STE. Returns the
-    losses; a non-finite loss raises :class:`FloatingPointError`."""
-    device = device or next(model.parameters()).device
-    groups = _param_groups(model, weight_decay)
-    if optimizer == "sgd":
-        opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
-    elif optimizer == "adam":
-        opt = torch.optim.Adam(groups, lr=lr)
-    else:
-        raise ValueError(f"optimizer {optimizer!r}: use 'sgd' or 'adam'")
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    loss_fn = loss_fn or (lambda out, y: F.cross_entropy(out, y,
-                                                         label_smoothing=label_smoothing))
-    model.train()
-
-    it = cycle(train_batches)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, total=steps, desc=desc, leave=False)
-    losses = []
-    for step, (x, y) in enumerate(it):
-        if step >= steps:
-            break
-        loss = loss_fn(model(x.to(device)), y.to(device))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the finetune loss became {float(loss)} at step {step}; "
-                                     f"lower the learning rate")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-    if progress:
-        it.close()
-    return losses
-
-
 def qat(model: nn.Module, train_batches: Iterable, epochs: float = 1.0,
         steps: Optional[int] = None, lr: float = 1e-3, mode: str = "ste",
         optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 4e-5,
@@ -193,6 +118,7 @@ def qat(model: nn.Module, train_batches: Iterable, epochs: float = 1.0,
             raise ValueError("train_batches has no len(); pass steps=")
         steps = max(1, int(math.ceil(epochs * per_epoch)))
     losses = train_steps(model, train_batches, steps, lr, optimizer, momentum, weight_decay,
-                         label_smoothing, loss_fn, device, progress, f"QAT ({mode})")
+                         label_smoothing, loss_fn=loss_fn, device=device, progress=progress,
+                         desc=f"QAT ({mode})", config_key="the qat() lr")
     acc = evaluate(model, eval_batches) if eval_batches is not None else None
     return QATResult(model, losses, acc)

@@ -1,15 +1,10 @@
 """Realise a searched ⟨arch, policy⟩ (APQ §3.4 → §4): export it from the supernet as a
-standalone quantized model, finetune it with quantization-aware training, recalibrate BN and
-measure top-1 on the test split.
-
-Finetune recipe (APQ's final finetune, shortened by the profile): SGD Nesterov 0.9, weight
-decay 4e-5, cosine lr from ``search.finetune_lr``, label smoothing 0.1, straight-through
-estimator through the fake quantizers (PACT clips learnable), ``search.finetune_epochs``
-passes (fractions allowed) over the training split.
+standalone quantized model, finetune it with the one QAT recipe every final model gets
+(:func:`apq_lib.loops.finetune`, the profile's ``finetune:`` section), recalibrate BN and
+measure top-1 on the test split, keeping the per-image correctness for paired comparisons.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
@@ -18,43 +13,17 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["qat_finetune", "realize", "Realized"]
+from ..loops import evaluate, finetune
+from ..supernet.metrics import recalibrate_bn
+from ..supernet.space import SubnetConfig
 
-
-def _n_batches(batches) -> Optional[int]:
-    try:
-        return len(batches)
-    except TypeError:
-        return None
-
-
-def qat_finetune(model: nn.Module, train_batches: Iterable, epochs: float = 1.0,
-                 lr: float = 1e-3, steps: Optional[int] = None, momentum: float = 0.9,
-                 weight_decay: float = 4e-5, label_smoothing: float = 0.1,
-                 device=None, progress: bool = False) -> dict:
-    """Quantization-aware finetune in place; ``{"steps", "losses", "seconds"}``.
-
-    :func:`apq_lib.quant.train_steps` (the loop under :func:`apq_lib.quant.qat`): the
-    supernet's exported layers carry their own quantizers, trained through by STE with the
-    same recipe. ``steps`` defaults to ``ceil(epochs × batches per epoch)``."""
-    from ..quant.training import train_steps
-    t0 = time.perf_counter()
-    if steps is None:
-        per_epoch = _n_batches(train_batches)
-        if per_epoch is None:
-            raise ValueError("train_batches has no len(); pass steps=")
-        steps = int(math.ceil(epochs * per_epoch))
-    if steps <= 0:
-        return {"steps": 0, "losses": [], "seconds": 0.0}
-    losses = train_steps(model, train_batches, steps, lr, "sgd", momentum, weight_decay,
-                         label_smoothing, device=device, progress=progress,
-                         desc="QAT finetune")
-    return {"steps": steps, "losses": losses, "seconds": time.perf_counter() - t0}
+__all__ = ["realize", "Realized"]
 
 
 @dataclass
 class Realized:
-    """One realised model: predicted vs measured accuracy (top-1 %), its costs."""
+    """One realised model: predicted vs measured accuracy (top-1 %), its costs, and the
+    per-image correctness on the test images (``correct``, bool, in test-batch order)."""
     config: dict
     predicted_acc: float
     test_acc: float
@@ -65,6 +34,7 @@ class Realized:
     eval_seconds: float
     losses: list = field(default_factory=list)
     model: Optional[nn.Module] = None
+    correct: Optional[np.ndarray] = None
 
     def row(self) -> dict:
         return {"predicted_acc": self.predicted_acc, "test_acc": self.test_acc,
@@ -74,16 +44,14 @@ class Realized:
                 **self.costs}
 
 
-def realize(supernet, cfg, train_batches: Iterable, recal_batches: list, test_batches,
-            epochs: float = 1.0, lr: float = 1e-3, steps: Optional[int] = None,
-            predicted_acc: float = float("nan"), costs: Optional[dict] = None,
-            eval_before: bool = False, device=None, seed: int = 0,
+def realize(supernet, cfg, recipe, train_batches: Iterable, recal_batches: list, test_batches,
+            steps: Optional[int] = None, predicted_acc: float = float("nan"),
+            costs: Optional[dict] = None, eval_before: bool = False, device=None, seed: int = 0,
             progress: bool = False) -> Realized:
-    """Export ``cfg`` quantized from ``supernet``, QAT-finetune (``epochs`` over
-    ``train_batches`` or ``steps``), recalibrate BN on ``recal_batches`` and measure top-1
-    on ``test_batches``. ``cfg`` is a :class:`SubnetConfig` (or its dict)."""
-    from ..supernet.metrics import evaluate, recalibrate_bn
-    from ..supernet.space import SubnetConfig
+    """Export ``cfg`` quantized from ``supernet``, finetune with ``recipe`` on
+    ``train_batches`` (``steps`` overrides the recipe's count), recalibrate BN on
+    ``recal_batches`` and measure top-1 on ``test_batches``. ``cfg`` is a
+    :class:`SubnetConfig` (or its dict); the supernet itself is left unchanged."""
     if isinstance(cfg, dict):
         cfg = SubnetConfig.from_dict(cfg)
     torch.manual_seed(seed)
@@ -94,15 +62,15 @@ def realize(supernet, cfg, train_batches: Iterable, recal_batches: list, test_ba
     if eval_before:                 # QAT trains BN on batch statistics: no recal needed first
         recalibrate_bn(sub, recal_batches, device)
         before = evaluate(sub, test_batches, device)
-    ft = qat_finetune(sub, train_batches, epochs=epochs, lr=lr, steps=steps, device=device,
-                      progress=progress)
+    ft = finetune(sub, recipe, train_batches, steps=steps, device=device, progress=progress)
     t0 = time.perf_counter()
     recalibrate_bn(sub, recal_batches, device)
-    acc = evaluate(sub, test_batches, device)
+    acc, correct = evaluate(sub, test_batches, device, return_correct=True)
     sub.eval()
+    losses = ft["losses"]
     return Realized(config=cfg.to_dict(), predicted_acc=float(predicted_acc), test_acc=acc,
                     test_acc_before_finetune=before, costs=dict(costs or {}),
                     finetune_steps=ft["steps"], finetune_seconds=ft["seconds"],
                     eval_seconds=time.perf_counter() - t0,
-                    losses=[float(v) for v in np.asarray(ft["losses"])[:: max(1, len(
-                        ft["losses"]) // 200)]] if ft["losses"] else [], model=sub)
+                    losses=[float(v) for v in losses[:: max(1, len(losses) // 200)]],
+                    model=sub, correct=correct)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..loops import evaluate
 from .space import SearchSpace, SubnetConfig
 
 __all__ = ["recalibrate_bn", "evaluate", "subnet_macs", "evaluate_subnet",
@@ -38,23 +39,6 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, device=None) -> nn.Modul
     for m, t in modes.items():
         m.training = t
     return model
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader_or_batches: Iterable, device=None) -> float:
-    """Top-1 accuracy (percent) of ``model`` in eval mode over ``(x, y)`` batches."""
-    device = device or next(model.parameters()).device
-    was = model.training
-    model.eval()
-    correct = total = 0
-    for x, y in loader_or_batches:
-        pred = model(x.to(device)).argmax(1)
-        correct += int((pred.cpu() == y).sum())
-        total += int(y.numel())
-    model.train(was)
-    if total == 0:
-        raise ValueError("evaluate: the loader yielded no images")
-    return 100.0 * correct / total
 
 
 def subnet_macs(space: SearchSpace, cfg: SubnetConfig) -> int:

@@ -1,0 +1,106 @@
+"""Paired bootstrap CIs and verdicts (apq_lib.stats) against closed forms and hand cases."""
+import numpy as np
+import pytest
+
+from apq_lib.stats import (accuracy_ci, bootstrap_groups, matched_cost_ratio,
+                           mean_paired_difference, paired_difference, percentile_ci,
+                           resampled_accuracy, verdict)
+
+
+def _bern(p, n, seed):
+    return np.random.default_rng(seed).random(n) < p
+
+
+def test_accuracy_ci_matches_binomial_normal_interval():
+    c = _bern(0.85, 4000, 0)
+    ci = accuracy_ci(c, n_resamples=2000, seed=1)
+    p = c.mean()
+    half = 1.96 * np.sqrt(p * (1 - p) / c.size) * 100
+    assert ci["estimate"] == pytest.approx(100 * p)
+    assert (ci["ci_high"] - ci["ci_low"]) / 2 == pytest.approx(half, rel=0.12)
+    assert ci["ci_low"] < ci["estimate"] < ci["ci_high"]
+
+
+def test_resamples_are_seeded_and_rows_sum_to_n():
+    c = np.stack([_bern(0.7, 500, 2), _bern(0.6, 500, 3)])
+    a = resampled_accuracy(c, 300, seed=5)
+    assert a.shape == (300, 2)
+    np.testing.assert_array_equal(a, resampled_accuracy(c, 300, seed=5))
+    assert not np.array_equal(a, resampled_accuracy(c, 300, seed=6))
+    assert abs(a[:, 0].mean() - 70.0) < 2.5          # centred on the full-sample accuracy
+
+
+def test_paired_difference_of_a_model_with_itself_is_exactly_zero():
+    c = _bern(0.8, 1000, 4)
+    d = paired_difference(c, c, n_resamples=500)
+    assert d["estimate"] == 0 and d["ci_low"] == 0 and d["ci_high"] == 0
+    assert d["verdict"] == "within noise"
+
+
+def test_paired_interval_is_narrower_than_independent_and_detects_small_effect():
+    rng = np.random.default_rng(7)
+    n = 5000
+    b = rng.random(n) < 0.85
+    a = b.copy()                       # A fixes 1.5 % of the images B gets wrong, no regressions
+    wrong = np.flatnonzero(~b)
+    a[rng.choice(wrong, int(0.015 * n), replace=False)] = True
+    d = paired_difference(a, b, n_resamples=1000, seed=0)
+    assert d["estimate"] == pytest.approx(1.5)
+    assert d["verdict"] == "holds" and d["ci_low"] > 0
+    # an unpaired interval of the same difference is several times wider
+    unpaired = 1.96 * np.sqrt(2 * 0.85 * 0.15 / n) * 100
+    assert (d["ci_high"] - d["ci_low"]) / 2 < unpaired / 2
+
+
+def test_paired_difference_needs_same_images():
+    with pytest.raises(ValueError, match="same images"):
+        paired_difference(np.ones(10, bool), np.ones(11, bool))
+    with pytest.raises(TypeError, match="bool"):
+        paired_difference(np.ones(10), np.ones(10))
+
+
+def test_matched_cost_ratio_hand_case():
+    n = 2000
+    ref = np.zeros(n, bool); ref[: int(0.80 * n)] = True          # 80 %
+    hi = np.zeros(n, bool); hi[: int(0.90 * n)] = True            # 90 %, cost 2
+    lo = np.zeros(n, bool); lo[: int(0.60 * n)] = True            # 60 %, cost 1
+    r = matched_cost_ratio(ref, 4.0, np.stack([hi, lo]), [2.0, 1.0], n_resamples=500)
+    assert r["estimate"] == pytest.approx(2.0)         # only the 90 % model matches: 4 / 2
+    assert r["ci_low"] == pytest.approx(2.0) and r["ci_high"] == pytest.approx(2.0)
+    assert r["verdict"] == "holds"
+    # a candidate exactly as accurate as the reference matches on the full set, and the
+    # resamples split between it and the costlier one: the interval shows that
+    same = ref.copy()
+    r2 = matched_cost_ratio(ref, 4.0, np.stack([hi, same]), [2.0, 1.0], n_resamples=500)
+    assert r2["estimate"] == pytest.approx(4.0)
+    # no candidate as accurate: NaN, within noise
+    r3 = matched_cost_ratio(hi, 4.0, lo[None], [1.0], n_resamples=200)
+    assert np.isnan(r3["estimate"]) and r3["verdict"] == "within noise"
+
+
+def test_verdict_and_percentiles():
+    assert verdict(0.1, 0.5) == "holds" and verdict(-0.5, -0.1) == "holds"
+    assert verdict(-0.1, 0.5) == "within noise"
+    assert verdict(1.2, 1.5, null=1.0) == "holds" and verdict(0.9, 1.5, null=1.0) != "holds"
+    assert verdict(float("nan"), 1.0) == "within noise"
+    lo, hi = percentile_ci(np.arange(1001.0))
+    assert lo == pytest.approx(25.0) and hi == pytest.approx(975.0)
+    assert np.isnan(percentile_ci(np.array([np.nan] * 10 + [1.0]))[0])
+
+
+def test_bootstrap_groups_resamples_whole_groups():
+    groups = np.repeat(np.arange(20), 5)
+    vals = np.repeat(np.arange(20, dtype=float), 5)     # constant within each group
+    ci = bootstrap_groups(groups, lambda rows: vals[rows].mean(), n_resamples=400, seed=0)
+    assert ci["estimate"] == pytest.approx(9.5)
+    sd_groups = np.arange(20).std(ddof=0) / np.sqrt(20)
+    assert (ci["ci_high"] - ci["ci_low"]) / 2 == pytest.approx(1.96 * sd_groups, rel=0.2)
+
+
+def test_mean_paired_difference_equals_mean_of_pairs():
+    a = np.stack([_bern(0.8, 800, 10), _bern(0.7, 800, 11)])
+    b = np.stack([_bern(0.75, 800, 12), _bern(0.7, 800, 13)])
+    m = mean_paired_difference(a, b, n_resamples=300)
+    single = [paired_difference(a[k], b[k], n_resamples=300)["estimate"] for k in range(2)]
+    assert m["estimate"] == pytest.approx(np.mean(single))
+    assert m["ci_low"] < m["estimate"] < m["ci_high"]

@@ -15,12 +15,15 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from . import stats
 from .artifacts import MissingInputError
+from .baselines.cost import cost_curve
 from .config import ENV_DIR
 
 __all__ = ["Results", "load_results", "joint_vs_fixed_haq", "joint_vs_multistage",
+           "search_cost_curve", "N_DEPLOYMENTS",
            "limited_bitops", "predictor_transfer", "run_summary", "check_provenance", "missed_budgets",
-           "CO2_KG_PER_KWH", "DEVICE_WATTS", "COST_COLUMNS"]
+           "CO2_KG_PER_KWH", "DEVICE_WATTS", "COST_COLUMNS", "DERIVED", "CI_COLUMNS"]
 
 # CO2 estimate: energy = seconds x device power; intensity = world-average grid 2019
 # (IEA, 0.475 kg CO2e / kWh). Power: typical sustained draw, stated in the table.
@@ -34,7 +37,14 @@ _SOURCES = {
     "04_search.csv": "04_search", "04_summary.json": "04_search",
     "05_baselines.csv": "05_baselines", "05_summary.json": "05_baselines",
     "05_pruning_sweep.csv": "05_baselines",
+    "04_correct.npz": "04_search", "05_correct.npz": "05_baselines",
 }
+CI_COLUMNS = ("ci_low", "ci_high", "verdict")
+# columns computed here from the per-image correctness (bootstrap intervals, paired gains,
+# matched ratios): exempt from the provenance check, which covers the numbers they rest on
+DERIVED = ("ratio (baseline/APQ)", "ci_low", "ci_high", "top-1 gain", "gain ci_low", "gain ci_high",
+           "top-1 ci_low", "top-1 ci_high", "BitOps ratio (baseline/APQ)",
+           "APQ top-1 (matched)", "APQ BitOps (G, matched)")
 
 
 @dataclass
@@ -51,6 +61,18 @@ class Results:
     pruning: pd.DataFrame
     manifest: dict
     paper: dict
+    correct: dict            # model / row id -> per-image correctness on the test split
+    seed: int = 0
+
+    def hits(self, ids) -> np.ndarray:
+        """``[len(ids), n_images]`` correctness of the models ``ids`` (a missing id names
+        the notebook that should have written it)."""
+        miss = [i for i in ids if i not in self.correct]
+        if miss:
+            raise MissingInputError(f"no per-image correctness for {miss[:3]}: rerun notebooks "
+                                    f"04_search and 05_baselines (results/data/0[45]_correct"
+                                    f".npz)")
+        return np.stack([self.correct[i] for i in ids])
 
     def numbers(self) -> np.ndarray:
         """Every number in the inputs (for the provenance check)."""
@@ -76,7 +98,21 @@ class Results:
         return arr[np.isfinite(arr)]
 
 
-def load_results(results_dir: Path, paper_file: Optional[Path] = None) -> Results:
+def _load_correct(data: Path) -> dict:
+    out = {}
+    for name in ("04_correct.npz", "05_correct.npz"):
+        with np.load(data / name, allow_pickle=False) as z:
+            out.update({k: z[k].astype(bool) for k in z.files})
+    sizes = {v.size for v in out.values()}
+    if len(sizes) > 1:
+        raise MissingInputError(f"per-image correctness of notebooks 04 and 05 covers different "
+                                f"test sets ({sorted(sizes)} images): rerun 04_search and "
+                                f"05_baselines with the same profile")
+    return out
+
+
+def load_results(results_dir: Path, paper_file: Optional[Path] = None,
+                 seed: int = 0) -> Results:
     """Read the inputs; a missing one names the notebook that writes it."""
     data = Path(results_dir) / "data"
     for name, nb in _SOURCES.items():
@@ -91,7 +127,8 @@ def load_results(results_dir: Path, paper_file: Optional[Path] = None) -> Result
                    pd.read_csv(data / "03_sample_efficiency.csv"),
                    pd.read_csv(data / "04_search.csv"), pd.read_csv(data / "05_baselines.csv"),
                    pd.read_csv(data / "05_pruning_sweep.csv"),
-                   json.loads(man.read_text()) if man.exists() else {}, paper)
+                   json.loads(man.read_text()) if man.exists() else {}, paper,
+                   _load_correct(data), seed)
 
 
 def _constraint_kind(s: str) -> str:
@@ -122,38 +159,75 @@ def _qat_rows(r: Results, method: str) -> pd.DataFrame:
     return d
 
 
+def _apq(r: Results) -> pd.DataFrame:
+    """APQ's realised models (notebook 04; the random-search winners are left out)."""
+    d = r.search
+    return d[d["method"] == "APQ"] if "method" in d else d
+
+
 def _cheapest_at_least(apq: pd.DataFrame, col: str, acc: float) -> Optional[pd.Series]:
     """The APQ model with the lowest ``col`` among those at least as accurate as ``acc``."""
     d = apq[apq["test_acc"] >= acc]
     return None if d.empty else d.loc[d[col].idxmin()]
 
 
-def joint_vs_fixed_haq(r: Results) -> pd.DataFrame:
-    """Table 1: APQ vs fixed-architecture (MobileNetV2-style) + HAQ, matched latency/energy.
+def _matched(r: Results, base: pd.Series, apq: pd.DataFrame, col: str) -> dict:
+    """Cost ratio baseline / cheapest APQ at equal or better accuracy, with the paired
+    bootstrap interval of the whole matching (images resampled) and the accuracy gap."""
+    a = _cheapest_at_least(apq, col, base["test_acc"])
+    ratio = stats.matched_cost_ratio(r.hits([base["row_id"]])[0], float(base[col]),
+                                     r.hits(list(apq["model_id"])), apq[col].to_numpy(float),
+                                     seed=r.seed)
+    out = {"APQ top-1": np.nan, "APQ cost": np.nan, "top-1 gain": np.nan,
+           "gain ci_low": np.nan, "gain ci_high": np.nan,
+           "ratio (baseline/APQ)": ratio["estimate"], "ci_low": ratio["ci_low"],
+           "ci_high": ratio["ci_high"], "verdict": ratio["verdict"]}
+    if a is not None:
+        g = stats.paired_difference(r.hits([a["model_id"]])[0], r.hits([base["row_id"]])[0],
+                                    seed=r.seed)
+        out.update({"APQ top-1": a["test_acc"], "APQ cost": a[col], "top-1 gain": g["estimate"],
+                    "gain ci_low": g["ci_low"], "gain ci_high": g["ci_high"]})
+    return out
 
-    For each HAQ model: the cheapest APQ model (any budget of notebook 04) at least as
-    accurate, and the cost ratio HAQ / APQ at equal accuracy (cost in ms or mJ as
-    ``matched`` says). HAQ models searched under that cost's budget are compared on it;
-    when there are none (``baselines.haq_costs`` left it out), every HAQ model is."""
-    apq = r.search
+
+TABLE1_BASELINES = ("HAQ", "HAWQ-V2", "Fixed W8A8", "Fixed W6A6")
+
+
+def joint_vs_fixed_haq(r: Results) -> pd.DataFrame:
+    """Table 1: APQ vs the fixed-architecture (MobileNetV2-style) network quantized by HAQ,
+    HAWQ-V2, or at fixed W8A8 / W6A6, matched on latency and energy.
+
+    For each baseline model: the cheapest APQ model (any budget of notebook 04) at least as
+    accurate, and the cost ratio baseline / APQ at equal or better accuracy, with its 95 %
+    paired bootstrap interval (test images resampled; the matching is redone on every
+    resample) and verdict (``holds``: the interval excludes 1). HAQ / HAWQ-V2 models searched
+    under this cost are compared on it; when there are none (the cost was not searched),
+    every model of the method is. Fixed-precision models are compared on both costs."""
+    apq = _apq(r)
     rows = []
     claims = r.paper["claims"]["joint_vs_fixed_haq"]
-    haq = _qat_rows(r, "HAQ")
+    b = _met(r.baselines)
+    b = b[b["model"].astype(str) == "MobileNetV2"] if "model" in b else b
+    b = b[b["variant"] != "PTQ"] if "variant" in b else b
     for kind, paper_ratio in (("latency", claims["latency_ratio"]),
                               ("energy", claims["energy_ratio"])):
         col = COST_COLUMNS[kind]
-        same = haq[haq["constraint"].map(_constraint_kind) == kind]
-        for _, h in (same if len(same) else haq).iterrows():
-            a = _cheapest_at_least(apq, col, h["test_acc"])
-            rows.append({
-                "matched": kind, "HAQ budget": h["constraint"], "HAQ top-1": h["test_acc"],
-                "HAQ cost": h[col], "APQ top-1": np.nan if a is None else a["test_acc"],
-                "APQ cost": np.nan if a is None else a[col],
-                "ratio (HAQ/APQ)": np.nan if a is None else h[col] / a[col],
-                "paper ratio": paper_ratio})
-    return pd.DataFrame(rows, columns=["matched", "HAQ budget", "HAQ top-1", "HAQ cost",
-                                       "APQ top-1", "APQ cost", "ratio (HAQ/APQ)",
-                                       "paper ratio"])
+        for method in TABLE1_BASELINES:
+            d = b[b["method"] == method]
+            same = d[d["constraint"].map(_constraint_kind) == kind]
+            if method in ("HAQ", "HAWQ-V2") and len(same):
+                d = same             # searched under this cost: compared on it
+            for _, h in d.iterrows():
+                rows.append({"matched": kind, "baseline": method,
+                             "baseline budget": h["constraint"] if isinstance(
+                                 h["constraint"], str) and h["constraint"] else "fixed bits",
+                             "baseline top-1": h["test_acc"], "baseline cost": h[col],
+                             **_matched(r, h, apq, col), "paper ratio": paper_ratio})
+    cols = ["matched", "baseline", "baseline budget", "baseline top-1", "baseline cost",
+            "APQ top-1", "APQ cost", "top-1 gain", "gain ci_low", "gain ci_high",
+            "ratio (baseline/APQ)",
+            "ci_low", "ci_high", "verdict", "paper ratio"]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def _co2_kg(seconds: float, device: str) -> float:
@@ -164,7 +238,7 @@ def _co2_kg(seconds: float, device: str) -> float:
 def joint_vs_multistage(r: Results) -> pd.DataFrame:
     """Table 2: APQ vs the multi-stage pipeline (NAS → pruning → HAQ) at the same budgets,
     with search cost (seconds actually spent; shared stages amortised) and a CO2 estimate."""
-    apq = r.search
+    apq = _apq(r)
     ms = _qat_rows(r, "Multi-stage")
     cost = r.s05.get("search_cost", {})
     device = r.manifest.get("device", "cpu")
@@ -177,37 +251,60 @@ def joint_vs_multistage(r: Results) -> pd.DataFrame:
         if col is None or a.empty:
             continue
         a = a.iloc[0]
+        g = stats.paired_difference(r.hits([a["model_id"]])[0], r.hits([m["row_id"]])[0],
+                                    seed=r.seed)
         rows.append({"budget": m["constraint"], "APQ top-1": a["test_acc"],
                      "multi-stage top-1": m["test_acc"],
-                     "top-1 gain": a["test_acc"] - m["test_acc"],
+                     "top-1 gain": g["estimate"], "ci_low": g["ci_low"],
+                     "ci_high": g["ci_high"], "verdict": g["verdict"],
                      "APQ latency_ms": a["latency_ms"], "multi-stage latency_ms": m["latency_ms"],
                      "APQ energy_mj": a["energy_mj"], "multi-stage energy_mj": m["energy_mj"],
                      "paper top-1 gain": claims["top1_gain"]})
     out = pd.DataFrame(rows)
+    curve = search_cost_curve(r, (1, N_DEPLOYMENTS))
     for method in ("APQ", "Multi-stage"):
-        c = cost.get(method)
-        if not c:
-            continue
-        first = c.get("first_search_s")
-        amort = next((v for k, v in c.items() if k.startswith("amortised_s")), None)
-        out[f"{method} first-search hours"] = np.nan if first is None else first / 3600
-        out[f"{method} amortised hours"] = np.nan if amort is None else amort / 3600
-        out[f"{method} CO2 kg"] = np.nan if first is None else _co2_kg(first, device)
-    if {"APQ first-search hours", "Multi-stage first-search hours"} <= set(out):
-        out["cost ratio (multi/APQ)"] = (out["Multi-stage first-search hours"] /
-                                         out["APQ first-search hours"])
+        for n in (1, N_DEPLOYMENTS):
+            c = curve[(curve["method"] == method) & (curve["scenarios"] == n)]
+            h = float(c["hours"].iloc[0]) if len(c) else np.nan
+            out[f"{method} hours N={n}"] = h
+            out[f"{method} CO2 kg N={n}"] = _co2_kg(h * 3600, device) if len(c) else np.nan
+    for n in (1, N_DEPLOYMENTS):
+        if len(out):
+            out[f"cost ratio (multi/APQ) N={n}"] = (out[f"Multi-stage hours N={n}"] /
+                                                   out[f"APQ hours N={n}"])
+    if len(out):
         out["paper cost ratio"] = claims["cost_ratio"]
     return out
 
 
-def limited_bitops(r: Results) -> pd.DataFrame:
-    """Table 3: under BitOps budgets, APQ vs fixed-precision models and HAWQ-V2."""
+N_DEPLOYMENTS = 10
+
+
+def search_cost_curve(r: Results, ns=(1, 2, 5, 10, 20, 50)) -> pd.DataFrame:
+    """Search cost (hours) of each method for ``N`` deployment scenarios: its shared stages
+    once plus ``N`` times its per-search stages (notebook 05's cost accounting)."""
     rows = []
-    apq = r.search[r.search["constraint"] == "bitops"]
-    for _, a in apq.iterrows():
+    for method, c in r.s05.get("search_cost", {}).items():
+        if c.get("shared_s") is None or c.get("per_search_s") is None:
+            continue
+        for n, secs in zip(ns, cost_curve(c["shared_s"], c["per_search_s"], ns)):
+            rows.append({"method": method, "scenarios": int(n), "hours": secs / 3600})
+    return pd.DataFrame(rows, columns=["method", "scenarios", "hours"])
+
+
+def limited_bitops(r: Results) -> pd.DataFrame:
+    """Table 3: under BitOps budgets, APQ vs the fixed-precision models and HAWQ-V2, matched
+    at equal accuracy: for every baseline, the cheapest APQ model (any budget) at least as
+    accurate and the BitOps ratio baseline / APQ with its paired bootstrap interval; every
+    model's top-1 with its interval."""
+    apq = _apq(r)
+    rows = []
+    for _, a in apq[apq["constraint"] == "bitops"].iterrows():
+        ci = stats.accuracy_ci(r.hits([a["model_id"]])[0], seed=r.seed)
         rows.append({"method": "APQ", "budget (G BitOps)": a["limit"], "top-1": a["test_acc"],
+                     "top-1 ci_low": ci["ci_low"], "top-1 ci_high": ci["ci_high"],
                      "BitOps (G)": a["bitops_g"], "latency_ms": a["latency_ms"],
-                     "energy_mj": a["energy_mj"]})
+                     "energy_mj": a["energy_mj"], "verdict": "reference (APQ)"})
     b = _met(r.baselines)
     for method in sorted(set(b["method"])):
         if not (method.startswith("Fixed") or method.startswith("HAWQ")):
@@ -218,15 +315,19 @@ def limited_bitops(r: Results) -> pd.DataFrame:
         if method.startswith("HAWQ"):
             d = d[d["constraint"].map(_constraint_kind) == "bitops"]
         for _, x in d.iterrows():
+            ci = stats.accuracy_ci(r.hits([x["row_id"]])[0], seed=r.seed)
+            m = _matched(r, x, apq, "bitops_g")
             rows.append({"method": method + ("" if "model" not in x else f" ({x['model']})"),
                          "budget (G BitOps)": x.get("target", np.nan), "top-1": x["test_acc"],
+                         "top-1 ci_low": ci["ci_low"], "top-1 ci_high": ci["ci_high"],
                          "BitOps (G)": x["bitops_g"], "latency_ms": x["latency_ms"],
-                         "energy_mj": x["energy_mj"]})
+                         "energy_mj": x["energy_mj"], "APQ top-1 (matched)": m["APQ top-1"],
+                         "APQ BitOps (G, matched)": m["APQ cost"],
+                         "BitOps ratio (baseline/APQ)": m["ratio (baseline/APQ)"],
+                         "ci_low": m["ci_low"],
+                         "ci_high": m["ci_high"], "verdict": m["verdict"]})
     out = pd.DataFrame(rows)
-    w8 = out[out["method"].str.startswith("Fixed W8A8")]
-    if not w8.empty and not apq.empty:
-        ref = w8.loc[w8["top-1"].idxmax()]
-        out["BitOps ratio vs best W8A8"] = ref["BitOps (G)"] / out["BitOps (G)"]
+    if len(out):
         out["paper BitOps ratio (APQ vs W8 ResNet-34)"] = np.where(
             out["method"] == "APQ",
             r.paper["claims"]["limited_bitops"]["bitops_ratio_vs_resnet34_w8"], np.nan)

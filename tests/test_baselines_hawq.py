@@ -103,3 +103,24 @@ def test_allocation_meets_constraint_and_prefers_high_trace_layers():
     assert chosen[0] > chosen[3]
     with pytest.raises(ValueError, match="budget"):
         hawq_allocate(omega, cost, float(cost[:, 0].sum()) - 1)
+
+
+def test_hutchinson_standard_error_matches_rademacher_variance():
+    # f(x) = 1/2 x^T A x: each probe gives v^T A v, variance 2 * sum_{i != j} A_ij^2
+    g = torch.Generator().manual_seed(0)
+    b = torch.randn(6, 6, generator=g)
+    a = b @ b.T
+    f = lambda p: 0.5 * p["x"] @ a @ p["x"]  # noqa: E731
+    x = {"x": torch.randn(6, generator=g)}
+    n = 2000
+    mean, se = hutchinson_trace(f, x, n_samples=n, seed=1, mode="double_backward",
+                                return_se=True)
+    off = a - torch.diag(torch.diag(a))
+    expected = float(torch.sqrt(2 * (off ** 2).sum() / n))
+    assert se["x"] == pytest.approx(expected, rel=0.1)
+    assert mean["x"] == pytest.approx(float(torch.trace(a)), abs=4 * expected)
+    # a diagonal Hessian is estimated exactly by every Rademacher probe: SE 0
+    d = torch.diag(torch.arange(1.0, 7.0))
+    _, se0 = hutchinson_trace(lambda p: 0.5 * p["x"] @ d @ p["x"], x, n_samples=5, seed=2,
+                              mode="double_backward", return_se=True)
+    assert se0["x"] == pytest.approx(0.0, abs=1e-9)

@@ -42,15 +42,27 @@ def _hvp_fn(f: Callable, params: dict, mode: str):
 
 
 def hutchinson_trace(f: Callable[[dict], torch.Tensor], params: dict, n_samples: int = 50,
-                     seed: int = 0, mode: str = "jvp", tol: Optional[float] = None) -> dict:
+                     seed: int = 0, mode: str = "jvp", tol: Optional[float] = None,
+                     return_se: bool = False):
     """Estimate the trace of each diagonal Hessian block of ``f(params)`` (a scalar) with
     ``n_samples`` Rademacher probes. Returns ``{name: trace}`` (floats); with ``tol`` it
-    stops early once every running mean changes by less than ``tol`` (relative)."""
+    stops early once every running mean changes by less than ``tol`` (relative). With
+    ``return_se`` also ``{name: standard error}`` (sample SD of the probes / sqrt(n))."""
     params = {k: p.detach() for k, p in params.items()}
     hvp = _hvp_fn(f, params, mode)
     g = torch.Generator(device="cpu").manual_seed(seed)
     sums = {k: 0.0 for k in params}
-    prev = None
+    squares = {k: 0.0 for k in params}
+    prev, n = None, 0
+
+    def result():
+        mean = {k: v / max(1, n) for k, v in sums.items()}
+        if not return_se:
+            return mean
+        se = {k: float(np.sqrt(max(0.0, squares[k] / n - mean[k] ** 2) * n / (n - 1) / n))
+              if n > 1 else float("nan") for k in params}
+        return mean, se
+
     for i in range(n_samples):
         v = {k: (torch.randint(0, 2, p.shape, generator=g) * 2 - 1).to(p) for k, p in
              params.items()}
@@ -62,20 +74,24 @@ def hutchinson_trace(f: Callable[[dict], torch.Tensor], params: dict, n_samples:
             hvp, mode = _hvp_fn(f, params, "double_backward"), "double_backward"
             hv = hvp(v)
         for k in params:
-            sums[k] += float((v[k] * hv[k]).sum())
-        mean = {k: s / (i + 1) for k, s in sums.items()}
+            est = float((v[k] * hv[k]).sum())
+            sums[k] += est
+            squares[k] += est * est
+        n = i + 1
+        mean = {k: s / n for k, s in sums.items()}
         if tol is not None and prev is not None and all(
                 abs(mean[k] - prev[k]) <= tol * (abs(prev[k]) + 1e-12) for k in mean):
-            return mean
+            return result()
         prev = mean
-    return {k: s / max(1, n_samples) for k, s in sums.items()}
+    return result()
 
 
 def hessian_traces(model: nn.Module, batches: Sequence, layers: Sequence[str],
                    n_samples: int = 20, seed: int = 0, device=None, mode: str = "jvp",
-                   loss_fn: Optional[Callable] = None) -> dict:
+                   loss_fn: Optional[Callable] = None, return_se: bool = False):
     """``{layer name: Tr(H)}`` of the loss on ``batches`` (a list of ``(x, y)``) w.r.t.
-    each layer's ``weight``, with the model in eval mode (BN uses running statistics)."""
+    each layer's ``weight``, with the model in eval mode (BN uses running statistics);
+    with ``return_se`` also ``{layer name: standard error of the estimate}``."""
     device = device or next(model.parameters()).device
     loss_fn = loss_fn or nn.functional.cross_entropy
     was = model.training
@@ -98,9 +114,13 @@ def hessian_traces(model: nn.Module, batches: Sequence, layers: Sequence[str],
         return total / n_img
 
     try:
-        tr = hutchinson_trace(f, {k: named[k] for k in keys}, n_samples, seed, mode)
+        tr = hutchinson_trace(f, {k: named[k] for k in keys}, n_samples, seed, mode,
+                              return_se=return_se)
     finally:
         model.train(was)
+    if return_se:
+        tr, se = tr
+        return {n: tr[f"{n}.weight"] for n in layers}, {n: se[f"{n}.weight"] for n in layers}
     return {n: tr[f"{n}.weight"] for n in layers}
 
 

@@ -36,7 +36,8 @@ SCRATCH_STAGE = "baseline_scratch"
 MBV2 = "MobileNetV2"
 UNITS = {"latency": "ms", "energy": "mJ", "bitops": "G", "size": "kB"}
 COLUMNS = ["method", "variant", "model", "constraint", "target", "target_from", "met",
-           "test_acc", "latency_ms", "energy_mj", "bitops_g", "size_kb", "search_s", "policy"]
+           "test_acc", "latency_ms", "energy_mj", "bitops_g", "size_kb", "search_s", "policy",
+           "row_id"]
 _METRIC_COL = {"latency": "latency_ms", "energy": "energy_mj", "bitops": "bitops_g",
                "size": "size_kb"}
 _SCALE = {"latency": 1.0, "energy": 1.0, "bitops": 1e9, "size": 8e3}   # table units → row
@@ -300,12 +301,13 @@ class BaselineSuite:
             data = self.data.fixed_batches("train", s.hawq_images, seed=self.cfg.seed,
                                            batch_size=min(128, s.hawq_images))
             with self.meter.stage("HAWQ-V2", "Hessian traces (Hutchinson)", "shared"):
-                traces = hessian_traces(to_float(model).to(self.device), data, names,
-                                        s.hawq_samples, self.cfg.seed, self.device)
-            self._hawq_cache = (key, traces)
+                traces, se = hessian_traces(to_float(model).to(self.device), data, names,
+                                            s.hawq_samples, self.cfg.seed, self.device,
+                                            return_se=True)
+            self._hawq_cache = (key, traces, se)
             if model_name == MBV2:
                 self._shared_scratch("HAWQ-V2")
-        traces = self._hawq_cache[1]
+        traces, trace_se = self._hawq_cache[1], self._hawq_cache[2]
         mods = dict(model.named_modules())
         bits = list(range(s.haq_bits[0], s.haq_bits[1] + 1))
         pairs = [(b, b) for b in bits]
@@ -332,7 +334,9 @@ class BaselineSuite:
             row = self.add_row("HAWQ-V2", "Hessian trace", model_name, metric, tgt, acc,
                                table.summary(bl), t["wall_s"], None, pol, target_from,
                                correct=cor)
-            row["traces"] = traces
+            row["traces"], row["trace_se"] = traces, trace_se
+            row["decisive_layers"] = [table.names[i] for i, c in zip(free, alloc["choices"])
+                                      if pairs[c] != pairs[-1]]
             out.append(row)
         return out
 

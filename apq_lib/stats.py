@@ -17,8 +17,8 @@ import numpy as np
 from .runtime import stream_rng
 
 __all__ = ["N_RESAMPLES", "LEVEL", "resample_counts", "resampled_accuracy", "accuracy_ci",
-           "paired_difference", "mean_paired_difference", "matched_cost_ratio", "verdict", "percentile_ci",
-           "bootstrap_groups", "CI"]
+           "paired_difference", "mean_paired_difference", "matched_cost_ratio", "verdict",
+           "percentile_ci", "bootstrap_groups", "CI"]
 
 N_RESAMPLES = 2000
 LEVEL = 0.95

@@ -6,9 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from apq_lib.baselines.hawq import (hawq_allocate, hawq_sensitivity, hessian_traces,
-                                 hutchinson_trace, pareto_frontier, weight_quant_error)
-
+from apq_lib.baselines.hawq import (
+    hawq_allocate,
+    hawq_sensitivity,
+    hessian_traces,
+    hutchinson_trace,
+    pareto_frontier,
+    weight_quant_error,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,19 +15,31 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..artifacts import (ArtifactError, ArtifactStore, MissingInputError, config_key, load_state,
-                        save_state)
+from ..artifacts import (
+    ArtifactError,
+    ArtifactStore,
+    MissingInputError,
+    config_key,
+    load_state,
+    save_state,
+)
 from ..config import Profile
 from ..loops import finetune_batches, test_batches
-from ..pruning import (accuracy, cycle, finetune, gradual_magnitude_prune, sparse_size_bits,
-                      sparsity)
-from .cost import CostMeter
-from .fixed import (LayerCostTable, PolicyEvaluator, build_fixed_model, fixed_bits,
-                           is_fixed, to_float, uniform_policy)
-from .haq import DDPGConfig, HAQSearch, haq_layers
-from .hawq import hawq_allocate, hawq_sensitivity, hessian_traces
+from ..pruning import accuracy, cycle, finetune, gradual_magnitude_prune, sparse_size_bits, sparsity
 from ..supernet.metrics import recalibrate_bn
 from ..supernet.space import SearchSpace, SubnetConfig
+from .cost import CostMeter
+from .fixed import (
+    LayerCostTable,
+    PolicyEvaluator,
+    build_fixed_model,
+    fixed_bits,
+    is_fixed,
+    to_float,
+    uniform_policy,
+)
+from .haq import DDPGConfig, HAQSearch, haq_layers
+from .hawq import hawq_allocate, hawq_sensitivity, hessian_traces
 
 __all__ = ["BaselineSuite", "SCRATCH_STAGE", "COLUMNS", "pick_targets", "spread", "UNITS",
            "cost_at_equal_accuracy"]

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..loops import evaluate, train_steps

@@ -14,8 +14,16 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ..config import SearchConfig
-from .genome import (Constraint, IndexOps, InfeasibleConstraintError, ScoreFn, SearchResult,
-                     evaluate_costs, feasible_mask, normalize_constraints)
+from .genome import (
+    Constraint,
+    IndexOps,
+    InfeasibleConstraintError,
+    ScoreFn,
+    SearchResult,
+    evaluate_costs,
+    feasible_mask,
+    normalize_constraints,
+)
 
 __all__ = ["EvolutionFinder", "score_batch"]
 

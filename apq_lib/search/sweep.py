@@ -38,6 +38,7 @@ def load_search_inputs(ctx, target: str = "bitfusion", device=None) -> dict:
     Returns ``{"supernet", "supernet_key", "table", "lut_artifact", "predictor",
     "predictor_artifact", "summaries"}``."""
     import dataclasses
+
     from ..artifacts import config_key
     from ..hardware.lut import SpaceCostTable
     from ..supernet.space import SearchSpace

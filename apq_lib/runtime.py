@@ -49,6 +49,7 @@ STREAMS = {
     "prune": "batches of the pruning baselines' finetunes",
     "fbnet": "FBNet's weight / architecture steps and Gumbel noise",
     "sparsity": "notebook 08's training runs",
+    "random_subnets": "the random subnets notebook 01 evaluates",
 }
 
 

@@ -5,7 +5,9 @@ import time
 
 import pytest
 
-from apq_lib.baselines.cost import CostMeter, apq_cost_from_results
+from apq_lib.artifacts import MissingInputError
+from apq_lib.baselines.cost import (MULTISTAGE_NAS, CostMeter, apq_cost_from_results, cost_curve,
+                                   stages_from_results)
 
 
 def test_meter_measures_and_amortises():
@@ -28,28 +30,59 @@ def test_meter_measures_and_amortises():
         m.add("X", "y", 1.0, kind="sometimes")
 
 
+def _summaries(d, **over):
+    s = {"01": {"largest_top1": 92.0, "smallest_top1": 87.0, "random_macs_spearman": 0.7,
+                "train_seconds": 120.0},
+         "03": {"fp32_pairs": 10, "quant_pairs": 5, "collection_seconds_fp32": 30.0,
+                "collection_seconds_quant": 60.0, "train_seconds": 3.0},
+         "04": {"n_searches": 4, "search_seconds_total": 12.0, "predicted_test_spearman": 0.5,
+                "predicted_minus_test_mean": 0.1, "evolution_minus_random_test_mean": 0.2,
+                "evolution_minus_random_test_ci": [-0.1, 0.5]}}
+    for k, v in over.items():
+        s[k[1:]].update(v) if v is not None else s.pop(k[1:])
+    for nb, v in s.items():
+        (d / f"{nb}_summary.json").write_text(json.dumps(v))
+
+
 def test_apq_cost_from_summaries(tmp_path):
     d = tmp_path / "data"
     d.mkdir()
-    (d / "01_summary.json").write_text(json.dumps({"train_seconds": 120.0}))
-    (d / "03_summary.json").write_text(json.dumps({"collection_seconds_fp32": 30.0,
-                                                   "collection_seconds_quant": 60.0}))
-    (d / "04_summary.json").write_text(json.dumps({"search_seconds_total": 12.0,
-                                                   "n_searches": 4}))
+    _summaries(d)
     m = CostMeter("cpu")
     got = {r.stage: (r.wall_s, r.kind) for r in apq_cost_from_results(m, tmp_path)}
     assert got["supernet training"] == (120.0, "shared")
     assert got["FP32 pairs"] == (30.0, "shared") and got["quantized pairs"] == (60.0, "shared")
+    assert got["predictor training"] == (3.0, "shared")
     assert got["evolution search"] == (3.0, "per_search")      # per search: 12 s / 4
-    assert "predictor training" not in got                     # 03 has no such field
-    assert m.table(1).set_index("method").loc["APQ", "first_search_s"] == pytest.approx(213.0)
-    # a summary without the field: the notebook's run time from the manifest, once
-    (d / "04_summary.json").write_text(json.dumps({"other": 1}))
-    (tmp_path / "manifest.json").write_text(json.dumps(
-        {"notebooks": {"04_search": {"seconds": 9.0}}}))
-    m2 = CostMeter("cpu")
-    got2 = {r.stage: (r.wall_s, r.source) for r in apq_cost_from_results(m2, tmp_path)}
-    assert got2["evolution search"] == (9.0, "manifest (notebook run time)")
+    assert m.table(1).set_index("method").loc["APQ", "first_search_s"] == pytest.approx(216.0)
+
+
+def test_multistage_pays_its_nas_per_search(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    _summaries(d)
+    m = CostMeter("cpu")
+    stages_from_results(m, tmp_path, "Multi-stage", MULTISTAGE_NAS)
+    m.add("Multi-stage", "3 HAQ", 10.0)
+    tab = m.table(1).set_index("method")
+    assert tab.loc["Multi-stage", "shared_s"] == 0.0
+    assert tab.loc["Multi-stage", "per_search_s"] == pytest.approx(120.0 + 30.0 + 10.0)
+    assert cost_curve(0.0, 160.0, [1, 10]) == [160.0, 1600.0]
+
+
+def test_stale_or_missing_summary_names_the_notebook(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    _summaries(d, s04={"search_seconds_total": None})
+    (d / "04_summary.json").write_text(json.dumps({"n_searches": 4}))
+    with pytest.raises(MissingInputError, match="04_search"):
+        apq_cost_from_results(CostMeter("cpu"), tmp_path)
+    (d / "03_summary.json").unlink()
+    with pytest.raises(MissingInputError, match="03_predictor"):
+        apq_cost_from_results(CostMeter("cpu"), tmp_path)
+    (d / "01_summary.json").write_text("{torn")
+    with pytest.raises(MissingInputError, match="01_supernet"):
+        apq_cost_from_results(CostMeter("cpu"), tmp_path)
 
 
 def test_targets_spread_over_apq_budgets():

@@ -13,12 +13,14 @@ cost"): the seconds a method actually spends, measured per stage.
 """
 from __future__ import annotations
 
-import json
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Optional
+
+from ..artifacts import MissingInputError
+from ..results import read_summary
 
 __all__ = ["StageCost", "CostMeter", "device_name", "apq_cost_from_results",
            "stages_from_results", "APQ_STAGES", "MULTISTAGE_NAS", "KINDS", "cost_curve"]
@@ -128,62 +130,38 @@ class CostMeter:
 
 
 # --------------------------------------------------------------------------- APQ
-# (notebook, summary file, stage name, kind, candidate seconds keys, divide-by key)
+# (notebook, stage name, kind, seconds field of the notebook's summary, divide-by field)
 APQ_STAGES = (
-    ("01_supernet", "01_summary.json", "supernet training", "shared",
-     ("train_seconds", "training_seconds", "supernet_seconds"), None),
-    ("03_predictor", "03_summary.json", "FP32 pairs", "shared",
-     ("collection_seconds_fp32", "fp32_collection_seconds"), None),
-    ("03_predictor", "03_summary.json", "quantized pairs", "shared",
-     ("collection_seconds_quant", "quant_collection_seconds", "data_seconds"), None),
-    ("03_predictor", "03_summary.json", "predictor training", "shared",
-     ("train_seconds", "predictor_train_seconds"), None),
-    ("04_search", "04_summary.json", "evolution search", "per_search",
-     ("search_seconds_total", "search_seconds"), "n_searches"),
+    ("01_supernet", "supernet training", "shared", "train_seconds", None),
+    ("03_predictor", "FP32 pairs", "shared", "collection_seconds_fp32", None),
+    ("03_predictor", "quantized pairs", "shared", "collection_seconds_quant", None),
+    ("03_predictor", "predictor training", "shared", "train_seconds", None),
+    ("04_search", "evolution search", "per_search", "search_seconds_total", "n_searches"),
 )
 # The multi-stage pipeline's NAS stage pays, for every deployment, for an FP32 supernet and
 # the data of its FP32 accuracy predictor (ProxylessNAS-style NAS trains per target; APQ
 # trains once and searches per target). In this suite it runs on the weights of APQ's
 # supernet, so it is charged their measured seconds, per search (no free reuse).
-MULTISTAGE_NAS = tuple((nb, f, f"NAS: {stage}", "per_search", keys, None)
-                       for nb, f, stage, _kind, keys, _div in APQ_STAGES[:2])
-
-
-def _find_seconds(d, keys) -> Optional[float]:
-    """The first of ``keys`` found in ``d`` or in one nested level (numbers only)."""
-    if not isinstance(d, dict):
-        return None
-    for level in [d] + [v for v in d.values() if isinstance(v, dict)]:
-        for k in keys:
-            v = level.get(k)
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                return float(v)
-    return None
+MULTISTAGE_NAS = tuple((nb, f"NAS: {stage}", "per_search", key, None)
+                       for nb, stage, _kind, key, _div in APQ_STAGES[:2])
 
 
 def stages_from_results(meter: CostMeter, results_dir: Path | str, method: str,
-                        stages=APQ_STAGES, manifest_fallback: bool = True) -> list[StageCost]:
-    """Add stages timed by earlier notebooks, read from their ``results/data/NN_summary.json``
-    (a per-search stage is divided by the summary's count of searches). A notebook whose
-    summary lacks the field falls back, once, to its run time in ``manifest.json`` (an
-    upper bound). Returns the records added."""
-    res = Path(results_dir)
-    manifest = {}
-    if manifest_fallback and (res / "manifest.json").exists():
-        manifest = json.loads((res / "manifest.json").read_text()).get("notebooks", {})
-    added, used_manifest = [], set()
-    for nb, fname, stage, kind, keys, div in stages:
-        p = res / "data" / fname
-        d = json.loads(p.read_text()) if p.exists() else {}
-        secs, source = _find_seconds(d, keys), f"results/data/{fname}"
-        if secs is not None and div and isinstance(d.get(div), (int, float)) and d[div] > 0:
-            secs /= float(d[div])
-            source += f" (/{div}={d[div]})"
+                        stages=APQ_STAGES) -> list[StageCost]:
+    """Add stages timed by earlier notebooks, read from their typed summaries
+    (:func:`apq_lib.results.read_summary`; a missing one names the notebook to run). A
+    per-search stage is divided by the summary's count of searches. Returns the records."""
+    added = []
+    for nb, stage, kind, key, div in stages:
+        summ = read_summary(results_dir, nb)
+        secs = float(summ[key]) if key in summ.data else None
         if secs is None:
-            if nb in used_manifest or nb not in manifest:
-                continue
-            secs, source = float(manifest[nb]["seconds"]), "manifest (notebook run time)"
-            used_manifest.add(nb)
+            raise MissingInputError(f"results/data/{nb[:2]}_summary.json has no {key!r}: "
+                                    f"rerun notebook {nb}")
+        source = f"results/data/{nb[:2]}_summary.json:{key}"
+        if div:
+            secs /= max(1.0, float(summ[div]))
+            source += f" (/{div}={summ[div]})"
         added.append(meter.add(method, stage, secs, kind, source=source))
     return added
 

@@ -10,6 +10,7 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 import pandas as pd
 
+from ..results import read_summary
 from ..config import SearchConfig
 from .evolution import EvolutionFinder
 from .genome import IndexOps, SearchResult
@@ -36,16 +37,15 @@ def load_search_inputs(ctx, target: str = "bitfusion", device=None) -> dict:
     A missing one raises :class:`~apq_lib.artifacts.MissingInputError` naming the notebook.
 
     Returns ``{"supernet", "supernet_key", "table", "lut_artifact", "predictor",
-    "predictor_artifact", "summaries"}``."""
+    "predictor_artifact", "summaries"}`` (``summaries``: the typed summaries of 01-03)."""
     import dataclasses
 
     from ..artifacts import config_key
     from ..hardware.lut import SpaceCostTable
     from ..supernet.space import SearchSpace
     cfg, store = ctx.cfg, ctx.store
-    sums = {"01": ctx.read_json("01_summary.json", "01_supernet"),
-            "02": ctx.read_json("02_summary.json", "02_hardware"),
-            "03": ctx.read_json("03_summary.json", "03_predictor")}
+    sums = {nb[:2]: read_summary(ctx.results, nb)
+            for nb in ("01_supernet", "02_hardware", "03_predictor")}
     space = SearchSpace(cfg.space)
     # 01 · supernet: load the artifact only (get_trained_supernet would train a missing one)
     from ..supernet import train as sn
@@ -66,17 +66,10 @@ def load_search_inputs(ctx, target: str = "bitfusion", device=None) -> dict:
     table = SpaceCostTable.load(lut_art.file("cost.npz"), space)
     # 03 · predictor (quantization-aware, by transfer)
     from ..predictor import pipeline as pp
-    pred_art = None
-    ref = sums["03"].get("artifact") or sums["03"].get("predictor_artifact")
-    if isinstance(ref, str) and "/" in ref:
-        pred_art = store.get(*ref.split("/")[-2:])
+    stage, key = sums["03"]["predictor_artifact"].split("/")[-2:]
+    pred_art = store.get(stage, key)
     if pred_art is None:
-        for k in (skey, str(art.path)):
-            pred_art = store.get(pp.MODEL_STAGE, pp.predictor_artifact_key(cfg, k))
-            if pred_art is not None:
-                break
-    if pred_art is None:
-        raise _missing("the trained predictor (artifacts/predictor/...)", "03_predictor")
+        raise _missing(f"artifacts/{stage}/{key} (the trained predictor)", "03_predictor")
     model = pp.load_predictor(pred_art, "quant_transfer")
     return {"supernet": net, "supernet_key": skey, "table": table, "lut_artifact": lut_art,
             "predictor": model, "predictor_artifact": pred_art, "summaries": sums}

@@ -228,8 +228,21 @@ class HardwareConfig:
     cpu_threads: int = 1                    # threads for measured CPU latency (shared box: 1)
     mbv2_resolution: int = 224
     mbv2_bits: list[int] = field(default_factory=lambda: [8, 6, 4])   # uniform WbAb policies
+    # BitFusion model options (apq_lib.hardware.bitfusion); defaults behave as APQ's table:
+    # depthwise "grouped" (8·pf-channel dense groups) | "official" (1 input ch -> C outputs)
+    bitfusion_depthwise: str = "grouped"
+    bitfusion_pad_tiles: bool = False       # round tile traffic up to the 16x32 array
+    bitfusion_static_power: bool = True     # add SRAM leakage (~0.425 nJ per cycle)
+
+    def bitfusion_options(self) -> dict:
+        return {"depthwise": self.bitfusion_depthwise, "pad_tiles": self.bitfusion_pad_tiles,
+                "static_power": self.bitfusion_static_power}
 
     def check(self, p: str) -> None:
+        _check(self.bitfusion_depthwise in ("grouped", "official"), f"{p}.bitfusion_depthwise",
+               "must be 'grouped' or 'official'")
+        for k in ("bitfusion_pad_tiles", "bitfusion_static_power"):
+            _check(isinstance(getattr(self, k), bool), f"{p}.{k}", "must be true or false")
         ok = {"bitfusion", "bismo_edge", "bismo_cloud"}
         _check(all(s in ok for s in self.simulators), f"{p}.simulators",
                f"unknown simulator; allowed {sorted(ok)}")

@@ -89,7 +89,10 @@ def test_keys_and_mbconv_layers():
 
 
 # ------------------------------------------------------------------ simulators
-@pytest.mark.parametrize("sim_name", SIMS)
+# Monotone in bits is a BISMO invariant only: the official BitFusion simulator is not
+# monotone (weights padded to N·pf rows; see test_hardware_bitfusion.py), so the old
+# BitFusion cases of this test are replaced by the reference-grid tests there.
+@pytest.mark.parametrize("sim_name", ["bismo_edge", "bismo_cloud"])
 def test_cost_never_decreases_with_bits(sim_name):
     sim = get_simulator(sim_name)
     for spec in SHAPES.values():
@@ -102,40 +105,47 @@ def test_cost_never_decreases_with_bits(sim_name):
                         assert v[m] > 0
 
 
-def test_bitfusion_rounds_to_brick_widths():
-    for spec in SHAPES.values():
-        for b in (5, 6, 7):
-            assert bitfusion_layer_cost(*spec.fields(), b, b) == \
-                bitfusion_layer_cost(*spec.fields(), 8, 8)
-            assert bitfusion_layer_cost(*spec.fields(), b, 4) == \
-                bitfusion_layer_cost(*spec.fields(), 8, 4)
-        assert bitfusion_layer_cost(*spec.fields(), 3, 3) == \
-            bitfusion_layer_cost(*spec.fields(), 4, 4)
-
-
-def test_bitfusion_big_pointwise_is_4x_faster_at_w4a4():
+def test_bitfusion_six_bits_compute_at_eight_bit_speed():
+    # 6-bit operands run on fused 8-bit multipliers (the grid: 6 bits at 8-bit speed); the
+    # old test pinned equal *costs* at 5..7 and 8 bits, but the official simulator moves
+    # data at the true width, so only the array throughput is equal now.
     sim = BitFusionSim()
-    spec = LayerSpec(512, 512, 28, 1, 1, 0, 1)
-    r8, r4 = sim.report(spec, 8, 8), sim.report(spec, 4, 4)
-    assert r8["bound"] == r4["bound"] == "compute"
-    assert r8["latency"] / r4["latency"] == pytest.approx(4.0, rel=0.05)
-    assert r8["utilization"] > 0.95
-    assert r4["energy"] < r8["energy"] / 2
+    for b in (5, 6, 7):
+        assert sim.cfg.peak_macs_per_cycle(b, b) == sim.cfg.peak_macs_per_cycle(8, 8)
+        assert sim.cfg.peak_macs_per_cycle(b, 4) == sim.cfg.peak_macs_per_cycle(8, 4)
+    assert sim.cfg.peak_macs_per_cycle(3, 3) == sim.cfg.peak_macs_per_cycle(4, 4) == 4 * 512
+    for spec in SHAPES.values():          # fewer bits to move: never dearer than 8 bits
+        assert bitfusion_layer_cost(*spec.fields(), 6, 6)["latency"] <= \
+            bitfusion_layer_cost(*spec.fields(), 8, 8)["latency"] * (1 + 1e-12)
 
 
-def test_depthwise_is_memory_bound():
+def test_bitfusion_pointwise_is_memory_bound_on_partial_sums():
+    # Replaces "big 1x1 is 4x faster at W4A4" of the old model: on the official simulator
+    # every output moves through DRAM as a 32-bit partial sum, read and written, so the
+    # MobileNetV2 expansion 1x1 is memory-bound and barely speeds up (grid median 1.14x);
+    # a 3x3 conv with 9x the reuse stays compute-bound and gains ~3x.
     bf = BitFusionSim()
-    for spec in (SHAPES["dw3"], SHAPES["dw5s2"], LayerSpec(960, 960, 7, 3, 1, 1, 960)):
-        r = bf.report(spec, 8, 8)
-        assert r["bound"] == "memory", spec
-        assert r["utilization"] < 0.9
-        for b in (4, 6, 8):        # below the roofline ridge at every bit width
-            assert bf.report(spec, b, b)["intensity"] < bf.roofline(b, b)["ridge"]
-        assert BismoSim("edge").report(spec, 8, 8)["bound"] == "memory"
-    # a big 1x1 is compute-bound on both
-    assert bf.report(SHAPES["pw"], 8, 8)["bound"] == "compute"
-    assert BismoSim("edge").report(LayerSpec(512, 512, 28, 1, 1, 0, 1), 8, 8)["bound"] == \
-        "compute"
+    r8, r4 = bf.report(SHAPES["pw"], 8, 8), bf.report(SHAPES["pw"], 4, 4)
+    assert r8["bound"] == r4["bound"] == "memory"
+    assert 1.0 < r8["latency"] / r4["latency"] < 1.5
+    assert r8["dram_bits"] >= 2 * SHAPES["pw"].n_outputs * 32
+    conv = LayerSpec(256, 256, 14, 3, 1, 1, 1)
+    c8, c4 = bf.report(conv, 8, 8), bf.report(conv, 4, 4)
+    assert c8["bound"] == c4["bound"] == "compute" and c8["utilization"] > 0.95
+    assert 2.5 < c8["latency"] / c4["latency"] <= 4.0
+    assert c4["energy"] < c8["energy"]
+
+
+def test_depthwise_uses_the_array_poorly():
+    # BitFusion has no depthwise mode: grouped (APQ's table) or one input channel -> C
+    # outputs (official simulator); either way a small fraction of the array does work
+    for mode in ("grouped", "official"):
+        bf = BitFusionSim(depthwise=mode)
+        for spec in (SHAPES["dw3"], SHAPES["dw5s2"], LayerSpec(960, 960, 7, 3, 1, 1, 960)):
+            for b in (4, 8):
+                r = bf.report(spec, b, b)
+                assert r["utilization"] < 0.2, (mode, spec, b)
+                assert r["intensity"] < bf.roofline(b, b)["ridge"]
 
 
 def test_bismo_compute_scales_with_w_times_a():

@@ -1,21 +1,30 @@
-"""Analytic BISMO model (Umuroglu et al., FPL 2018): a bit-serial matrix-multiply overlay
-on FPGA, used by HAQ (Wang et al., CVPR 2019, §4) for edge and cloud latency.
+"""Analytic BISMO model (Umuroglu et al., "BISMO: A Scalable Bit-Serial Matrix
+Multiplication Overlay for Reconfigurable Computing", FPL 2018), the latency target of HAQ
+(Wang et al., CVPR 2019, §4: Xilinx Zynq-7020 "edge" and VU9P "cloud").
 
-BISMO's Dot-Product Array has ``Dm × Dn`` units, each an AND-popcount over ``Dk`` bits per
-cycle. A w-bit × a-bit matmul is ``w·a`` binary matmuls over the bit planes, so any width
-1…8 costs ∝ ``w_bits × a_bits`` (no rounding, unlike BitFusion). Per layer:
+BISMO's Dot-Product Array (FPL 2018 §III-B) has ``Dm × Dn`` dot-product units, each an
+AND-popcount over ``Dk`` bits per cycle; a w-bit × a-bit matmul is the ``w·a`` binary
+matmuls of its bit planes (§II, eq. 2), so compute costs ∝ ``w·a`` at every width 1…8 (no
+rounding, unlike BitFusion). Per layer:
 
-* the conv is lowered to a matmul by im2col on the host (BISMO v1 has no sliding-window
-  unit): per group ``M = oc_g`` rows (weights, "lhs"), ``K = ic_g·k²``, ``N = OH·OW``
-  columns (activations, "rhs"). Grouped/depthwise convs may pack ``gp`` groups block-
-  diagonally into one tile (rows ``gp·M``, depth ``gp·K``); the cheaper of gp=1 and the
-  largest gp that fits ``Dm`` is taken;
-* execute cycles = ``⌈G/gp⌉·⌈gp·M/Dm⌉·⌈N/Dn⌉·⌈gp·K/Dk⌉·w·a``;
-* DRAM traffic = lhs bit planes (w bits) + im2col'd rhs (a bits) + 32-bit results (BISMO's
-  result stage writes accumulators), plus re-fetches when an operand exceeds its buffer;
-* latency = max(execute, DRAM) cycles / clock; energy = static power × latency + array
-  power × execute time + DRAM bytes × e_dram. HAQ took energy from BitFusion only, so the
-  BISMO energy is a rough model for completeness; every power figure below is assumed.
+* the conv is a matmul (lowering as in BISMO's convolution use, FPL 2018 §IV): per group
+  ``M = oc_g`` lhs rows (weights), ``K = ic_g·k²``, ``N = OH·OW`` rhs columns; grouped and
+  depthwise convs may pack ``gp`` groups block-diagonally into one tile (the cheaper of gp=1
+  and the largest gp that fits ``Dm``);
+* execute cycles = ``⌈G/gp⌉·⌈gp·M/Dm⌉·⌈N/Dn⌉·⌈gp·K/Dk⌉·w·a`` (§III-B: one binary tile a
+  cycle in steady state);
+* DRAM traffic at the operands' own widths: weight bit planes (w bits), the input feature
+  map once (a bits, the fetch stage reads each input bit plane once), and the outputs
+  written back requantised to a bits (the next layer's activations), plus re-fetches when
+  an operand exceeds its buffer;
+* latency = max(execute, DRAM) cycles / clock (fetch, execute and result stages overlap,
+  §III-A).
+
+So a compute-bound layer runs ``(8·8)/(w·a)`` times faster than at W8A8 until its traffic
+``(weights·w + (inputs + outputs)·a)/bandwidth`` exceeds the execute time (the *bound*,
+``report()["memory_cycles"]``), and a layer whose traffic is its weights (a batch-1 FC)
+scales with w only. Energy = static power × latency + array power × execute time + DRAM
+bytes × e_dram; HAQ took energy from BitFusion only, so the BISMO energy is a rough model.
 """
 from __future__ import annotations
 
@@ -41,8 +50,7 @@ class BismoConfig:
     static_power_w: float           # assumed
     array_power_w: float            # assumed: dynamic power of a busy DPA
     e_dram_pj_per_byte: float = 250.0   # Horowitz ISSCC 2014, 2 nJ per 64-bit DRAM access
-    result_bits: int = 32           # BISMO writes 32-bit accumulators
-    max_bits: int = 8               # HAQ's range for BISMO: 1..8 bits
+    max_bits: int = 8               # HAQ §4: BISMO layers get 1..8 bits
 
     @property
     def binary_ops_per_cycle(self) -> int:
@@ -52,11 +60,12 @@ class BismoConfig:
         return self.binary_ops_per_cycle / (w_bits * a_bits)
 
 
-# Edge: HAQ's Xilinx Zynq-7020. EECS-NTNU/bismo doc/platforms.md: on the PYNQ-Z1 (Zynq-7020)
-# the largest configuration is Dm×Dk×Dn = 8×256×8 at 200 MHz (6.5 binary TOPS), reading
-# DRAM through one 64-bit AXI HP port (8 B/cycle = 1.6 GB/s). Buffers assumed 128 KiB each
-# (the device has 630 KB of BRAM). Power assumed: 0.25 W static, 1 W for the busy array.
-# Cloud: HAQ's Xilinx VU9P with "a larger array"; assumed 16×512×16 at 250 MHz (~22x the
+# Edge: HAQ §4 (Wang et al. CVPR 2019) runs BISMO on a Xilinx Zynq-7020. Umuroglu et al.
+# FPL 2018 §V evaluate it on the PYNQ-Z1 (Zynq-7020); its largest instance there is
+# Dm×Dk×Dn = 8×256×8 at 200 MHz (6.5 binary TOPS; also EECS-NTNU/bismo doc/platforms.md),
+# reading DRAM through one 64-bit AXI HP port (8 B/cycle = 1.6 GB/s). Assumed: 128 KiB lhs
+# and rhs buffers (the device has 630 KB of BRAM); 0.25 W static, 1 W for the busy array.
+# Cloud: HAQ §4's Xilinx VU9P with "a larger array"; assumed 16×512×16 at 250 MHz (~22x the
 # LUTs of a Zynq-7020 buys ~20x the array), a 512-bit AXI port to one DDR4 channel
 # (64 B/cycle = 16 GB/s), 1 MiB buffers each, 3 W static, 15 W for the busy array.
 BISMO_PLATFORMS = {
@@ -96,8 +105,8 @@ class BismoSim(AnalyticSim):
 
         n_tiles = ceil_div(spec.groups, gp)
         lhs = n_tiles * (gp * m) * (gp * k) * w / 8          # weight bit planes (with zeros)
-        rhs = spec.groups * k * n * a / 8                     # im2col'd activations
-        res = spec.out_c * n * c.result_bits / 8
+        rhs = batch * spec.n_inputs * a / 8                   # input bit planes, read once
+        res = spec.out_c * n * a / 8                          # outputs requantised to a bits
         n_l = max(1, math.ceil(lhs / c.lhs_buffer_bytes))
         n_r = max(1, math.ceil(rhs / c.rhs_buffer_bytes))
         refetch = min((n_l - 1) * rhs, (n_r - 1) * lhs)

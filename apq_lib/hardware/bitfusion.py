@@ -1,40 +1,51 @@
-"""Analytic BitFusion model (Sharma et al., ISCA 2018): a systolic array of Fusion Units,
-each 16 2-bit BitBricks that fuse into 2/4/8-bit multipliers; the cost model behind APQ's
-BitFusion lookup table (APQ §3.3, §4), whose own construction was never published.
+"""BitFusion (Sharma et al., ISCA 2018), the accelerator behind APQ's latency/energy table
+(APQ §3.3, §4): our own vectorised model of the official simulator hsharma35/bitfusion
+(``bitfusion/src/``), run with its ``bf_e_conf.ini`` and checked against a grid of its
+outputs (``env/reference/bitfusion_official_grid.csv``, tests/test_hardware_bitfusion.py).
 
-Per layer, at batch 1 (or ``batch``):
+* Array: ``N = 16`` Fusion Units down the reduction (input channels × taps) times
+  ``M = 32`` across output channels; a FU does ``pf = ⌊8/max(a,2)⌋·⌊8/max(w,2)⌋`` MACs a
+  cycle (bricks fuse into 2/4/8-bit multipliers: 6 bits runs at 8-bit speed, while DRAM
+  traffic uses the true widths).
+* Each layer's power-of-two tiling and loop order are searched
+  (:mod:`~apq_lib.hardware.bitfusion_search`); every output moves through DRAM as a 32-bit
+  partial sum, read and written; DRAM (192 bits a cycle) overlaps compute except the
+  first fill and the last write-back. A conv whose input is the image (``in_c ≤ 3``) runs as
+  im2col, as the simulator does for the first layer.
+* Energy = core dynamic energy per compute cycle (synthesis table) + SRAM accesses × per-bit
+  CACTI energies + DRAM bits × 15 pJ; optionally + SRAM leakage per cycle.
 
-* compute cycles — the array has ``rows × cols`` Fusion Units (FUs). Bits are rounded up to
-  the next brick width (2, 4, 8), so 6-bit runs at 8-bit speed and a FU does
-  ``16 / ((w/2)(a/2))`` MACs per cycle (1 at W8A8, 4 at W4A4, 16 at W2A2). Regular convs use
-  the BitFusion simulator's channel mapping (hsharma35/bitfusion ``accelerator.py``): input
-  channels packed down the rows, output channels across the columns, kernel taps in time:
-  ``cycles = groups·⌈oc_g/cols⌉ · OH·OW · k² · ⌈ic_g/(rows·perf)⌉``.
-  Depthwise layers (one input channel per group) cannot share inputs across columns; we
-  assume each column takes one channel with its own input stream and reduces the k² taps
-  down its rows: ``cycles = ⌈out_c/cols⌉ · OH·OW · ⌈k²/(rows·perf)⌉``, a poor
-  utilization (28 % for 3×3 at W8A8, 7 % at W4A4), so low bits barely speed depthwise
-  layers up.
-* DRAM traffic — inputs, weights and outputs once at their (brick-rounded) widths, plus
-  re-fetches when weights exceed WBUF and inputs exceed IBUF (the cheaper loop order:
-  ``min((n_w−1)·inputs, (n_i−1)·weights)``). Outputs are written at the activation width.
-* latency = max(compute, DRAM) cycles / clock (double-buffered, compute and DRAM overlap).
-* energy = every FU burns ``e_fu_cycle_pj`` on every compute cycle (the BitFusion simulator
-  charges the whole array per cycle) + SRAM bytes × ``e_sram`` + DRAM bytes × ``e_dram``.
-  No leakage term.
+Options (defaults reproduce how APQ's published table behaves, see the reference README):
+``depthwise`` — ``"grouped"``: ⌈C/(8·pf)⌉ dense 8·pf→8·pf convs (pf = ⌊8/w⌋·⌊8/a⌋);
+``"official"``: one input channel → C outputs, as the simulator (which ignores groups)
+runs it. ``pad_tiles`` — round tile traffic up to the array (the simulator does; APQ's
+table does not). ``static_power`` — add the SRAM leakage the simulator computes but never adds.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field, replace
+from typing import Optional, Sequence
 
-from .layers import AnalyticSim, LayerSpec, ceil_div, check_bits
+import numpy as np
+
+from .bitfusion_search import perf_factor, search_conv
+from .layers import AnalyticSim, LayerSpec, check_bits
 
 __all__ = ["BitFusionConfig", "BitFusionSim", "bitfusion_layer_cost", "fused_bits",
-           "BRICK_WIDTHS"]
+           "BRICK_WIDTHS", "DEPTHWISE_MODES"]
 
 BRICK_WIDTHS = (2, 4, 8)
+DEPTHWISE_MODES = ("grouped", "official")
+
+# bitfusion/sram/cacti_sweep.csv, 45 nm rows the simulator looks up (simulator.py
+# get_energy_cost): per-access read/write energy (nJ) and per-bank leakage (mW) of one bank
+# with 32-bit words (wbuf_bits = ibuf_bits = pmax²/pmin = 32, obuf_bits = 32).
+_CACTI = {  # name: (bank bytes, banks, read nJ, write nJ, leak mW)
+    "wgt": (128, 16 * 32, 0.000683701, 0.000925317, 0.249588),   # 64 KiB / (N·M banks)
+    "act": (2048, 16, 0.00190318, 0.00363853, 3.22997),          # 32 KiB / N banks
+    "out": (512, 32, 0.00106097, 0.00233869, 1.03183),           # 16 KiB / M banks, rw port
+}
+_WORD_BITS = 32
 
 
 def fused_bits(b: int) -> int:
@@ -45,38 +56,58 @@ def fused_bits(b: int) -> int:
     raise ValueError(f"bitfusion: {b} bits exceeds the 8-bit maximum")
 
 
+def _sram_pj_per_bit() -> dict:
+    return {f"{ns}_{op}": e * 1e3 / _WORD_BITS for ns, (_b, _n, r, w, _l) in _CACTI.items()
+            for op, e in (("reads", r), ("writes", w))}
+
+
 @dataclass(frozen=True)
 class BitFusionConfig:
-    """Every constant with its source; ``assumed`` marks our own choices."""
-    # Sharma et al. 2018 §V and hsharma35/bitfusion bf_e_conf.ini (a=16, c=32): the
-    # 45 nm design evaluated against Eyeriss has 512 Fusion Units at 500 MHz.
-    rows: int = 32                    # FUs along the reduction (input-channel) dimension
-    cols: int = 16                    # FUs along the output-channel dimension
-    bricks_per_fu: int = 16           # 2-bit BitBricks per Fusion Unit (4×4), paper Fig. 3
-    freq_hz: float = 500e6            # 500 MHz
-    # On-chip SRAM, bf_e_conf.ini: Wgt 64 KiB + Act 32 KiB + Out 16 KiB = 112 KiB.
-    wbuf_bytes: int = 64 * 1024
-    ibuf_bytes: int = 32 * 1024
-    obuf_bytes: int = 16 * 1024
-    # DRAM interface, bf_e_conf.ini if_width = 192 bits per cycle (12 GB/s at 500 MHz).
+    """Every constant with the official file it comes from, plus the three model options."""
+    # bf_e_conf.ini [accelerator]: a = 16 (N, reduction), c = 32 (M, outputs), 500 MHz,
+    # high_prec 8 / low_prec 2, Wgt/Act/Out SRAM bytes (halved by the simulator: double
+    # buffering); [system] if_width = 192 DRAM bits per cycle.
+    n_rows: int = 16
+    m_cols: int = 32
+    freq_hz: float = 500e6
+    pmax: int = 8
+    pmin: int = 2
+    wgt_sram_bytes: int = 65536
+    act_sram_bytes: int = 32768
+    out_sram_bytes: int = 16384
     dram_bits_per_cycle: int = 192
-    psum_bytes: int = 4               # assumed: 32-bit partial sums in OBUF
-    # Energies at 45 nm, Horowitz ISSCC 2014 ("Computing's energy problem"):
-    # 8-bit int mult 0.2 pJ + 32-bit int add 0.1 pJ per fully-fused FU-cycle (assumed: a
-    # FU of 16 fused bricks costs one 8x8 multiply-accumulate regardless of the split).
-    e_fu_cycle_pj: float = 0.3
-    # SRAM: 20 pJ per 64-bit read of a 32 KB array -> 2.5 pJ/byte (all three buffers).
-    e_sram_pj_per_byte: float = 2.5
-    # DRAM: 1.3-2.6 nJ per 64-bit access; we take 2.0 nJ -> 250 pJ/byte.
-    e_dram_pj_per_byte: float = 250.0
+    # results/systolic_array_synth.csv, row (N=4, M=4, 8/2 bits): dynamic power 3,673,500 nW
+    # at 500 MHz, scaled by N·M/16 (simulator.py's fallback for sizes it did not
+    # synthesise) -> nJ per compute cycle.
+    core_nj_per_cycle: float = 3673500e-9 * (16 * 32) / 16 / 500e6 * 1e9
+    # stats.py Stats.get_energy: dram_cost = 15e-3 nJ per bit ("6 pJ/bit" in its comment).
+    dram_pj_per_bit: float = 15.0
+    # cacti_sweep.csv energies per bit (see _CACTI), keys {act,wgt,out}_{reads,writes}.
+    sram_pj_per_bit: dict = field(default_factory=_sram_pj_per_bit)
+    # SRAM leakage of all banks (cacti_sweep.csv leak_power_mW × banks ≈ 212.5 mW) per cycle;
+    # added only with static_power (the simulator computes it but leaves it out).
+    static_nj_per_cycle: float = sum(b[1] * b[4] for b in _CACTI.values()) * 1e-3 / 500e6 * 1e9
+    im2col_max_in_c: int = 3          # the image-input conv runs as im2col (simulator.py)
+    # model options (module docstring)
+    depthwise: str = "grouped"
+    pad_tiles: bool = False
+    static_power: bool = True
+
+    def __post_init__(self):
+        if self.depthwise not in DEPTHWISE_MODES:
+            raise ValueError(f"bitfusion: depthwise={self.depthwise!r}; choose one of "
+                             f"{list(DEPTHWISE_MODES)}")
+        for name in ("pad_tiles", "static_power"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"bitfusion: {name} must be true or false, "
+                                 f"got {getattr(self, name)!r}")
 
     @property
     def n_fu(self) -> int:
-        return self.rows * self.cols
+        return self.n_rows * self.m_cols
 
     def macs_per_fu(self, w_bits: int, a_bits: int) -> int:
-        """MACs one Fusion Unit does per cycle at these (brick-rounded) widths."""
-        return self.bricks_per_fu // ((fused_bits(w_bits) // 2) * (fused_bits(a_bits) // 2))
+        return int(perf_factor(w_bits, a_bits, self.pmax, self.pmin))
 
     def peak_macs_per_cycle(self, w_bits: int, a_bits: int) -> int:
         return self.n_fu * self.macs_per_fu(w_bits, a_bits)
@@ -86,62 +117,90 @@ class BitFusionConfig:
         return self.dram_bits_per_cycle / 8
 
 
+_SUMS = ("cycles", "compute_cycles", "mem_stall_cycles", "memory_cycles", "dram_bits",
+         "energy_core", "energy_sram", "energy_dram", "act_reads", "act_writes", "wgt_reads",
+         "wgt_writes", "out_reads", "out_writes")
+
+
 class BitFusionSim(AnalyticSim):
-    """``sim.report(spec, w, a)``: every intermediate quantity; ``sim.cost``: the LUT entry."""
+    """``sim.report(spec, w, a)``: every intermediate quantity; ``sim.cost``: the LUT entry.
+    Results are memoised per layer; :meth:`prefetch` searches many bit pairs at once."""
 
     name = "bitfusion"
 
-    def __init__(self, config: Optional[BitFusionConfig] = None):
-        self.cfg = config or BitFusionConfig()
+    def __init__(self, config: Optional[BitFusionConfig] = None, **options):
+        cfg = config or BitFusionConfig()
+        self.cfg = replace(cfg, **options) if options else cfg
+        self._cache: dict = {}
+
+    # ------------------------------------------------------------------ mapping
+    def _jobs(self, spec: LayerSpec, w: int, a: int) -> list[tuple]:
+        """``[(repeat, (K, OW, S, IC, OC, im2col))]``: the dense convs one layer runs as."""
+        c = self.cfg
+        K, OW, S = spec.kernel, spec.out_size, spec.stride
+        if spec.is_depthwise:
+            if c.depthwise == "official":
+                return [(1, (K, OW, S, 1, spec.out_c, False))]
+            g = 8 * int(perf_factor(w, a, c.pmax, c.pmin))
+            return [(-(-spec.out_c // g), (K, OW, S, g, g, False))]
+        im2col = spec.in_c <= c.im2col_max_in_c and spec.groups == 1 and K > 1
+        return [(spec.groups, (K, OW, S, spec.ic_per_group, spec.oc_per_group, im2col))]
+
+    def prefetch(self, spec: LayerSpec, pairs: Sequence[tuple], batch: int = 1) -> None:
+        """Search every ``(w, a)`` of ``pairs`` for this layer in one vectorised call."""
+        todo = {}
+        for w, a in pairs:
+            self._check(w, a, batch)
+            if (spec, int(w), int(a), batch) in self._cache:
+                continue
+            for rep, job in self._jobs(spec, int(w), int(a)):
+                todo.setdefault(job, []).append((rep, int(w), int(a)))
+        parts: dict = {}
+        for job, items in todo.items():
+            uniq = sorted({(w, a) for _r, w, a in items})
+            res = search_conv(self.cfg, *job[:5], uniq, batch=batch, im2col=job[5],
+                              pad_tiles=self.cfg.pad_tiles)
+            for rep, w, a in items:
+                i = uniq.index((w, a))
+                acc = parts.setdefault((w, a), {k: 0.0 for k in _SUMS})
+                for k in _SUMS:
+                    acc[k] += rep * float(res[k][i])
+        for (w, a), r in parts.items():
+            self._cache[(spec, w, a, batch)] = self._finish(spec, w, a, batch, r)
+
+    def _finish(self, spec, w, a, batch, r) -> dict:
+        c = self.cfg
+        e_static = r["cycles"] * c.static_nj_per_cycle if c.static_power else 0.0
+        energy = r["energy_core"] + r["energy_sram"] + r["energy_dram"] + e_static   # nJ
+        macs = batch * spec.macs
+        mem = r["memory_cycles"]
+        return {
+            "latency": r["cycles"] / c.freq_hz * 1e3,                 # ms
+            "energy": energy * 1e-6,                                  # mJ
+            "macs": macs, "w_fused": fused_bits(w), "a_fused": fused_bits(a),
+            "cycles": r["cycles"], "compute_cycles": r["compute_cycles"],
+            "memory_cycles": mem, "mem_stall_cycles": r["mem_stall_cycles"],
+            "bound": "compute" if r["compute_cycles"] >= mem else "memory",
+            "utilization": macs / (r["compute_cycles"] * c.peak_macs_per_cycle(w, a)),
+            "dram_bits": r["dram_bits"], "dram_bytes": r["dram_bits"] / 8,
+            "intensity": macs / (r["dram_bits"] / 8),                 # MACs per DRAM byte
+            "energy_compute": r["energy_core"] * 1e-6, "energy_sram": r["energy_sram"] * 1e-6,
+            "energy_dram": r["energy_dram"] * 1e-6, "energy_static": e_static * 1e-6,
+            **{f"sram_{k}": r[k] for k in _SUMS[8:]},
+        }
+
+    def _check(self, w_bits, a_bits, batch) -> None:
+        check_bits(w_bits, a_bits, 1, 8, "bitfusion",
+                   "BitBricks fuse into 2/4/8-bit multipliers; 1..8 bits are supported")
+        if not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise ValueError(f"bitfusion: batch must be an int >= 1, got {batch!r}")
 
     def report(self, spec: LayerSpec, w_bits: int, a_bits: int, batch: int = 1) -> dict:
-        c = self.cfg
-        check_bits(w_bits, a_bits, 1, 8, "bitfusion",
-                   "BitBricks fuse into 2/4/8-bit multipliers; 1..8 bits are rounded up")
-        if batch < 1:
-            raise ValueError(f"bitfusion: batch must be >= 1, got {batch}")
-        wb, ab = fused_bits(int(w_bits)), fused_bits(int(a_bits))
-        perf = c.macs_per_fu(wb, ab)
-        k2 = spec.kernel ** 2
-        pix = batch * spec.out_size ** 2
-        if spec.is_depthwise:
-            col_tiles = ceil_div(spec.out_c, c.cols)
-            red_passes = ceil_div(k2, c.rows * perf)
-            ibuf_reads = spec.out_c * pix * k2 * ab / 8
-        else:
-            col_tiles = spec.groups * ceil_div(spec.oc_per_group, c.cols)
-            red_passes = k2 * ceil_div(spec.ic_per_group, c.rows * perf)
-            ibuf_reads = col_tiles * pix * k2 * spec.ic_per_group * ab / 8
-        compute_cycles = col_tiles * pix * red_passes
-
-        in_bytes = batch * spec.n_inputs * ab / 8
-        w_bytes = spec.n_weights * wb / 8
-        out_bytes = batch * spec.n_outputs * ab / 8
-        n_w = max(1, math.ceil(w_bytes / c.wbuf_bytes))
-        n_i = max(1, math.ceil(in_bytes / c.ibuf_bytes))
-        refetch = min((n_w - 1) * in_bytes, (n_i - 1) * w_bytes)
-        dram = in_bytes + w_bytes + out_bytes + refetch
-        mem_cycles = dram / c.dram_bytes_per_cycle
-        cycles = max(compute_cycles, mem_cycles)
-
-        obuf = batch * spec.n_outputs * red_passes * 2 * c.psum_bytes
-        sram = dram + ibuf_reads + w_bytes + obuf
-        e_compute = compute_cycles * c.n_fu * c.e_fu_cycle_pj
-        e_sram = sram * c.e_sram_pj_per_byte
-        e_dram = dram * c.e_dram_pj_per_byte
-        macs = batch * spec.macs
-        return {
-            "latency": cycles / c.freq_hz * 1e3,                     # ms
-            "energy": (e_compute + e_sram + e_dram) * 1e-9,          # mJ
-            "macs": macs, "w_fused": wb, "a_fused": ab,
-            "compute_cycles": compute_cycles, "memory_cycles": mem_cycles,
-            "bound": "compute" if compute_cycles >= mem_cycles else "memory",
-            "utilization": macs / (compute_cycles * c.peak_macs_per_cycle(wb, ab)),
-            "dram_bytes": dram, "sram_bytes": sram,
-            "intensity": macs / dram,                                # MACs per DRAM byte
-            "energy_compute": e_compute * 1e-9, "energy_sram": e_sram * 1e-9,
-            "energy_dram": e_dram * 1e-9,
-        }
+        self._check(w_bits, a_bits, batch)
+        key = (spec, int(w_bits), int(a_bits), batch)
+        if key not in self._cache:
+            self.prefetch(spec, [(int(w_bits), int(a_bits))], batch)
+        return dict(self._cache[key])
 
 
 _DEFAULT = BitFusionSim()

@@ -18,10 +18,23 @@ __all__ = ["SIMULATORS", "get_simulator", "model_cost", "network_cost", "bits_sw
 SIMULATORS = ("bitfusion", *(f"bismo_{p}" for p in BISMO_PLATFORMS), "cpu")
 
 
-def get_simulator(name: str, *, cpu_repeats: int = 20, cpu_threads: int = 1):
-    """``bitfusion``, ``bismo_edge``, ``bismo_cloud`` or ``cpu`` (measured FP32)."""
+_BITFUSION: dict = {}
+
+
+def get_simulator(name: str, *, cpu_repeats: int = 20, cpu_threads: int = 1,
+                  bitfusion: Optional[Mapping] = None):
+    """``bitfusion``, ``bismo_edge``, ``bismo_cloud`` or ``cpu`` (measured FP32).
+    ``bitfusion``: options of :class:`BitFusionConfig` (``depthwise``, ``pad_tiles``,
+    ``static_power``); one memoised simulator is shared per option set."""
     if name == "bitfusion":
-        return BitFusionSim()
+        key = tuple(sorted((bitfusion or {}).items()))
+        if key not in _BITFUSION:
+            try:
+                _BITFUSION[key] = BitFusionSim(**dict(key))
+            except TypeError as e:
+                raise ValueError(f"bitfusion: unknown option in {dict(key)}; allowed "
+                                 "depthwise, pad_tiles, static_power") from e
+        return _BITFUSION[key]
     if name.startswith("bismo_") and name[6:] in BISMO_PLATFORMS:
         return BismoSim(name[6:])
     if name == "cpu":

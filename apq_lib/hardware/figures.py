@@ -1,5 +1,6 @@
 """Figures of the hardware cost models (HAQ Fig. 2-style bit sweeps, roofline of BitFusion
-layers, APQ-style cost distributions of a search space); seaborn, the suite's style."""
+layers, APQ-style cost distributions of a search space, parity with the official BitFusion
+simulator); seaborn, the suite's style."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -12,7 +13,8 @@ import seaborn as sns
 from .costs import get_simulator
 from .layers import LayerSpec
 
-__all__ = ["plot_bits_sweep", "plot_wa_grid", "plot_roofline", "plot_space_costs"]
+__all__ = ["plot_bits_sweep", "plot_wa_grid", "plot_roofline", "plot_space_costs",
+           "plot_bitfusion_parity"]
 
 _UNITS = {"latency": "latency (ms)", "energy": "energy (mJ)"}
 
@@ -103,5 +105,37 @@ def plot_space_costs(df: pd.DataFrame, targets: Sequence[str], hue: str = "mean 
             sns.histplot(df[lat], ax=ax, bins=40)
         ax.set_xlabel("latency (ms)")
         ax.set_title(t, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_bitfusion_parity(panels: Sequence[tuple]):
+    """Parity plots, one column per ``(title, parity DataFrame, ref)`` (``ref`` = "official"
+    or "apqvar", see :func:`~apq_lib.hardware.parity.parity_summary`); rows latency and
+    energy, log-log, one colour per layer kind, Spearman and median ratio in the legend."""
+    from .parity import parity_summary
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7.6), squeeze=False)
+    for j, (title, df, ref) in enumerate(panels):
+        summ = parity_summary(df, ref)
+        for i, (m, ours) in enumerate((("latency", "ours_latency_ms"),
+                                       ("energy", "ours_energy_mj"))):
+            col = {"official": ("latency_ms", "energy_mj"),
+                   "apqvar": ("apqvar_latency_ms", "apqvar_energy_mj")}[ref][i]
+            ax = axes[i, j]
+            for kind, d in df[df[col].notna()].groupby("kind"):
+                s = summ.loc[kind]
+                ax.scatter(d[col], d[ours], s=6, alpha=0.5,
+                           label=f"{kind}: ρ={s[f'{m}_spearman']:.4f}, "
+                                 f"median×{s[f'{m}_median_ratio']:.3f}")
+            lo = float(np.nanmin(df[[col, ours]].to_numpy()))
+            hi = float(np.nanmax(df[[col, ours]].to_numpy()))
+            ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, ls="--")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel(f"reference {_UNITS[m]} ({col})")
+            ax.set_ylabel(f"ours {_UNITS[m]}")
+            ax.legend(fontsize=7, loc="upper left")
+            if i == 0:
+                ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -24,7 +24,7 @@ __all__ = ["SpaceCostTable", "build_lut", "build_space_lut", "load_lut", "subnet
            "fixed_layer_specs", "subnet_cost", "LUT_STAGE", "LUT_VERSION"]
 
 LUT_STAGE = "hardware_lut"
-LUT_VERSION = 1
+LUT_VERSION = 2                 # 2: BitFusion re-modelled on the official simulator
 FP32 = 32
 _COLUMNS = ("kernel", "mid", "pw_w", "pw_a", "dw_w", "dw_a")   # space.to_index_array columns
 
@@ -75,6 +75,12 @@ def build_lut(space, sim, progress: bool = False) -> dict:
     ``"head"`` and ``"tail"`` totals. FP32 targets (``sim.name == "cpu"``) use W32A32 keys."""
     fp32 = sim.name == "cpu"
     entries = _entries(space, fp32)
+    if hasattr(sim, "prefetch"):              # search all bit pairs of a layer at once
+        by_spec: dict = {}
+        for spec, w, a in entries.values():
+            by_spec.setdefault(spec, []).append((w, a))
+        for spec, pairs in by_spec.items():
+            sim.prefetch(spec, pairs)
     items = entries.items()
     if progress:
         from tqdm.auto import tqdm
@@ -202,10 +208,13 @@ def subnet_cost(space, cfg, cost: Callable[[LayerSpec, int, int], dict]) -> dict
 
 def build_space_lut(space, simulator: str = "bitfusion", store: Optional[ArtifactStore] = None,
                     force: bool = False, cpu_repeats: int = 20, cpu_threads: int = 1,
-                    progress: bool = False) -> tuple[SpaceCostTable, Artifact]:
+                    progress: bool = False, bitfusion: Optional[dict] = None
+                    ) -> tuple[SpaceCostTable, Artifact]:
     """Build (or load the cached) LUT of ``space`` on ``simulator`` as an artifact holding
-    ``lut.json`` (APQ's key format) and ``cost.npz`` (the dense per-slot tensors)."""
-    sim = get_simulator(simulator, cpu_repeats=cpu_repeats, cpu_threads=cpu_threads)
+    ``lut.json`` (APQ's key format) and ``cost.npz`` (the dense per-slot tensors).
+    ``bitfusion``: BitFusion model options (``HardwareConfig.bitfusion_options()``)."""
+    sim = get_simulator(simulator, cpu_repeats=cpu_repeats, cpu_threads=cpu_threads,
+                        bitfusion=bitfusion if simulator == "bitfusion" else None)
     store = store or ArtifactStore()
     config = {"version": LUT_VERSION, "simulator": simulator, "params": sim.params(),
               "space": dataclasses.asdict(space.cfg)}

@@ -19,6 +19,7 @@ from . import stats
 from .artifacts import MissingInputError
 from .baselines.cost import cost_curve
 from .config import ENV_DIR
+from .results import read_summary
 
 __all__ = ["Results", "load_results", "joint_vs_fixed_haq", "joint_vs_multistage",
            "search_cost_curve", "N_DEPLOYMENTS", "limited_bitops", "predictor_transfer",
@@ -119,11 +120,12 @@ def load_results(results_dir: Path, paper_file: Optional[Path] = None,
         if not (data / name).exists():
             raise MissingInputError(f"results/data/{name} is missing: run notebook {nb} first "
                                     f"(make reproduce runs them in order)")
-    js = lambda n: json.loads((data / n).read_text())  # noqa: E731
     man = Path(results_dir) / "manifest.json"
     paper = yaml.safe_load((paper_file or ENV_DIR / "paper_reference.yaml").read_text())
-    return Results(js("01_summary.json"), js("02_summary.json"), js("03_summary.json"),
-                   js("04_summary.json"), js("05_summary.json"),
+    sums = [read_summary(results_dir, nb).data for nb in ("01_supernet", "02_hardware",
+                                                          "03_predictor", "04_search",
+                                                          "05_baselines")]
+    return Results(*sums,
                    pd.read_csv(data / "03_sample_efficiency.csv"),
                    pd.read_csv(data / "04_search.csv"), pd.read_csv(data / "05_baselines.csv"),
                    pd.read_csv(data / "05_pruning_sweep.csv"),

@@ -10,8 +10,8 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 import pandas as pd
 
-from ..results import read_summary
 from ..config import SearchConfig
+from ..results import read_summary
 from .evolution import EvolutionFinder
 from .genome import IndexOps, SearchResult
 from .random_search import RandomSearch

@@ -91,12 +91,15 @@ def uniform_policy(names: Sequence[str], w_bits: int, a_bits: int) -> dict:
 
 def quantize_with_policy(model: nn.Module, policy: dict, calib_batches: Optional[Iterable]
                          = None, weight_quantizer: str = "linear",
-                         device: Optional[torch.device] = None) -> nn.Module:
+                         device: Optional[torch.device] = None,
+                         weight_kw: Optional[dict] = None) -> nn.Module:
     """A quantized copy of a float ``model`` (``apq_lib.quant``: PACT activations, linear or
-    k-means weights) at ``policy``, calibrated on ``calib_batches`` when given."""
+    k-means weights) at ``policy``, calibrated on ``calib_batches`` when given. ``weight_kw``:
+    the linear weight quantizers' calibration (:func:`apq_lib.quant.weight_calibration_kw`)."""
     from ..quant import apply_policy, calibrate, quantize_model
     w0 = 32 if weight_quantizer == "kmeans" else 8     # k-means fits once, at the policy
-    q = quantize_model(to_float(model), w0, 8, weight_quantizer=weight_quantizer)
+    q = quantize_model(to_float(model), w0, 8, weight_quantizer=weight_quantizer,
+                       weight_kw=weight_kw if weight_quantizer == "linear" else None)
     apply_policy(q, policy)
     if device is not None:
         q.to(device)
@@ -216,8 +219,10 @@ class PolicyEvaluator:
     def __init__(self, model: nn.Module, names: Sequence[str], calib_batches: list,
                  train_batches, eval_batches: list, steps: int, lr: float = 1e-3,
                  device=None, weight_quantizer: str = "linear", label_smoothing: float = 0.1,
-                 recal_batches: Optional[list] = None, recipe=None):
+                 recal_batches: Optional[list] = None, recipe=None,
+                 weight_kw: Optional[dict] = None):
         from ..config import FinetuneConfig
+        self.weight_kw = weight_kw
         self.model = to_float(model).eval()
         self.recal = recal_batches
         self.names = list(names)
@@ -255,7 +260,8 @@ class PolicyEvaluator:
         if self.weight_quantizer == "kmeans":
             calib = None           # activations stay FP: nothing to calibrate
         pol = self.policy(bits)
-        q = quantize_with_policy(self.model, pol, calib, self.weight_quantizer, self.device)
+        q = quantize_with_policy(self.model, pol, calib, self.weight_quantizer, self.device,
+                                 self.weight_kw)
         if steps > 0:
             finetune(q, self.recipe, self.batches_for(pol, steps), steps=steps,
                      device=self.device)

@@ -81,13 +81,14 @@ class MultiStagePipeline:
     def __init__(self, space, score_fn: Callable, arch_cost: dict, export: Callable,
                  batches: dict, settings, input_shape, search_cfg=None, device=None,
                  meter: Optional[CostMeter] = None, seed: int = 0, progress: bool = False,
-                 recipe=None):
+                 recipe=None, weight_kw: Optional[dict] = None):
         self.space, self.score_fn, self.arch_cost = space, score_fn, arch_cost
         self.export, self.b, self.s = export, batches, settings
         self.input_shape, self.search_cfg = tuple(input_shape), search_cfg
         self.device = device or torch.device("cpu")
         self.meter = meter or CostMeter(self.device)
         self.seed, self.progress, self.recipe = seed, progress, recipe
+        self.weight_kw = weight_kw
 
     def run(self, metric: str, target: float, method: str = METHOD) -> MultiStageResult:
         from ..pruning import gradual_channel_prune
@@ -114,7 +115,7 @@ class MultiStagePipeline:
             ev = PolicyEvaluator(model, table.names, self.b["calib"], self.b["train"],
                                  self.b["reward"], s.haq_finetune_steps, s.finetune_lr,
                                  self.device, recal_batches=self.b["calib"],
-                                 recipe=self.recipe)
+                                 recipe=self.recipe, weight_kw=self.weight_kw)
             acc_fp = _fp32_accuracy(model, self.b["reward"], self.device)
             layers = haq_layers(table.names, table.specs,
                                 lambda n: fixed_bits(n) if is_fixed(n) else None)

@@ -24,6 +24,7 @@ from ..artifacts import (
     save_state,
 )
 from ..config import Profile
+from ..quant import weight_calibration_kw
 from ..loops import finetune_batches, test_batches
 from ..pruning import accuracy, cycle, finetune, gradual_magnitude_prune, sparse_size_bits, sparsity
 from ..supernet.metrics import recalibrate_bn
@@ -138,7 +139,8 @@ class BaselineSuite:
         return PolicyEvaluator(model, table.names, self.batches["calib"],
                                self.train_batches, eval_batches, steps,
                                device=self.device, weight_quantizer=weight_quantizer,
-                               recal_batches=self.batches[recal], recipe=self.recipe)
+                               recal_batches=self.batches[recal], recipe=self.recipe,
+                               weight_kw=weight_calibration_kw(self.cfg.quant))
 
     def add_row(self, method: str, variant: str, model: str, metric: Optional[str],
                 target: Optional[float], acc: float, costs: dict, search_s: float = 0.0,
@@ -366,7 +368,8 @@ class BaselineSuite:
         export = lambda arch: self.export_fp32(supernet, arch)  # noqa: E731
         pipe = MultiStagePipeline(self.space, score_fn, arch_cost, export, self.batches,
                                   self.s, self.input_shape, search_cfg, self.device,
-                                  self.meter, self.cfg.seed, self.progress, self.recipe)
+                                  self.meter, self.cfg.seed, self.progress, self.recipe,
+                                  weight_calibration_kw(self.cfg.quant))
         r = pipe.run(metric, self.target_in_table_units(metric, target))
         row = self.add_row(METHOD, "FP32 NAS → channel pruning → HAQ", "searched + pruned",
                            metric, target, r.accuracy, r.costs,

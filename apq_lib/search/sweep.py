@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import SearchConfig
+from ..quant import configure_weight_calibration
 from ..results import read_summary
 from .evolution import EvolutionFinder
 from .genome import IndexOps, SearchResult
@@ -54,6 +55,7 @@ def load_search_inputs(ctx, target: str = "bitfusion", device=None) -> dict:
     if art is None:
         raise _missing(f"artifacts/{sn.STAGE}/{skey} (the trained supernet)", "01_supernet")
     net = sn.load_supernet(art.file("supernet.safetensors"), space, device).eval()
+    configure_weight_calibration(net, cfg.quant)          # quant.weight_calibration / kl
     # 02 · lookup table of this space on `target`
     entry = sums["02"].get("lut", {}).get(target)
     if entry is None:

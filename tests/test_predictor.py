@@ -587,3 +587,27 @@ def test_profile_predictor_cv_fields_checked():
         load_profile("smoke", {"predictor.cv_folds": 1})
     with pytest.raises(ConfigError, match="bootstrap_resamples"):
         load_profile("smoke", {"predictor.bootstrap_resamples": 100})
+
+
+def test_evaluators_record_paired_correctness(small_space):
+    """FP32 and QAT evaluators score the same images; their records carry the correctness
+    that reproduces the accuracy, and the collection stores them as they are."""
+    from apq_lib.predictor.evaluators import FP32Evaluator, QATEvaluator, unpack_correct
+    from apq_lib.supernet.metrics import evaluate, recalibrate_bn
+    from apq_lib.supernet.network import APQSupernet
+    torch.manual_seed(0)
+    net = APQSupernet(small_space).eval()
+    g = torch.Generator().manual_seed(1)
+    val = [(torch.randn(8, 1, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g))
+           for _ in range(2)]
+    recal = [(torch.randn(8, 1, 32, 32, generator=g), torch.zeros(8, dtype=torch.long))]
+    cfg = small_space.sample(np.random.default_rng(0))
+    rec = FP32Evaluator(net, recal, val)(cfg, 0)
+    sub = recalibrate_bn(net.export(cfg), recal)
+    assert rec["acc"] == pytest.approx(evaluate(sub, val))
+    assert rec["n_images"] == 16
+    assert 100 * unpack_correct(rec["correct"], 16).mean() == pytest.approx(rec["acc"])
+    q = QATEvaluator(net, None, recal, val, steps=0, lr=0.0)(cfg, 0)     # no finetune
+    assert q["n_images"] == 16 and q["loss_first"] is None
+    qsub = recalibrate_bn(net.export(cfg, quantized=True), recal)
+    assert q["acc"] == pytest.approx(evaluate(qsub, val))

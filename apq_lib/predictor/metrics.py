@@ -47,25 +47,31 @@ def predictor_metrics(y_true_pct, y_pred_pct) -> dict:
 
 
 # --------------------------------------------------------------------------- label noise
-def label_noise(correct: np.ndarray, max_pairs: int = 2000, seed: int = 0) -> dict:
+def label_noise(correct: np.ndarray, max_pairs: int = 2000, n_splits: int = 100,
+                seed: int = 0) -> dict:
     """Noise of labels measured on shared images, from per-image correctness ``[N, n]``.
 
-    ``se_binomial [N]``: sqrt(p (1 - p) / n) per label (percent); ``se_split_half``: the
-    pooled split-half SE, sqrt(mean((a - b)²)) / 2 over the labels' even / odd halves (its
-    expectation is the SE of a full-set label); ``se_paired``: median over random label
-    pairs of SE(label_i - label_j) / sqrt 2 from the discordant images (what ranking two
-    labels on the same images suffers, lower than the binomial SE when models agree)."""
+    ``se_binomial [N]``: sqrt(p (1 - p) / n) per label (percent). ``se_split_half``:
+    sqrt(mean((a - b)²)) / 2 over the two halves' accuracies, pooled over labels and
+    ``n_splits`` random halvings (its expectation is the SE of a full-set label; one fixed
+    split alone is a single draw, since paired labels share their images). ``se_paired``:
+    median over random label pairs of SE(label_i - label_j) / sqrt 2 from the discordant
+    images (what ranking two labels on the same images suffers; below the binomial SE
+    when the models agree on most images)."""
     c = np.asarray(correct, bool)
     N, n = c.shape
     p = c.mean(1)
     se_bin = 100 * np.sqrt(p * (1 - p) / n)
-    a, b = 100 * c[:, 0::2].mean(1), 100 * c[:, 1::2].mean(1)
+    rng = np.random.default_rng(seed)
+    sq = []
+    for _ in range(n_splits):
+        h = rng.permutation(n) < n // 2
+        sq.append(np.mean((100 * c[:, h].mean(1) - 100 * c[:, ~h].mean(1)) ** 2))
     out = {"n_labels": int(N), "n_images": int(n), "se_binomial": se_bin,
            "se_binomial_median": float(np.median(se_bin)),
-           "se_split_half": float(np.sqrt(np.mean((a - b) ** 2)) / 2),
+           "se_split_half": float(np.sqrt(np.mean(sq)) / 2),
            "se_paired_median": float("nan")}
     if N >= 2:
-        rng = np.random.default_rng(seed)
         i = rng.integers(0, N, max_pairs)
         j = (i + rng.integers(1, N, max_pairs)) % N
         d = c[i].astype(np.int8) - c[j].astype(np.int8)            # [P, n] in {-1, 0, 1}

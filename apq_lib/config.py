@@ -278,8 +278,14 @@ class PredictorConfig:
     transfer_branch_init: str = "zeros"     # zeros | default (PyTorch init of the new branch)
     study_sizes: list[int] = field(default_factory=lambda: [25, 50, 100, 200, 300])
     study_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    cv_folds: int = 5                       # grouped (by architecture) k-fold CV, Table 4
+    bootstrap_resamples: int = 2000         # over held-out architectures, for the CIs
+    realised_pairs: int = 8                 # held-out pairs realised as in notebook 04
 
     def check(self, p: str) -> None:
+        _check(self.cv_folds >= 2, f"{p}.cv_folds", "must be >= 2")
+        _check(self.bootstrap_resamples >= 1000, f"{p}.bootstrap_resamples", "must be >= 1000")
+        _check(self.realised_pairs >= 2, f"{p}.realised_pairs", "must be >= 2 (for a CI)")
         for k in ("fp32_pairs", "quant_pairs", "policies_per_arch", "eval_images",
                   "recal_images", "finetune_batch_size", "workers", "hidden", "n_layers",
                   "batch_size", "epochs", "patience"):

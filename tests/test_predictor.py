@@ -16,7 +16,7 @@ from apq_lib.predictor import (AccuracyPredictor, APQEncoder, CorruptSampleError
                                summarize_study, train_predictor, transfer_from_fp32)
 from apq_lib.predictor.model import FastPredictor, predict_numpy
 from apq_lib.predictor.transfer import TransferError
-from apq_lib.predictor.collect import CollectionError, parse_shard_arg
+from apq_lib.predictor.collect import CollectionError, PairSet, parse_shard_arg
 
 from apq_lib.supernet.space import SearchSpace, apq_imagenet_space
 
@@ -376,3 +376,242 @@ def test_collection_config_eval_images():
     assert collection_config(cfg, "fp32")["eval_images"] == cfg.predictor.eval_images
     assert "finetune_steps" in collection_config(cfg, "quant")
     assert "finetune_steps" not in collection_config(cfg, "fp32")
+
+
+# --------------------------------------------------------------------------- label noise
+def test_label_record_round_trip_and_halves():
+    from apq_lib.predictor.evaluators import label_record, unpack_correct
+    c = np.array([1, 0, 1, 1, 0, 0, 1, 1, 1], bool)         # 9 images, 6 correct
+    rec = label_record(c)
+    assert rec["n_images"] == 9 and rec["n_correct"] == 6
+    assert rec["acc"] == pytest.approx(100 * 6 / 9)
+    # even images 0,2,4,6,8 -> 1,1,0,1,1 ; odd images 1,3,5,7 -> 0,1,0,1
+    assert rec["acc_half"] == pytest.approx([80.0, 50.0])
+    np.testing.assert_array_equal(unpack_correct(rec["correct"], 9), c)
+    json.dumps(rec)                                        # storable as a JSONL line
+
+
+def test_correct_mask_matches_evaluate():
+    from apq_lib.predictor.evaluators import correct_mask
+    from apq_lib.supernet.metrics import evaluate
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    batches = [(torch.randn(7, 12), torch.randint(0, 3, (7,))) for _ in range(3)]
+    m = correct_mask(model, batches)
+    assert m.shape == (21,) and m.dtype == bool
+    assert 100 * m.mean() == pytest.approx(evaluate(model, batches))
+    ref = torch.cat([(model(x).argmax(1) == y) for x, y in batches]).numpy()
+    np.testing.assert_array_equal(m, ref)
+    with pytest.raises(ValueError, match="no images"):
+        correct_mask(model, [])
+
+
+def test_label_noise_hand_computed():
+    from apq_lib.predictor import label_noise
+    rng = np.random.default_rng(0)
+    base = rng.random(4000) < 0.85
+    c = np.stack([base, base, ~base])                     # two identical labels, one opposite
+    ln = label_noise(c, max_pairs=500, seed=1)
+    p = base.mean()
+    np.testing.assert_allclose(ln["se_binomial"], 100 * np.sqrt(p * (1 - p) / 4000))
+    # split-half over one split by hand: sqrt(mean((a-b)^2))/2
+    one = label_noise(c, max_pairs=10, n_splits=1, seed=1)
+    h = np.random.default_rng(1).permutation(4000) < 2000
+    a, b = 100 * c[:, h].mean(1), 100 * c[:, ~h].mean(1)
+    assert one["se_split_half"] == pytest.approx(np.sqrt(np.mean((a - b) ** 2)) / 2)
+    # averaged over random splits it estimates the binomial SE (exactly, in expectation)
+    assert ln["se_split_half"] == pytest.approx(ln["se_binomial_median"], rel=0.1)
+    # identical labels have zero paired noise: a third of the random pairs are (0, 1)/(1, 0)
+    same = label_noise(np.stack([base, base]), max_pairs=50)
+    assert same["se_paired_median"] == 0.0
+    # independent labels: the paired SE / sqrt 2 is close to the binomial SE
+    ind = rng.random((30, 4000)) < 0.85
+    li = label_noise(ind, seed=0)
+    assert li["se_paired_median"] == pytest.approx(li["se_binomial_median"], rel=0.1)
+    assert li["se_split_half"] == pytest.approx(li["se_binomial_median"], rel=0.1)
+
+
+def test_pairset_noise_fields_round_trip(tmp_path, small_space):
+    from apq_lib.predictor.evaluators import label_record
+
+    class CorrectEvaluator:
+        def __call__(self, cfg, i):
+            r = np.random.default_rng(i)
+            return label_record(r.random(37) < 0.8)
+
+    store = _store(tmp_path / "q", small_space, n=6)
+    collect_samples(CorrectEvaluator(), store, progress=False)
+    pairs = merge_pairs(store)
+    assert pairs.has_noise
+    cm = pairs.correct_matrix()
+    assert cm.shape == (6, 37)
+    np.testing.assert_allclose(100 * cm.mean(1), pairs.acc)
+    np.testing.assert_array_equal(cm.sum(1), pairs.n_correct)
+    pairs.save(tmp_path / "p.npz")
+    back = PairSet.load(tmp_path / "p.npz")
+    np.testing.assert_array_equal(back.correct_matrix(), cm)
+    np.testing.assert_array_equal(back.subset([1, 3]).correct_matrix(), cm[[1, 3]])
+    # a collection from before the noise fields loads, but says how to get them
+    old = tmp_path / "old.npz"
+    np.savez(old, **{k: getattr(pairs, k) for k in PairSet.FIELDS})
+    legacy = PairSet.load(old)
+    assert not legacy.has_noise and len(legacy.subset([0])) == 1
+    with pytest.raises(CollectionError, match="force=True"):
+        legacy.correct_matrix()
+
+
+def test_unpaired_labels_are_an_error(tmp_path, small_space):
+    from apq_lib.predictor.evaluators import label_record
+    store = _store(tmp_path / "q", small_space, n=4)
+    collect_samples(lambda cfg, i: label_record(np.ones(10 + (i == 2), bool)), store,
+                    progress=False)
+    with pytest.raises(CollectionError, match="not paired"):
+        merge_pairs(store)
+
+
+# --------------------------------------------------------------------------- held-out CV
+def test_grouped_kfold_holds_out_each_group_once():
+    from apq_lib.predictor import grouped_kfold
+    groups = np.array([5, 5, 5, 1, 2, 2, 9, 9, 9, 9, 3, 4, 6, 7, 7])
+    folds = grouped_kfold(groups, 3, seed=0)
+    held = np.concatenate([te for _, te in folds])
+    np.testing.assert_array_equal(np.sort(held), np.arange(len(groups)))   # each pair once
+    for tr, te in folds:
+        assert not set(groups[tr]) & set(groups[te])                         # no shared arch
+        assert len(tr) + len(te) == len(groups)
+    sizes = [len(te) for _, te in folds]
+    assert max(sizes) - min(sizes) <= 4                                      # the largest group
+    assert [t.tolist() for _, t in grouped_kfold(groups, 3, 0)] == [t.tolist() for _, t in folds]
+    with pytest.raises(ValueError, match="cv_folds"):
+        grouped_kfold(groups, 20, 0)
+
+
+def test_group_bootstrap_resamples_whole_groups():
+    from apq_lib.predictor.metrics import _group_resamples
+    groups = np.array([0, 0, 0, 1, 2, 2])
+    for s in _group_resamples(groups, 50, seed=3):
+        g, cnt = np.unique(groups[s], return_counts=True)
+        size = {0: 3, 1: 1, 2: 2}
+        assert all(c % size[k] == 0 for k, c in zip(g, cnt))
+        assert sum(cnt[i] // size[k] for i, k in enumerate(g)) == 3          # 3 groups drawn
+
+
+def test_group_bootstrap_ci_and_verdicts():
+    from apq_lib.predictor import group_bootstrap_ci, kendall_tau, verdict
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=120)
+    groups = np.repeat(np.arange(40), 3)
+    preds = {"good": y + 0.1 * rng.normal(size=120), "bad": rng.normal(size=120),
+             "same": None}
+    preds["same"] = preds["good"].copy()
+    out = group_bootstrap_ci(y, preds, groups, kendall_tau, "good", n_resamples=1000, seed=1)
+    g = out["good"]
+    assert g["value"] == pytest.approx(kendall_tau(y, preds["good"]))
+    assert g["ci_low"] <= g["value"] <= g["ci_high"] <= 1
+    assert out["bad"]["verdict"] == "holds" and out["bad"]["delta_ci_low"] > 0
+    assert out["same"]["delta_ci_low"] == out["same"]["delta_ci_high"] == 0
+    assert out["same"]["verdict"] == "within noise"
+    again = group_bootstrap_ci(y, preds, groups, kendall_tau, "good", n_resamples=1000, seed=1)
+    assert again == out                                                      # seeded
+    assert verdict(-0.1, 0.2) == "within noise" and verdict(-0.3, -0.1) == "holds"
+    with pytest.raises(KeyError, match="reference"):
+        group_bootstrap_ci(y, preds, groups, reference="nope", n_resamples=10)
+
+
+def test_linear_controls(small_space):
+    from apq_lib.predictor import bit_features, fit_linear, index_macs
+    from apq_lib.supernet.metrics import subnet_macs
+    cfgs = _configs(small_space, 20, seed=4)
+    idx = small_space.to_index_array(cfgs)
+    np.testing.assert_array_equal(index_macs(small_space, idx),
+                                  [subnet_macs(small_space, c) for c in cfgs])
+    bf = bit_features(small_space, idx)
+    c0 = cfgs[0]
+    on = set(small_space.active_blocks(c0))
+    B = small_space.n_blocks
+    expect = [[getattr(c0, f)[i] if i in on else 0 for f in ("pw_w", "pw_a", "dw_w", "dw_a")]
+              for i in range(B)]
+    np.testing.assert_array_equal(bf[0], np.ravel(expect))
+    # no ridge: the same fit as numpy's least squares with an intercept
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 3))
+    yv = x @ [1.0, -2.0, 0.5] + 3 + 0.01 * rng.normal(size=50)
+    a = np.column_stack([x, np.ones(50)])
+    ref = a @ np.linalg.lstsq(a, yv, rcond=None)[0]
+    np.testing.assert_allclose(fit_linear(x, yv, ridge=0.0)(x), ref, atol=1e-9)
+
+
+def test_crossval_controls_predicts_every_pair(small_space):
+    from apq_lib.predictor import (
+        METHODS,
+        controls_table,
+        crossval_controls,
+        grouped_kfold,
+        sample_config,
+    )
+    enc = APQEncoder(small_space)
+    rows = [sample_config(small_space, "quant", 0, i, 3) for i in range(36)]
+    cfgs, groups = [r[0] for r in rows], np.array([r[2] for r in rows])
+    idx = small_space.to_index_array(cfgs)
+    y = 100 * _synthetic_accuracy(idx)
+    fp = AccuracyPredictor(enc.arch_dims, 16, 2)
+    st = TrainSettings(epochs=3, patience=2)
+    folds = grouped_kfold(groups, 3, 0)
+    cv = crossval_controls(fp, enc.encode_index(idx), y, idx, small_space, folds, st, 16, 2,
+                           progress=False)
+    assert {f"pred_{m}" for m in METHODS} <= set(cv.columns)
+    assert cv.filter(like="pred_").notna().all().all()
+    for f, (_, te) in enumerate(folds):
+        assert (cv["fold"].to_numpy()[te] == f).all()
+    tab = controls_table(cv, groups, n_resamples=1000)
+    assert list(tab["method"]) == list(METHODS)
+    assert tab.set_index("method").loc["transfer", "verdict"] == "reference"
+    assert set(tab["verdict"]) <= {"reference", "holds", "within noise"}
+    assert (tab["tau_ci_low"] <= tab["kendall_tau"] + 1e-12).all()
+
+
+def test_label_offset_t_interval():
+    from scipy import stats
+
+    from apq_lib.predictor import label_offset
+    lab = np.array([85.0, 86.0, 84.5, 87.0, 85.5])
+    real = lab + np.array([1.0, 0.5, 1.5, 0.8, 1.2])
+    out = label_offset(lab, real)
+    d = real - lab
+    lo, hi = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+    assert out["mean"] == pytest.approx(d.mean()) and out["n"] == 5
+    assert out["ci"] == pytest.approx([lo, hi])
+    assert out["spearman"] == pytest.approx(stats.spearmanr(lab, real).statistic)
+    with pytest.raises(ValueError, match="no realised"):
+        label_offset([], [])
+
+
+def test_profile_predictor_cv_fields_checked():
+    with pytest.raises(ConfigError, match="cv_folds"):
+        load_profile("smoke", {"predictor.cv_folds": 1})
+    with pytest.raises(ConfigError, match="bootstrap_resamples"):
+        load_profile("smoke", {"predictor.bootstrap_resamples": 100})
+
+
+def test_evaluators_record_paired_correctness(small_space):
+    """FP32 and QAT evaluators score the same images; their records carry the correctness
+    that reproduces the accuracy, and the collection stores them as they are."""
+    from apq_lib.predictor.evaluators import FP32Evaluator, QATEvaluator, unpack_correct
+    from apq_lib.supernet.metrics import evaluate, recalibrate_bn
+    from apq_lib.supernet.network import APQSupernet
+    torch.manual_seed(0)
+    net = APQSupernet(small_space).eval()
+    g = torch.Generator().manual_seed(1)
+    val = [(torch.randn(8, 1, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g))
+           for _ in range(2)]
+    recal = [(torch.randn(8, 1, 32, 32, generator=g), torch.zeros(8, dtype=torch.long))]
+    cfg = small_space.sample(np.random.default_rng(0))
+    rec = FP32Evaluator(net, recal, val)(cfg, 0)
+    sub = recalibrate_bn(net.export(cfg), recal)
+    assert rec["acc"] == pytest.approx(evaluate(sub, val))
+    assert rec["n_images"] == 16
+    assert 100 * unpack_correct(rec["correct"], 16).mean() == pytest.approx(rec["acc"])
+    q = QATEvaluator(net, None, recal, val, steps=0, lr=0.0)(cfg, 0)     # no finetune
+    assert q["n_images"] == 16 and q["loss_first"] is None
+    qsub = recalibrate_bn(net.export(cfg, quantized=True), recal)
+    assert q["acc"] == pytest.approx(evaluate(qsub, val))

@@ -1,7 +1,9 @@
 """APQ §3.2 quantization-aware accuracy predictor: encoder, MLPs, data collection,
-training, predictor transfer and the sample-efficiency study."""
+training, predictor transfer, the sample-efficiency study and the Table-4 controls."""
 import importlib as _importlib
 
+from .controls import *  # noqa: F401,F403
+from .controls import __all__ as _c
 from .encoder import *  # noqa: F401,F403
 from .encoder import __all__ as _e
 from .metrics import *  # noqa: F401,F403
@@ -25,7 +27,7 @@ _LAZY.update({n: "pipeline" for n in (
     "load_supernet", "collect_pairs", "collect_cli", "train_predictors", "predictor_config",
     "save_predictors", "load_predictor", "AccuracyOracle", "predictor_artifact_key")})
 
-__all__ = [*_e, *_m, *_mo, *_s, *_t, *_tr, *_LAZY]
+__all__ = [*_c, *_e, *_m, *_mo, *_s, *_t, *_tr, *_LAZY]
 
 
 def __getattr__(name):

@@ -1,11 +1,13 @@
 """Predictor quality (APQ §4, Fig. 6): RMSE in accuracy percent, Kendall τ and pairwise
-ranking accuracy on held-out pairs."""
+ranking accuracy on held-out pairs; the noise of the labels themselves; bootstrap CIs over
+held-out architectures (paired across methods)."""
 from __future__ import annotations
 
 import numpy as np
 from scipy import stats
 
-__all__ = ["rmse", "kendall_tau", "pairwise_accuracy", "predictor_metrics"]
+__all__ = ["rmse", "kendall_tau", "pairwise_accuracy", "predictor_metrics", "label_noise",
+           "group_bootstrap_ci", "verdict"]
 
 
 def rmse(y_true, y_pred) -> float:
@@ -42,3 +44,85 @@ def predictor_metrics(y_true_pct, y_pred_pct) -> dict:
     t, p = np.asarray(y_true_pct, float), np.asarray(y_pred_pct, float)
     return {"n": int(len(t)), "rmse": rmse(t, p), "mae": float(np.mean(np.abs(t - p))),
             "kendall_tau": kendall_tau(t, p), "pairwise_acc": pairwise_accuracy(t, p)}
+
+
+# --------------------------------------------------------------------------- label noise
+def label_noise(correct: np.ndarray, max_pairs: int = 2000, n_splits: int = 100,
+                seed: int = 0) -> dict:
+    """Noise of labels measured on shared images, from per-image correctness ``[N, n]``.
+
+    ``se_binomial [N]``: sqrt(p (1 - p) / n) per label (percent). ``se_split_half``:
+    sqrt(mean((a - b)²)) / 2 over the two halves' accuracies, pooled over labels and
+    ``n_splits`` random halvings (its expectation is the SE of a full-set label; one fixed
+    split alone is a single draw, since paired labels share their images). ``se_paired``:
+    median over random label pairs of SE(label_i - label_j) / sqrt 2 from the discordant
+    images (what ranking two labels on the same images suffers; below the binomial SE
+    when the models agree on most images)."""
+    c = np.asarray(correct, bool)
+    N, n = c.shape
+    p = c.mean(1)
+    se_bin = 100 * np.sqrt(p * (1 - p) / n)
+    rng = np.random.default_rng(seed)
+    sq = []
+    for _ in range(n_splits):
+        h = rng.permutation(n) < n // 2
+        sq.append(np.mean((100 * c[:, h].mean(1) - 100 * c[:, ~h].mean(1)) ** 2))
+    out = {"n_labels": int(N), "n_images": int(n), "se_binomial": se_bin,
+           "se_binomial_median": float(np.median(se_bin)),
+           "se_split_half": float(np.sqrt(np.mean(sq)) / 2),
+           "se_paired_median": float("nan")}
+    if N >= 2:
+        i = rng.integers(0, N, max_pairs)
+        j = (i + rng.integers(1, N, max_pairs)) % N
+        d = c[i].astype(np.int8) - c[j].astype(np.int8)            # [P, n] in {-1, 0, 1}
+        se_d = 100 * d.std(1) / np.sqrt(n)
+        out["se_paired_median"] = float(np.median(se_d) / np.sqrt(2))
+    return out
+
+
+# --------------------------------------------------------------------------- bootstrap
+def _group_resamples(groups, n_resamples: int, seed: int) -> list[np.ndarray]:
+    """Index arrays of ``n_resamples`` resamples of whole groups (with replacement)."""
+    groups = np.asarray(groups)
+    uniq, inv = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    return [np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+            for _ in range(n_resamples)]
+
+
+def group_bootstrap_ci(y_true, preds: dict, groups, stat=kendall_tau, reference=None,
+                       n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile bootstrap over groups (architectures): resample whole groups with
+    replacement (seeded), the same resamples for every method, so differences are paired.
+
+    ``preds``: method -> predictions for ``y_true``. Returns method -> ``{"value",
+    "ci_low", "ci_high"}``; with ``reference`` also ``delta`` = stat(reference) -
+    stat(method) with ``delta_ci_low`` / ``delta_ci_high`` and a ``verdict`` ("holds"
+    when the CI excludes 0, else "within noise")."""
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples={n_resamples}: need >= 1")
+    y = np.asarray(y_true, float)
+    P = {k: np.asarray(v, float) for k, v in preds.items()}
+    if reference is not None and reference not in P:
+        raise KeyError(f"reference {reference!r} is not one of the methods {sorted(P)}")
+    samples = _group_resamples(groups, n_resamples, seed)
+    boot = {k: np.array([stat(y[s], p[s]) for s in samples]) for k, p in P.items()}
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    out = {}
+    for k, p in P.items():
+        r = {"value": float(stat(y, p)), "ci_low": float(np.nanpercentile(boot[k], lo)),
+             "ci_high": float(np.nanpercentile(boot[k], hi))}
+        if reference is not None:
+            d = boot[reference] - boot[k]
+            r["delta"] = float(stat(y, P[reference]) - r["value"])
+            r["delta_ci_low"] = float(np.nanpercentile(d, lo))
+            r["delta_ci_high"] = float(np.nanpercentile(d, hi))
+            r["verdict"] = verdict(r["delta_ci_low"], r["delta_ci_high"])
+        out[k] = r
+    return out
+
+
+def verdict(ci_low: float, ci_high: float) -> str:
+    """``"holds"`` when the CI of an effect excludes 0, else ``"within noise"``."""
+    return "holds" if (ci_low > 0 or ci_high < 0) else "within noise"

@@ -16,7 +16,7 @@ from ..runtime import make_rng
 from .metrics import predictor_metrics
 from .model import AccuracyPredictor, QuantAwarePredictor, predict_numpy
 
-__all__ = ["TrainSettings", "TrainResult", "split_holdout", "train_predictor",
+__all__ = ["TrainSettings", "TrainResult", "split_holdout", "grouped_kfold", "train_predictor",
            "evaluate_predictor", "fit_fp32_predictor", "fit_quant_predictor"]
 
 
@@ -71,6 +71,27 @@ def split_holdout(n: int, fraction: float, seed: int,
         taken += int((groups == g).sum())
     mask = np.isin(groups, list(hold))
     return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def grouped_kfold(groups: Sequence, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Grouped k-fold cross-validation: ``k`` (train, held-out) index splits where every
+    group (architecture) is held out in exactly one fold and never trained on there.
+
+    Groups are shuffled (seeded) and dealt to folds largest first, each to the fold with
+    the fewest pairs so far, so folds are about equally large."""
+    groups = np.asarray(groups)
+    uniq, inv, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    if not 2 <= k <= len(uniq):
+        raise ValueError(f"grouped_kfold: k={k} folds need 2 <= k <= {len(uniq)} groups "
+                         f"(lower predictor.cv_folds or collect more quantized pairs)")
+    order = make_rng(seed, 7003).permutation(len(uniq))
+    order = order[np.argsort(-counts[order], kind="stable")]
+    fold_of, size = np.empty(len(uniq), np.int64), np.zeros(k, np.int64)
+    for g in order:
+        f = int(np.argmin(size))
+        fold_of[g], size[f] = f, size[f] + counts[g]
+    pair_fold = fold_of[inv]
+    return [(np.flatnonzero(pair_fold != f), np.flatnonzero(pair_fold == f)) for f in range(k)]
 
 
 def _rmse_pct(model, x, y) -> float:

@@ -611,7 +611,7 @@ def test_evaluators_record_paired_correctness(small_space):
     assert rec["acc"] == pytest.approx(evaluate(sub, val))
     assert rec["n_images"] == 16
     assert 100 * unpack_correct(rec["correct"], 16).mean() == pytest.approx(rec["acc"])
-    q = QATEvaluator(net, None, recal, val, steps=0, lr=0.0)(cfg, 0)     # no finetune
+    q = QATEvaluator(net, None, recal, val, steps=0)(cfg, 0)     # no finetune
     assert q["n_images"] == 16 and q["loss_first"] is None
     qsub = recalibrate_bn(net.export(cfg, quantized=True), recal)
     assert q["acc"] == pytest.approx(evaluate(qsub, val))

@@ -16,17 +16,15 @@ import torch
 from torch import nn
 
 from ..artifacts import (
-    ArtifactError,
     ArtifactStore,
-    MissingInputError,
     config_key,
     load_state,
     save_state,
 )
 from ..config import Profile
-from ..quant import weight_calibration_kw
 from ..loops import finetune_batches, test_batches
 from ..pruning import accuracy, cycle, finetune, gradual_magnitude_prune, sparse_size_bits, sparsity
+from ..quant import weight_calibration_kw
 from ..supernet.metrics import recalibrate_bn
 from ..supernet.space import SearchSpace, SubnetConfig
 from .cost import CostMeter
@@ -226,17 +224,8 @@ class BaselineSuite:
     def _scratch_from_supernet(self) -> nn.Module:
         from ..supernet import train as sn
         p, ph = sn.full_network_phase(self.cfg)
-        key = config_key(sn.supernet_artifact_config(self.cfg))
-        art = self.store.get(sn.STAGE, key)
-        if art is None:
-            raise MissingInputError(f"artifacts/{sn.STAGE}/{key} (the trained supernet) is "
-                                    f"missing: run notebook 01_supernet first")
-        f = art.path / sn.phase_file(p, ph.name)
-        if not f.exists():
-            raise ArtifactError(f"{art.path} has no {f.name} (the end of phase '{ph.name}'): "
-                                f"retrain the supernet (notebook 01 with force=True) or set "
-                                f"baselines.scratch_source: train")
-        net = sn.load_supernet(f, self.space, self.device)
+        net, _, art = sn.require_supernet(self.cfg, self.store, self.device,
+                                          sn.phase_file(p, ph.name))
         net.set_active_subnet(self.space.largest())
         model = to_float(net.get_active_subnet()).to(self.device)
         recalibrate_bn(model, self.batches["recal"], self.device)

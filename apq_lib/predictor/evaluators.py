@@ -13,8 +13,8 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..loops import finetune, finetune_batches
 from ..supernet.space import SubnetConfig
 
 __all__ = ["FP32Evaluator", "QATEvaluator", "correct_mask", "label_record", "unpack_correct"]
@@ -67,49 +67,29 @@ class FP32Evaluator:
 
 class QATEvaluator:
     """``(config, i) -> label_record + {"loss_first", "loss_last"}``: export the quantized subnet
-    from the supernet weights, ``steps`` steps of QAT (SGD Nesterov 0.9 or Adam at ``lr``,
-    STE through the fake quantizers, PACT clips learnable), then BN recal + eval.
+    from the supernet weights, ``steps`` steps of the one finetune recipe every final model
+    gets (``recipe``: the profile's ``finetune:`` section, only its step count overridden;
+    :func:`apq_lib.loops.finetune`), then BN recal + eval.
 
-    The finetune batches of sample ``i`` come from a train loader seeded with ``(seed, i)``,
-    so a pair's measurement does not depend on the order of collection."""
+    The finetune batches of sample ``i`` come from its own loader (RNG stream
+    ``pair_finetune``, id ``i``), so a pair's measurement does not depend on the order of
+    collection."""
 
     def __init__(self, supernet, data, recal_batches: list, val_batches: list, steps: int,
-                 lr: float, batch_size: int = 64, optimizer: str = "sgd", seed: int = 0,
-                 device=None, label_smoothing: float = 0.0):
+                 recipe=None, seed: int = 0, device=None):
+        from ..config import FinetuneConfig
         self.net, self.data = supernet, data
         self.recal, self.val = recal_batches, val_batches
-        self.steps, self.lr, self.batch_size = int(steps), float(lr), int(batch_size)
-        if optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer={optimizer!r}: use sgd or adam")
-        self.optimizer, self.seed, self.device = optimizer, int(seed), device
-        self.label_smoothing = label_smoothing
+        self.steps, self.recipe = int(steps), recipe or FinetuneConfig()
+        self.seed, self.device = int(seed), device
 
     def finetune(self, sub, i: int) -> tuple[Optional[float], Optional[float]]:
         if self.steps <= 0:
             return None, None
-        dev = self.device or next(sub.parameters()).device
-        params = [p for p in sub.parameters() if p.requires_grad]
-        opt = (torch.optim.SGD(params, lr=self.lr, momentum=0.9, nesterov=True)
-               if self.optimizer == "sgd" else torch.optim.Adam(params, lr=self.lr))
-        loader = self.data.loader("train", batch_size=self.batch_size, shuffle=True,
-                                  seed=self.seed * 1_000_003 + i)
-        sub.train()
-        first = last = None
-        step = 0
-        while step < self.steps:
-            for x, y in loader:
-                loss = F.cross_entropy(sub(x.to(dev)), y.to(dev),
-                                       label_smoothing=self.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                last = float(loss.detach())
-                first = last if first is None else first
-                step += 1
-                if step >= self.steps:
-                    break
-        sub.eval()
-        return first, last
+        batches = finetune_batches(self.data, self.recipe, self.seed, i, stream="pair_finetune")
+        losses = finetune(sub, self.recipe, batches, steps=self.steps, device=self.device,
+                          desc="pair finetune")["losses"]
+        return losses[0], losses[-1]
 
     def __call__(self, cfg: SubnetConfig, i: int) -> dict:
         from ..supernet.metrics import recalibrate_bn

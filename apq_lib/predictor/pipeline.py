@@ -19,10 +19,10 @@ import torch
 from ..artifacts import Artifact, ArtifactStore, config_key, load_state, save_state
 from ..config import Profile, load_profile
 from ..supernet.space import SearchSpace, SubnetConfig
-from .collect import (CollectionError, PairSet, SampleStore, collect_samples, load_pairs,
-                      merge_pairs)
+from .collect import (CollectionError, PairSet, SampleStore, collect_samples,  # noqa: F401
+                      load_pairs, merge_pairs)
 from .encoder import APQEncoder
-from .model import AccuracyPredictor, QuantAwarePredictor, predict_numpy
+from .model import AccuracyPredictor, QuantAwarePredictor
 from .train import (TrainSettings, evaluate_predictor, fit_fp32_predictor,
                     fit_quant_predictor, split_holdout)
 from .transfer import PredictorTransfer
@@ -49,8 +49,9 @@ def collection_config(cfg: Profile, kind: str) -> dict:
          "data": {k: getattr(cfg.data, k) for k in _DATA_KEYS}}
     if kind == "quant":
         d.update(policies_per_arch=p.policies_per_arch, finetune_steps=p.finetune_steps,
-                 finetune_lr=p.finetune_lr, finetune_batch_size=p.finetune_batch_size,
-                 finetune_optimizer=p.finetune_optimizer)
+                 finetune=dataclasses.asdict(cfg.finetune),
+                 quant={k: getattr(cfg.quant, k) for k in ("weight_calibration",
+                                                           "kl_below_bits")})
     return d
 
 
@@ -73,23 +74,16 @@ def make_evaluator(cfg: Profile, kind: str, supernet, data, device=None):
     val = data.fixed_batches("val", _eval_images(cfg, kind), seed=cfg.seed)  # never test
     if kind == "fp32":
         return FP32Evaluator(supernet, recal, val, device)
-    return QATEvaluator(supernet, data, recal, val, p.finetune_steps, p.finetune_lr,
-                        p.finetune_batch_size, p.finetune_optimizer, cfg.seed, device)
+    return QATEvaluator(supernet, data, recal, val, p.finetune_steps, cfg.finetune, cfg.seed,
+                        device)
 
 
 def load_supernet(cfg: Profile, data, store: ArtifactStore, device=None):
-    """``(supernet in eval mode, its artifact key)`` from notebook 01's artifact; never
-    trains one (a missing artifact raises :class:`MissingInputError` naming notebook 01)."""
-    from ..artifacts import MissingInputError
+    """``(supernet in eval mode, its artifact key)`` (:func:`apq_lib.supernet.train.
+    require_supernet`: never trains; a missing artifact names notebook 01)."""
     from ..supernet import train as sn
-    key = config_key(sn.supernet_artifact_config(cfg))
-    art = store.get(sn.STAGE, key)
-    if art is None:
-        raise MissingInputError(f"artifacts/{sn.STAGE}/{key} (the trained supernet of profile "
-                                f"{cfg.name!r}) is missing: run notebook 01_supernet first "
-                                f"(make reproduce runs them in order)")
-    net = sn.load_supernet(art.file("supernet.safetensors"), SearchSpace(cfg.space), device)
-    return net.eval(), key
+    net, key, _ = sn.require_supernet(cfg, store, device)
+    return net, key
 
 
 def _partial_dir(store: ArtifactStore, cfg: Profile, kind: str, supernet_key: str) -> Path:

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 
 from ..config import SearchConfig
-from ..quant import configure_weight_calibration
 from ..results import read_summary
 from .evolution import EvolutionFinder
 from .genome import IndexOps, SearchResult
@@ -41,7 +40,6 @@ def load_search_inputs(ctx, target: str = "bitfusion", device=None) -> dict:
     "predictor_artifact", "summaries"}`` (``summaries``: the typed summaries of 01-03)."""
     import dataclasses
 
-    from ..artifacts import config_key
     from ..hardware.lut import SpaceCostTable
     from ..supernet.space import SearchSpace
     cfg, store = ctx.cfg, ctx.store
@@ -50,12 +48,7 @@ def load_search_inputs(ctx, target: str = "bitfusion", device=None) -> dict:
     space = SearchSpace(cfg.space)
     # 01 · supernet: load the artifact only (get_trained_supernet would train a missing one)
     from ..supernet import train as sn
-    skey = config_key(sn.supernet_artifact_config(cfg))
-    art = store.get(sn.STAGE, skey)
-    if art is None:
-        raise _missing(f"artifacts/{sn.STAGE}/{skey} (the trained supernet)", "01_supernet")
-    net = sn.load_supernet(art.file("supernet.safetensors"), space, device).eval()
-    configure_weight_calibration(net, cfg.quant)          # quant.weight_calibration / kl
+    net, skey, art = sn.require_supernet(cfg, store, device)
     # 02 · lookup table of this space on `target`
     entry = sums["02"].get("lut", {}).get(target)
     if entry is None:

@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..artifacts import ArtifactStore, config_key, load_state, save_state
+from ..artifacts import ArtifactStore, MissingInputError, config_key, load_state, save_state
 from ..config import ConfigError, Profile, load_profile
 from ..runtime import get_device, make_rng, seed_everything
 from .metrics import evaluate_subnet
@@ -45,7 +45,7 @@ from .schedule import Phase, PhaseSampler
 from .space import SearchSpace
 from .static import load_tensor_state, tensor_state
 
-__all__ = ["train_supernet", "get_trained_supernet", "load_supernet",
+__all__ = ["train_supernet", "get_trained_supernet", "load_supernet", "require_supernet",
            "supernet_artifact_config", "main"]
 
 STAGE = "supernet"
@@ -322,6 +322,27 @@ def load_supernet(path: Path | str, space: SearchSpace, device=None) -> APQSuper
     net = APQSupernet(space)
     load_tensor_state(net, load_state(path)[0])
     return net.to(device or "cpu").eval()
+
+
+def require_supernet(cfg: Profile, store: ArtifactStore, device=None, file: str =
+                     "supernet.safetensors") -> tuple[APQSupernet, str, object]:
+    """``(supernet in eval mode, artifact key, artifact)`` from notebook 01's artifact, with
+    the profile's weight calibration (``quant:``) on its quantizers; never trains (a missing
+    artifact or file raises :class:`MissingInputError` naming notebook 01). ``file``: e.g.
+    a phase snapshot (:func:`phase_file`)."""
+    from ..quant import configure_weight_calibration
+    key = config_key(supernet_artifact_config(cfg))
+    art = store.get(STAGE, key)
+    if art is None:
+        raise MissingInputError(f"artifacts/{STAGE}/{key} (the trained supernet of profile "
+                                f"{cfg.name!r}) is missing: run notebook 01_supernet first "
+                                f"(make reproduce runs them in order)")
+    f = art.path / file
+    if not f.exists():
+        raise MissingInputError(f"{art.path} has no {file}: rerun notebook 01_supernet with "
+                                f"force=True (the artifact was written by older code)")
+    net = load_supernet(f, SearchSpace(cfg.space), device)
+    return configure_weight_calibration(net, cfg.quant), key, art
 
 
 def get_trained_supernet(cfg: Profile, data, store: Optional[ArtifactStore] = None,

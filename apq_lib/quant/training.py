@@ -144,7 +144,7 @@ def train_steps(model: nn.Module, train_batches: Iterable, steps: int, lr: float
 
     it = cycle(train_batches)
     if progress:
-        from tqdm.auto import tqdm
+        from ..progress import tqdm
         it = tqdm(it, total=steps, desc=desc, leave=False)
     losses = []
     for step, (x, y) in enumerate(it):

@@ -68,6 +68,7 @@ def lab_server(tmp_path):
     # Render every cell (no windowing) so the DOM holds all outputs for the checks below.
     (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     port, token = _free_port(), os.urandom(16).hex()
+    t0 = time.time()
     env = {**os.environ, "APQ_RESULTS_DIR": str(tmp_path / "results"),
            "APQ_ARTIFACTS": str(tmp_path / "artifacts"),
            "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-user-settings"),
@@ -87,6 +88,7 @@ def lab_server(tmp_path):
     base = f"http://127.0.0.1:{port}"
     try:
         specs = _wait_http(f"{base}/api/kernelspecs?token={token}", proc, log)
+        print(f"jupyter lab answered after {time.time() - t0:.1f}s")
         assert specs["default"] == "apq", f"default kernel is {specs['default']!r}, not apq"
         notif = _wait_http(f"{base}/lab/api/settings/@jupyterlab/apputils-extension:"
                            f"notification?token={token}", proc, log)
@@ -131,6 +133,7 @@ def test_run_all_in_jupyterlab(lab_server):
             page.wait_for_function("""() => {
                 const e = document.querySelector('.jp-NotebookPanel-toolbar .jp-KernelName');
                 return e && /apq/.test(e.textContent)}""", timeout=60_000)
+            t_run = time.time()
             page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
             page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
             # Idle = every code cell has an execution count and none shows [*].
@@ -138,6 +141,7 @@ def test_run_all_in_jupyterlab(lab_server):
                 const ps = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
                 return ps.length === n && ps.every(p => /\\[\\d+\\]/.test(p.textContent));
             }""", arg=len(code), timeout=RUN_TIMEOUT_S * 1000, polling=1000)
+            t_run = time.time() - t_run
             page.wait_for_timeout(1000)   # let the last outputs paint
             page.screenshot(path=str(shot))
             first_fig = page.locator(".jp-OutputArea-output img").first
@@ -163,5 +167,5 @@ def test_run_all_in_jupyterlab(lab_server):
     assert news == 0, "the Jupyter news pop-up is shown (lab settings override missing?)"
     assert "apq" in kernel_name
     assert shot.stat().st_size > 10_000
-    print(f"screenshot: {shot}; {len(images)} figures, {widgets} widget progress bars, "
+    print(f"Run All to idle: {t_run:.1f}s; screenshot: {shot}; {len(images)} figures, {widgets} widget progress bars, "
           f"{len(stderr)} stderr outputs")

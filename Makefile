@@ -11,7 +11,8 @@ setup:
 reproduce: setup
 	$(PY) -m apq_lib.runner reproduce --profile $(PROFILE)
 
-# Unit tests, then every notebook under nbval on copies prepared with the smoke profile.
+# Unit tests (with the JupyterLab browser test, tests/test_lab_browser.py, skipped without
+# chromium), then every notebook under nbval on copies prepared with the smoke profile.
 # Smoke runs write to build/ so they never touch the committed results/.
 test: setup unit nbcheck
 
@@ -22,11 +23,15 @@ nbcheck:
 	rm -rf build/nbval build/smoke_results
 	$(PY) -m apq_lib.runner prepare --profile smoke --out build/nbval
 	APQ_RESULTS_DIR=$(CURDIR)/build/smoke_results APQ_ARTIFACTS=$(CURDIR)/build/smoke_artifacts \
-	  $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+	  APQ_PROGRESS=text $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 	  --nbval-sanitize-with env/nbval_sanitize.cfg build/nbval
 
+# JupyterLab on notebooks/ with the `apq` kernel (as root too: containers run as root).
+# Runs write to the scratch dir build/lab/results, never results/; to write the committed
+# results run `APQ_RESULTS_DIR=$(CURDIR)/results make lab`. LAB_ARGS passes more options.
+LAB_ARGS ?=
 lab: setup
-	.venv/bin/jupyter lab --notebook-dir=notebooks
+	.venv/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 bench: setup
 	$(PY) benchmarks/bench_fake_quant.py

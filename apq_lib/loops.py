@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import cycle
+from .progress import tqdm
 from .runtime import stream_seed
 
 __all__ = ["evaluate", "predict", "make_optimizer", "train_steps", "finetune",
@@ -99,7 +100,6 @@ def train_steps(model: nn.Module, batches: Iterable, steps: int, lr: float,
     it = batches if hasattr(batches, "__next__") else cycle(batches)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
         bar = tqdm(total=steps, desc=desc, leave=False)
     losses = []
     for t in range(steps):

@@ -30,7 +30,24 @@ class NotebookContext:
 
     @property
     def results(self) -> Path:
-        return Path(os.environ.get("APQ_RESULTS_DIR", artifacts.REPO_ROOT / "results"))
+        """``APQ_RESULTS_DIR`` when set (``make reproduce`` sets results/, ``make test`` build/),
+        else the scratch dir ``build/lab/results``: interactive runs never overwrite the
+        committed results. The scratch dir starts as a copy of the committed ``results/data``
+        and manifest, so a notebook opened on its own finds its inputs."""
+        if os.environ.get("APQ_RESULTS_DIR"):
+            return Path(os.environ["APQ_RESULTS_DIR"])
+        committed = artifacts.REPO_ROOT / "results"
+        scratch = artifacts.REPO_ROOT / "build" / "lab" / "results"
+        if not scratch.exists():
+            import shutil
+            scratch.mkdir(parents=True)
+            if (committed / "data").is_dir():
+                shutil.copytree(committed / "data", scratch / "data")
+            if (committed / "manifest.json").is_file():
+                shutil.copy2(committed / "manifest.json", scratch / "manifest.json")
+            print(f"results go to the scratch dir {scratch} (a copy of results/data); set "
+                  f"APQ_RESULTS_DIR={committed} to write the committed results")
+        return scratch
 
     def out(self, sub: str, name: str) -> Path:
         """Path ``results/<sub>/<name>``; ``name`` must start with this notebook's number."""

@@ -48,6 +48,10 @@ def run_chain(profile: str, out_dir: Path, only: Optional[list[str]] = None,
 
     from .artifacts import ArtifactStore, record_chain
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The kernels inherit these: the chain writes the committed results/ (notebooks opened
+    # interactively write a scratch dir instead) and draws text progress bars.
+    os.environ.setdefault("APQ_RESULTS_DIR", str(results_dir()))
+    os.environ.setdefault("APQ_PROGRESS", "text")
     reused = ArtifactStore().completed()
     start, t_chain, done = dt.datetime.now(), time.time(), []
     for nb in _select(only):

@@ -24,6 +24,19 @@ fi
 [ -f "$VENV/share/jupyter/kernels/apq/kernel.json" ] || \
   "$VENV/bin/python" -m ipykernel install --sys-prefix --name apq --display-name "Python (apq)" >/dev/null
 
+# JupyterLab as `make lab` opens it: new notebooks and consoles on the `apq` kernel, and no
+# "get notified about Jupyter news?" pop-up nor update checks (both would reach the network).
+mkdir -p "$VENV/share/jupyter/lab/settings" "$VENV/etc/jupyter"
+cat > "$VENV/share/jupyter/lab/settings/overrides.json" <<'JSON'
+{
+  "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}
+}
+JSON
+# (the server reads only extension switches from jupyter_server_config.d/, so the main file)
+cat > "$VENV/etc/jupyter/jupyter_server_config.json" <<'JSON'
+{"MultiKernelManager": {"default_kernel_name": "apq"}}
+JSON
+
 # Make `import apq_lib` work from any working directory (notebooks run in notebooks/).
 SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 [ -f "$SITE/apq_suite.pth" ] && [ "$(cat "$SITE/apq_suite.pth")" = "$PWD" ] || echo "$PWD" > "$SITE/apq_suite.pth"

@@ -287,7 +287,7 @@ class HAQSearch:
         return c.init_delta * c.delta_decay ** max(0, episode - self.warmup)
 
     def run(self, progress: bool = True) -> HAQResult:
-        from tqdm.auto import tqdm
+        from ..progress import tqdm
         t0 = time.perf_counter()
         best: Optional[HAQResult] = None
         hist = []

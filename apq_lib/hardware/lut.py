@@ -83,7 +83,7 @@ def build_lut(space, sim, progress: bool = False) -> dict:
             sim.prefetch(spec, pairs)
     items = entries.items()
     if progress:
-        from tqdm.auto import tqdm
+        from ..progress import tqdm
         items = tqdm(items, desc=f"LUT {sim.name}", total=len(entries))
     lut = {key: {k: float(v) for k, v in sim.cost(spec, w, a).items()}
            for key, (spec, w, a) in items}

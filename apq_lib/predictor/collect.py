@@ -184,7 +184,7 @@ def collect_samples(evaluate_fn: Callable[[SubnetConfig, int], float | dict], st
     extra fields to store. Each record keeps ``seconds`` (wall) and ``cpu_seconds`` (this
     process's CPU time: the wall time a quiet core would take at one thread). Returns every
     finished sample in the directory (all shards)."""
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     rank, world = shard
     if not 0 <= rank < world:

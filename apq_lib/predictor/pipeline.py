@@ -95,7 +95,7 @@ def _partial_dir(store: ArtifactStore, cfg: Profile, kind: str, supernet_key: st
 def _run_workers(cfg_profile: str, overrides: dict, kind: str, workers: int, work: Path,
                  n_total: int, progress: bool) -> None:
     """Collect with ``workers`` CLI shard processes (one thread each); poll progress."""
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     procs, logs = [], []
     for r in range(workers):

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..runtime import make_rng
 from .model import AccuracyPredictor

@@ -242,7 +242,7 @@ class EvolutionFinder:
         self._callback(0, pop, scores, costs)
         it = range(1, G + 1)
         if self.progress:
-            from tqdm.auto import tqdm
+            from ..progress import tqdm
             it = tqdm(it, desc="evolution", leave=False)
         for g in it:
             order = select(pop, scores, P, self.unique)

@@ -110,7 +110,7 @@ def run_sweep(space, score_fn, cost_fns: Mapping[str, Callable], targets: Mappin
     budget. Returns ``[{"constraint", "limit", "evolution": SearchResult,
     "random": SearchResult | None, "costs", "random_costs"}]``; ``costs`` holds every cost
     of the best configuration found (not only the constrained one)."""
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
     random_baseline = scfg.random_baseline if random_baseline is None else random_baseline
     jobs = [(c, lim) for c, lims in targets.items() for lim in lims]
     out = []

@@ -166,7 +166,7 @@ def _acquire(lock: Path) -> None:
 
 def _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs, on_step,
                   rank, world) -> Optional[dict]:
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     sn, space = cfg.supernet, net.space
     final, info_p, ckpt = (workdir / "supernet.safetensors", workdir / "info.json",

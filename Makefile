@@ -17,6 +17,7 @@ reproduce: setup
 test: setup unit nbcheck
 
 unit:
+	.venv/bin/ruff check .
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
 nbcheck:

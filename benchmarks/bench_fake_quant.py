@@ -17,17 +17,19 @@ from __future__ import annotations
 import argparse
 import platform
 import re
-import sys
 from pathlib import Path
 
 import torch
 import torch.utils.benchmark as tb
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from apq_lib.artifacts import RESULTS_DIR  # noqa: E402
-from apq_lib.quant import (fake_quantize, fake_quantize_learnable, kernels,  # noqa: E402
-                           lsq_grad_factor, qrange)
+from apq_lib.quant import (  # noqa: E402
+    fake_quantize,
+    fake_quantize_learnable,
+    kernels,
+    lsq_grad_factor,
+    qrange,
+)
 
 SHAPES = {  # kind -> (shape, axis): full sizes (GPU) and --small (CPU); "tiny" shows the
     # fixed per-call cost (wrapper, launch) that the larger tensors amortise

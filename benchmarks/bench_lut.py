@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from apq_lib.config import load_profile  # noqa: E402
 from apq_lib.hardware import BitFusionSim, SpaceCostTable, build_lut, subnet_layers  # noqa: E402

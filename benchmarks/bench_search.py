@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +22,6 @@ import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from apq_lib.config import SearchConfig, load_profile  # noqa: E402
 from apq_lib.hardware.lut import SpaceCostTable  # noqa: E402

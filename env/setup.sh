@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.apq-setup-stamp
-want=$(cat env/requirements.txt env/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat env/requirements.txt env/setup.sh pyproject.toml | sha256sum | cut -d' ' -f1)
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/python" ]; then
   echo "setup: .venv is up to date"
@@ -37,9 +37,14 @@ cat > "$VENV/etc/jupyter/jupyter_server_config.json" <<'JSON'
 {"MultiKernelManager": {"default_kernel_name": "apq"}}
 JSON
 
-# Make `import apq_lib` work from any working directory (notebooks run in notebooks/).
+# The package itself, editable (pyproject.toml): `import apq_lib` from any working directory
+# (notebooks run in notebooks/) and the console entry points (apq-reproduce, ...).
 SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-[ -f "$SITE/apq_suite.pth" ] && [ "$(cat "$SITE/apq_suite.pth")" = "$PWD" ] || echo "$PWD" > "$SITE/apq_suite.pth"
+rm -f "$SITE/apq_suite.pth"                      # the path file of older set-ups
+if ! "$VENV/bin/python" -c "import apq_lib, sys; sys.exit(0 if apq_lib.__file__.startswith('$PWD/') else 1)" 2>/dev/null \
+   || [ ! -x "$VENV/bin/apq-reproduce" ]; then
+  "$VENV/bin/python" -m pip install -q --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+fi
 
 # Dataset: APQ_DATA_DIR, else Debian's package (installed here when root with apt), else
 # torchvision downloads it on first use.

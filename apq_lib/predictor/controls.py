@@ -9,8 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 from scipy import stats
-from tqdm.auto import tqdm
 
+from ..progress import tqdm
 from ..supernet.space import SearchSpace
 from .metrics import group_bootstrap_ci, kendall_tau, rmse
 from .model import AccuracyPredictor, predict_numpy

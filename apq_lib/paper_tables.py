@@ -23,6 +23,7 @@ from .results import read_summary
 
 __all__ = ["Results", "load_results", "joint_vs_fixed_haq", "joint_vs_multistage",
            "search_cost_curve", "N_DEPLOYMENTS", "limited_bitops", "predictor_transfer",
+           "predictor_sample_efficiency",
            "run_summary", "check_provenance", "missed_budgets",
            "CO2_KG_PER_KWH", "DEVICE_WATTS", "COST_COLUMNS", "DERIVED", "CI_COLUMNS"]
 
@@ -39,6 +40,7 @@ _SOURCES = {
     "05_baselines.csv": "05_baselines", "05_summary.json": "05_baselines",
     "05_pruning_sweep.csv": "05_baselines",
     "04_correct.npz": "04_search", "05_correct.npz": "05_baselines",
+    "03_predictor_baselines.csv": "03_predictor",
 }
 CI_COLUMNS = ("ci_low", "ci_high", "verdict")
 # columns computed here from the per-image correctness (bootstrap intervals, paired gains,
@@ -64,6 +66,7 @@ class Results:
     paper: dict
     correct: dict            # model / row id -> per-image correctness on the test split
     seed: int = 0
+    predictor_controls: Optional[pd.DataFrame] = None   # 03: transfer vs its controls
 
     def hits(self, ids) -> np.ndarray:
         """``[len(ids), n_images]`` correctness of the models ``ids`` (a missing id names
@@ -130,7 +133,8 @@ def load_results(results_dir: Path, paper_file: Optional[Path] = None,
                    pd.read_csv(data / "04_search.csv"), pd.read_csv(data / "05_baselines.csv"),
                    pd.read_csv(data / "05_pruning_sweep.csv"),
                    json.loads(man.read_text()) if man.exists() else {}, paper,
-                   _load_correct(data), seed)
+                   _load_correct(data), seed,
+                   pd.read_csv(data / "03_predictor_baselines.csv"))
 
 
 def _constraint_kind(s: str) -> str:
@@ -337,7 +341,21 @@ def limited_bitops(r: Results) -> pd.DataFrame:
 
 
 def predictor_transfer(r: Results) -> pd.DataFrame:
-    """Table 4: quantized-predictor quality vs training pairs, transfer vs scratch."""
+    """Table 4: the quantization-aware predictor (FP32 predictor transferred) against its
+    controls on held-out architectures (grouped cross-validation of notebook 03): Kendall τ
+    and RMSE with 95 % bootstrap intervals over architectures, and the paired interval of
+    τ(transfer) − τ(control) with its verdict."""
+    c = r.predictor_controls
+    if c is None or c.empty:
+        return pd.DataFrame()
+    out = c.copy()
+    out["paper quantized pairs (full)"] = r.paper["claims"]["predictor_transfer"]["quant_pairs"]
+    return out
+
+
+def predictor_sample_efficiency(r: Results) -> pd.DataFrame:
+    """Table 4b: quantized-predictor quality vs training pairs, transfer vs scratch (mean and
+    spread over the study's seeds)."""
     g = r.efficiency.groupby(["n_train", "method"])
     metrics = [m for m in ("rmse", "kendall_tau", "pairwise_acc") if m in r.efficiency]
     mean = g[metrics].mean().unstack("method")
@@ -347,8 +365,17 @@ def predictor_transfer(r: Results) -> pd.DataFrame:
         for method in mean[m].columns:
             out[f"{m} {method} mean"] = mean[m][method].to_numpy()
             out[f"{m} {method} std"] = std[m][method].to_numpy()
-    out["paper quantized pairs (full)"] = r.paper["claims"]["predictor_transfer"]["quant_pairs"]
     return out
+
+
+def _with_ci(d: dict, key: str, ci_key: Optional[str] = None) -> str:
+    """``"v [lo, hi]"`` of a summary value and its interval (``key + "_ci"``)."""
+    v, ci = d.get(key), d.get(ci_key or f"{key}_ci")
+    if v is None:
+        return "n/a"
+    if not ci or None in ci:
+        return f"{v:.3g}"
+    return f"{v:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"
 
 
 def run_summary(r: Results) -> pd.DataFrame:
@@ -364,7 +391,21 @@ def run_summary(r: Results) -> pd.DataFrame:
             ("seconds per FP32 pair", r.s03.get("seconds_per_fp32_pair")),
             ("seconds per quantized pair", r.s03.get("seconds_per_quant_pair")),
             ("MobileNetV2 W8A8 BitOps", r.s02.get("mbv2_w8a8_bitops")),
-            ("MobileNetV2 W8A8 BitFusion ms", r.s02.get("mbv2_w8a8_bitfusion_ms"))]
+            ("MobileNetV2 W8A8 BitFusion ms", r.s02.get("mbv2_w8a8_bitfusion_ms")),
+            ("largest − smallest subnet top-1 (points)", r.s01.get("largest_minus_smallest")),
+            ("Spearman(MACs, top-1), random subnets [95 % CI]",
+             _with_ci(r.s01, "random_macs_spearman")),
+            ("quantized predictor τ, held-out architectures [95 % CI]",
+             _with_ci(r.s03, "quant_kendall_tau_transfer")),
+            ("label noise SE / label SD", r.s03.get("label_noise_ratio")),
+            ("held-out architectures", r.s03.get("heldout_architectures")),
+            ("Spearman(predicted, measured), realised models [95 % CI]",
+             _with_ci(r.s04, "predicted_test_spearman")),
+            ("predicted − measured top-1 (points) [95 % CI]",
+             _with_ci(r.s04, "predicted_minus_test_mean")),
+            ("evolution − random search, test top-1 (points) [95 % CI]",
+             _with_ci(r.s04, "evolution_minus_random_test_mean", "evolution_minus_random_test_ci")
+             + f" {r.s04.get('evolution_minus_random_verdict', '')}".rstrip())]
     rows += [(f"notebook {k} seconds", v.get("seconds")) for k, v in sorted(nbs.items())]
     return pd.DataFrame(rows, columns=["item", "value"]).astype({"value": object})
 

@@ -123,12 +123,13 @@ def train_steps(model: nn.Module, train_batches: Iterable, steps: int, lr: float
                 optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 4e-5,
                 label_smoothing: float = 0.0, loss_fn: Optional[Callable] = None,
                 device: Optional[torch.device] = None, progress: bool = False,
-                desc: str = "finetune") -> list[float]:
+                desc: str = "finetune", lr_key: Optional[str] = None) -> list[float]:
     """``steps`` optimizer steps over ``train_batches`` (passed over again as often as
     needed, ``set_epoch`` between passes): SGD Nesterov (or Adam) with a cosine schedule, no
     weight decay on biases / BN / quantizer scales, cross-entropy with label smoothing (or
     ``loss_fn``). Works on any model; gradients pass the fake quantizers by STE. Returns the
-    losses; a non-finite loss raises :class:`FloatingPointError`."""
+    losses; a non-finite loss raises :class:`FloatingPointError` naming the step and
+    ``lr_key``, the profile key of the learning rate to look at."""
     device = device or next(model.parameters()).device
     groups = _param_groups(model, weight_decay)
     if optimizer == "sgd":
@@ -152,8 +153,9 @@ def train_steps(model: nn.Module, train_batches: Iterable, steps: int, lr: float
             break
         loss = loss_fn(model(x.to(device)), y.to(device))
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"the finetune loss became {float(loss)} at step {step}; "
-                                     f"lower the learning rate")
+            raise FloatingPointError(
+                f"{desc}: the loss became {float(loss.detach())} at step {step} of {steps}; "
+                f"look at {lr_key or 'the learning rate of this finetune'} (lower it)")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -131,7 +131,7 @@ class DataConfig:
     num_workers: int = param(0, ge=0, cache=False)
 
     def check(self, p: str) -> None:
-        pass
+        check_fields(self, p)
 
 
 @dataclass
@@ -160,6 +160,7 @@ class SpaceConfig:
     num_classes: int = param(10, gt=0)
 
     def check(self, p: str) -> None:
+        check_fields(self, p)            # the rules each field declares
         n = len(self.stage_widths)
         _check(len(self.stage_strides) == n, f"{p}.stage_strides",
                f"needs {n} entries (one per stage)")
@@ -195,7 +196,7 @@ class Phase:
     sandwich: bool = False
 
     def check(self, p: str) -> None:
-        pass
+        check_fields(self, p)
 
     @classmethod
     def from_dict(cls, d: "Mapping | Phase", where: str = "supernet.phases") -> "Phase":
@@ -233,7 +234,7 @@ class SupernetConfig:
     PHASE_KEYS = PHASE_KEYS
 
     def check(self, p: str) -> None:
-        pass
+        check_fields(self, p)
 
 
 @dataclass
@@ -247,7 +248,7 @@ class QuantConfig:
     use_triton: str = param("auto", choices=("auto", "always", "never"))
 
     def check(self, p: str) -> None:
-        pass
+        check_fields(self, p)
 
 
 @dataclass
@@ -264,7 +265,7 @@ class HardwareConfig:
                                  le=8)     # uniform WbAb policies (BitFusion/BISMO: 2..8)
 
     def check(self, p: str) -> None:
-        pass
+        check_fields(self, p)
 
 
 @dataclass
@@ -295,6 +296,7 @@ class PredictorConfig:
     study_seeds: list[int] = param(default_factory=lambda: [0, 1, 2], nonempty=True, ge=0)
 
     def check(self, p: str) -> None:
+        check_fields(self, p)            # the rules each field declares
         # the held-out split takes whole architecture groups: at least the fraction, at
         # most policies_per_arch - 1 pairs more
         n_train = (self.quant_pairs - -(-self.quant_pairs * self.holdout_fraction // 1)
@@ -330,6 +332,7 @@ class SearchConfig:
     random_baseline: bool = True            # also run random search at the same budget
 
     def check(self, p: str) -> None:
+        check_fields(self, p)            # the rules each field declares
         _check(self.mutants + self.crossovers > 0, f"{p}.mutants",
                "need mutants + crossovers > 0 children per generation")
         _check(self.parents <= self.population, f"{p}.parents", "must be in 1..population")
@@ -396,6 +399,7 @@ class BaselinesConfig:
                                             # (None: default; 1 is faster on a busy box)
 
     def check(self, p: str) -> None:
+        check_fields(self, p)            # the rules each field declares
         _check(self.haq_warmup <= self.haq_episodes, f"{p}.haq_warmup",
                "must be in 0..haq_episodes")
         for k in ("haq_bits", "haq_kmeans_bits"):

@@ -170,8 +170,9 @@ def _load_cifar10(cfg: DataConfig, root: Optional[str]):
             te = torchvision.datasets.CIFAR10(str(CACHE_DIR), train=False, download=True)
         except Exception as e:
             raise _missing("CIFAR-10", searched + [f"download failed: {e}"]) from e
-    conv = lambda d: (torch.from_numpy(np.ascontiguousarray(d.data)).permute(0, 3, 1, 2)
-                      .contiguous(), torch.tensor(d.targets, dtype=torch.int64))
+    def conv(d):
+        return (torch.from_numpy(np.ascontiguousarray(d.data)).permute(0, 3, 1, 2).contiguous(),
+                torch.tensor(d.targets, dtype=torch.int64))
     xtr, ytr = conv(tr)
     xte, yte = conv(te)
     return xtr, ytr, xte, yte, [tr.root]

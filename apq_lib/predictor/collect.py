@@ -31,7 +31,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..artifacts import atomic_write
+from ..artifacts import atomic_write, write_json
 from ..runtime import make_rng
 from ..supernet.space import SearchSpace, SubnetConfig
 from ..workers import LockBusy, exclusive, exit_with_parent
@@ -85,8 +85,9 @@ class SampleStore:
         self.dir = Path(workdir)
         self.kind, self.n, self.seed, self.space = kind, int(n), int(seed), space
         self.ppa = int(policies_per_arch)
-        self.spec = {"kind": kind, "n": self.n, "seed": self.seed,
-                     "policies_per_arch": self.ppa, "space": asdict(space.cfg), **(spec or {})}
+        self.spec = {"kind": kind, "n": self.n, "seed": self.seed, "space": asdict(space.cfg),
+                     **({"policies_per_arch": self.ppa} if kind == "quant" else {}),
+                     **(spec or {})}             # fp32 samples do not depend on the policies
 
     def shard_path(self, rank: int, world: int) -> Path:
         return self.dir / f"{self.kind}_shard{rank:03d}of{world:03d}.jsonl"
@@ -114,9 +115,7 @@ class SampleStore:
                 raise CollectionError(f"{p}: the samples there were collected with a different "
                                       f"spec (differs in {diff}); use another work directory")
         else:
-            tmp = p.with_name(p.name + ".tmp")
-            tmp.write_text(json.dumps(spec, indent=1, sort_keys=True))
-            os.replace(tmp, p)
+            write_json(p, spec, nonfinite="error")
 
     def load(self, repair: bool = False, held: tuple[Path, ...] = ()) -> dict[int, dict]:
         """Every finished sample, ``{i: record}``; see :func:`parse_shard`. Without

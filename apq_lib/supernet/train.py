@@ -307,7 +307,8 @@ def full_network_phase(cfg: Profile) -> tuple[int, Phase]:
     """The first phase that trains only the largest subnet on the labels (no distillation,
     no elastic choice): its end-of-phase weights are that network trained from scratch."""
     space = SearchSpace(cfg.space)
-    for i, ph in enumerate(cfg.supernet.phases):
+    for i, d in enumerate(cfg.supernet.phases):
+        ph = Phase.from_dict(d, f"supernet.phases[{i}]")      # a Phase, or a mapping
         plan = PhaseSampler(space, ph)
         if ph.epochs > 0 and not ph.distill and not ph.sandwich and \
                 plan.largest() == plan.smallest() == space.largest():

@@ -4,16 +4,25 @@
 keys, sha256 of every file). ``key`` is a hash of the stage's config and its inputs' keys,
 so a change anywhere upstream gives a new key. A stage builds into
 ``artifacts/<stage>/<key>.partial/`` (which it may use for checkpoints, so a killed build
-resumes there) and is renamed into place only when complete. An artifact whose files are
-missing or whose hashes do not match is reported and rebuilt, never used.
+resumes there) and is renamed into place only when complete. Verification trusts nothing
+in the directory: meta.json must follow its schema and list exactly the files present, each
+with its sha256; otherwise the artifact is reported and rebuilt, never used.
+
+Keys come from :class:`StageKey`: each stage declares the profile sections / fields it
+reads and a code version, and its key is the hash of exactly those values (fields declared
+``cache=False`` in :mod:`apq_lib.config`, such as thread counts, are never part of a key).
+Every JSON / CSV / text file the suite writes goes through :func:`atomic_write` (temp file
+in the same directory, fsync, ``os.replace``), so a kill mid-write never leaves a torn file.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -23,14 +32,25 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
+from .atomic import CorruptResultError, atomic_write, dumps_strict, read_json_file, write_json
+
 __all__ = [
     "ArtifactStore", "Artifact", "ArtifactError", "config_key", "file_sha256",
     "save_state", "load_state", "update_manifest", "REPO_ROOT", "RESULTS_DIR",
-    "MissingInputError", "require_results",
+    "MissingInputError", "require_results", "StageKey", "STAGE_KEYS", "atomic_write",
+    "write_json", "dumps_strict", "env_path", "read_json_file", "CorruptResultError",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = Path(os.environ.get("APQ_RESULTS_DIR", REPO_ROOT / "results"))
+
+
+def env_path(var: str, default: Path | str) -> Path:
+    """``$var`` (or ``default``) as an absolute path, so that processes started in another
+    working directory (collection workers, papermill kernels) see the same place."""
+    return Path(os.environ.get(var) or default).expanduser().absolute()
+
+
+RESULTS_DIR = env_path("APQ_RESULTS_DIR", REPO_ROOT / "results")
 
 
 class ArtifactError(RuntimeError):
@@ -41,6 +61,7 @@ class MissingInputError(FileNotFoundError):
     """A notebook's input from an earlier notebook is missing."""
 
 
+# --------------------------------------------------------------------------- keys
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
@@ -51,12 +72,88 @@ def config_key(config: Any, inputs: Iterable[str] = ()) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+STAGE_KEYS: dict[str, "StageKey"] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class StageKey:
+    """What a stage's artifact depends on: ``reads`` names profile sections (``"space"``,
+    every field) or fields (``"predictor.fp32_pairs"``, ``"seed"``); ``skip`` removes
+    fields of a read section the stage does not use; ``version`` is the stage's code
+    version (bump it when the stage's code changes its output). Fields declared
+    ``cache=False`` are left out. Declaring a key registers it in :data:`STAGE_KEYS`."""
+    stage: str
+    version: int
+    reads: tuple[str, ...]
+    skip: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        STAGE_KEYS[self.stage] = self
+
+    def fields(self, cfg: Any) -> list[str]:
+        """Dotted names of every profile field in the key."""
+        out = []
+        for r in self.reads:
+            v = _dotted_get(cfg, r)
+            if dataclasses.is_dataclass(v) and not isinstance(v, type):
+                out += [f"{r}.{f.name}" for f in dataclasses.fields(v)
+                        if f.metadata.get("rules", {}).get("cache", True)]
+            else:
+                out.append(r)
+        bad = [s for s in self.skip if s not in out]
+        if bad:
+            raise ValueError(f"StageKey {self.stage}: skip {bad} names no field it reads")
+        return [f for f in out if f not in self.skip]
+
+    def config(self, cfg: Any) -> dict:
+        """``{"stage", "version", section: {field: value}}`` of the fields it reads."""
+        d: dict = {"stage": self.stage, "version": self.version}
+        for name in self.fields(cfg):
+            v = _dotted_get(cfg, name)
+            v = [dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x for x in v] \
+                if isinstance(v, list) else v
+            head, _, leaf = name.rpartition(".")
+            (d.setdefault(head, {}) if head else d)[leaf] = v
+        return d
+
+    def key(self, cfg: Any, inputs: Iterable[str] = ()) -> str:
+        return config_key(self.config(cfg), inputs)
+
+
+def _dotted_get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while b := f.read(chunk):
             h.update(b)
     return h.hexdigest()
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_meta(meta: Any, stage: str, key: str) -> None:
+    """meta.json's schema: a mapping with ``stage``, ``key`` (matching its place),
+    ``inputs`` (list of keys) and ``files`` (relative path -> sha256 hex)."""
+    where = f"{stage}/{key}: meta.json"
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{where} is a JSON {type(meta).__name__}, not an object")
+    for k, tp in (("stage", str), ("key", str), ("inputs", list), ("files", dict)):
+        if not isinstance(meta.get(k), tp):
+            raise ArtifactError(f"{where}: {k!r} is missing or not a {tp.__name__}")
+    if meta["stage"] != stage or meta["key"] != key:
+        raise ArtifactError(f"{where} describes {meta['stage']}/{meta['key']} (moved or "
+                            f"copied artifact)")
+    for name, digest in meta["files"].items():
+        if (not isinstance(digest, str) or not _HEX64.fullmatch(digest)
+                or Path(name).is_absolute() or ".." in Path(name).parts):
+            raise ArtifactError(f"{where}: entry {name!r}: {digest!r} is not a relative path "
+                                f"with a sha256 digest")
 
 
 class Artifact:
@@ -80,7 +177,8 @@ class ArtifactStore:
     else call ``fn(workdir)`` to write the files, then hash and publish them."""
 
     def __init__(self, root: Optional[Path | str] = None):
-        self.root = Path(root or os.environ.get("APQ_ARTIFACTS", REPO_ROOT / "artifacts"))
+        self.root = (Path(root).expanduser().absolute() if root else
+                     env_path("APQ_ARTIFACTS", REPO_ROOT / "artifacts"))
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -98,11 +196,18 @@ class ArtifactStore:
             raise ArtifactError(f"{stage}/{key}: no meta.json (missing or partial artifact)")
         try:
             meta = json.loads(meta_p.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ArtifactError(f"{stage}/{key}: meta.json is corrupted ({e})") from e
-        for name, digest in meta.get("files", {}).items():
+        _check_meta(meta, stage, key)
+        present = {str(p.relative_to(d)) for p in d.rglob("*")
+                   if p.is_file() and p.name != "meta.json"}
+        unlisted = sorted(present - set(meta["files"]))
+        if unlisted:
+            raise ArtifactError(f"{stage}/{key}: file(s) {unlisted} are not listed in "
+                                f"meta.json (added or edited after publishing)")
+        for name, digest in sorted(meta["files"].items()):
             f = d / name
-            if not f.exists():
+            if not f.is_file():
                 raise ArtifactError(f"{stage}/{key}: file {name} is missing")
             if file_sha256(f) != digest:
                 raise ArtifactError(f"{stage}/{key}: file {name} does not match its hash "
@@ -110,6 +215,7 @@ class ArtifactStore:
         return Artifact(stage, key, d, meta)
 
     def get(self, stage: str, key: str) -> Optional[Artifact]:
+        """The verified artifact, or ``None`` (with a warning when a broken one exists)."""
         try:
             return self.verify(stage, key)
         except ArtifactError as e:
@@ -133,7 +239,7 @@ class ArtifactStore:
                  for p in sorted(work.rglob("*")) if p.is_file() and p.name != "meta.json"}
         meta = {"stage": stage, "key": key, "config": _jsonable(config), "inputs": input_keys,
                 "files": files, "created": _dt.datetime.now().isoformat(timespec="seconds")}
-        (work / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        write_json(work / "meta.json", meta, nonfinite="error")
         if final.exists():
             shutil.rmtree(final)
         work.rename(final)
@@ -212,13 +318,26 @@ def record_chain(info: dict, results_dir: Path = RESULTS_DIR) -> dict:
 
 
 def _read_manifest(results_dir: Path) -> dict:
+    """The manifest; a corrupted one is moved aside (``manifest.json.corrupt``) with a
+    warning and a new one started (its ``files`` hashes are recomputed on every write)."""
     mpath = results_dir / "manifest.json"
-    return json.loads(mpath.read_text()) if mpath.exists() else {}
+    if not mpath.exists():
+        return {}
+    try:
+        m = json.loads(mpath.read_text())
+        if not isinstance(m, dict):
+            raise ValueError(f"a JSON {type(m).__name__}, not an object")
+        return m
+    except (ValueError, UnicodeDecodeError) as e:
+        bad = mpath.with_name("manifest.json.corrupt")
+        os.replace(mpath, bad)
+        warnings.warn(f"{mpath} is corrupted ({e}); moved to {bad.name} and started anew: "
+                      f"rerun the notebooks whose entries you need", stacklevel=3)
+        return {}
 
 
 def _write_manifest(manifest: dict, results_dir: Path) -> dict:
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    write_json(results_dir / "manifest.json", manifest)
     return manifest
 
 
@@ -247,5 +366,6 @@ def update_manifest(notebook: str, profile: Any, start: _dt.datetime,
     manifest["files"] = {
         str(p.relative_to(results_dir)): file_sha256(p)
         for p in sorted(results_dir.rglob("*"))
-        if p.is_file() and p.name != "manifest.json" and "executed" not in p.parts}
+        if p.is_file() and p.name != "manifest.json" and "executed" not in p.parts
+        and not p.name.endswith((".tmp", ".corrupt"))}
     return _write_manifest(manifest, results_dir)

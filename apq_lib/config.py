@@ -3,6 +3,13 @@
 A profile is a nested YAML mapping. Each section maps onto a dataclass below; the loader
 checks every key (unknown keys, wrong types and impossible values raise ``ConfigError``
 naming the dotted key, e.g. ``space.bit_choices``).
+
+Ranges, choices and finiteness are declared once per field with :func:`param` (field
+metadata) and checked generically, so a new key gets its checks by declaring them: every
+float must be finite unless its field says ``finite=False``; a value outside ``choices`` is
+an error, never clipped. A section's ``check`` holds only the rules that relate fields.
+``cache=False`` marks a field that cannot change any result (threads, paths, logging), so
+no artifact key contains it (see :class:`apq_lib.artifacts.StageKey`).
 """
 from __future__ import annotations
 
@@ -12,7 +19,8 @@ import json
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,12 +29,14 @@ import yaml
 __all__ = [
     "ConfigError", "DataConfig", "SpaceConfig", "SupernetConfig", "QuantConfig",
     "HardwareConfig", "PredictorConfig", "SearchConfig", "BaselinesConfig", "Profile",
-    "load_profile", "profile_path", "PROFILES", "ENV_DIR", "apply_overrides",
+    "load_profile", "profile_path", "PROFILES", "ENV_DIR", "apply_overrides", "param",
+    "Phase", "PHASE_KEYS", "check_fields", "field_rules", "leaf_fields",
 ]
 
 ENV_DIR = Path(__file__).resolve().parent.parent / "env"
 PROFILES = ("smoke", "default", "paper")
 VALID_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
+_COSTS = ("latency", "energy", "bitops")
 
 
 class ConfigError(ValueError):
@@ -38,151 +48,204 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+# --------------------------------------------------------------------------- field rules
+_RULES = {"gt", "ge", "lt", "le", "choices", "nonempty", "length", "finite", "cache"}
+
+
+def param(default: Any = MISSING, *, default_factory: Any = MISSING, **rules: Any) -> Any:
+    """A dataclass field with declared checks: ``gt/ge/lt/le`` (bounds), ``choices``
+    (allowed values), ``nonempty``/``length`` (lists), ``finite`` (default True for
+    floats), ``cache`` (False: never part of an artifact key). For a list the value rules
+    apply to every element; ``None`` (an Optional field left out) passes."""
+    bad = sorted(set(rules) - _RULES)
+    if bad:
+        raise TypeError(f"param(): unknown rule(s) {bad}; use {sorted(_RULES)}")
+    return field(default=default, default_factory=default_factory, metadata={"rules": rules})
+
+
+def field_rules(f: dataclasses.Field) -> dict:
+    return dict(f.metadata.get("rules", {}))
+
+
+def _check_value(x: Any, key: str, r: dict) -> None:
+    if isinstance(x, float) and r.get("finite", True) and not math.isfinite(x):
+        raise ConfigError(f"{key}: must be a finite number, got {x!r}")
+    if "choices" in r and x not in r["choices"]:
+        raise ConfigError(f"{key}: {x!r} is not supported; choose from {list(r['choices'])}")
+    for rule, ok, word in (("gt", lambda a, b: a > b, ">"), ("ge", lambda a, b: a >= b, ">="),
+                           ("lt", lambda a, b: a < b, "<"), ("le", lambda a, b: a <= b, "<=")):
+        if rule in r and isinstance(x, (int, float)) and not ok(x, r[rule]):
+            raise ConfigError(f"{key}: must be {word} {r[rule]}, got {x!r}")
+
+
+def check_fields(obj: Any, path: str = "") -> None:
+    """Apply every field's declared rules to a dataclass instance (recursively)."""
+    for f in dataclasses.fields(obj):
+        v, r = getattr(obj, f.name), field_rules(f)
+        key = f"{path}.{f.name}" if path else f.name
+        if v is None:
+            continue
+        if dataclasses.is_dataclass(v):
+            check_fields(v, key)
+            continue
+        if isinstance(v, list):
+            _check(not r.get("nonempty") or len(v) > 0, key, "must not be empty")
+            _check("length" not in r or len(v) == r["length"], key,
+                   f"needs exactly {r.get('length')} entries, got {len(v)}")
+            for j, x in enumerate(v):
+                if dataclasses.is_dataclass(x):
+                    check_fields(x, f"{key}[{j}]")
+                    if hasattr(x, "check"):
+                        x.check(f"{key}[{j}]")
+                else:
+                    _check_value(x, f"{key}[{j}]", r)
+        else:
+            _check_value(v, key, r)
+
+
+def leaf_fields(cls: type, path: str = "") -> list[str]:
+    """Dotted names of every non-section field of ``cls`` (sections expanded)."""
+    hints, out = typing.get_type_hints(cls), []
+    for f in dataclasses.fields(cls):
+        key = f"{path}.{f.name}" if path else f.name
+        tp = hints[f.name]
+        out += leaf_fields(tp, key) if dataclasses.is_dataclass(tp) else [key]
+    return out
+
+
 # --------------------------------------------------------------------------- sections
 @dataclass
 class DataConfig:
-    dataset: str = "fashion_mnist"          # fashion_mnist | cifar10 | imagefolder
-    root: Optional[str] = None              # directory; else APQ_DATA_DIR, Debian, download
-    download: bool = True                   # allow torchvision download as the last resort
-    val_size: int = 5000                    # held out from train with a fixed seed
-    split_seed: int = 0
-    train_subset: Optional[int] = None      # cap on training images (after the val split)
-    val_subset: Optional[int] = None
-    test_subset: Optional[int] = None
-    image_size: int = 32                    # Fashion-MNIST 28x28 is zero-padded to 32
-    batch_size: int = 256
-    eval_batch_size: int = 1000
+    dataset: str = param("fashion_mnist", choices=("fashion_mnist", "cifar10", "imagefolder"))
+    root: Optional[str] = param(None, cache=False)  # dir; else APQ_DATA_DIR, Debian, download
+    download: bool = param(True, cache=False)  # allow torchvision download as the last resort
+    val_size: int = param(5000, gt=0)       # held out from train with a fixed seed
+    split_seed: int = param(0, ge=0)
+    train_subset: Optional[int] = param(None, gt=0)  # cap on training images (after val split)
+    val_subset: Optional[int] = param(None, gt=0)
+    test_subset: Optional[int] = param(None, gt=0)
+    image_size: int = param(32, ge=8)       # Fashion-MNIST 28x28 is zero-padded to 32
+    batch_size: int = param(256, gt=0)
+    eval_batch_size: int = param(1000, gt=0)
     augment: bool = True                    # random crop (pad 2) + horizontal flip
-    num_workers: int = 0
+    num_workers: int = param(0, ge=0, cache=False)
 
     def check(self, p: str) -> None:
-        _check(self.dataset in ("fashion_mnist", "cifar10", "imagefolder"), f"{p}.dataset",
-               f"unknown dataset {self.dataset!r}; use fashion_mnist, cifar10 or imagefolder")
-        _check(self.val_size > 0, f"{p}.val_size", "must be > 0")
-        _check(self.image_size >= 8, f"{p}.image_size", "must be >= 8")
-        _check(self.batch_size > 0, f"{p}.batch_size", "must be > 0")
-        _check(self.eval_batch_size > 0, f"{p}.eval_batch_size", "must be > 0")
-        for k in ("train_subset", "val_subset", "test_subset"):
-            v = getattr(self, k)
-            _check(v is None or v > 0, f"{p}.{k}", "must be > 0 or null")
-        _check(self.num_workers >= 0, f"{p}.num_workers", "must be >= 0")
+        check_fields(self, p)
 
 
 @dataclass
 class SpaceConfig:
     """APQ's search space, sized by the profile (see ``apq_lib.supernet.space``)."""
-    stem_width: int = 16                    # fixed 3x3 stem conv
-    stem_stride: int = 1
-    head_width: int = 8                     # fixed expand-1 MBConv after the stem
-    stage_widths: list[int] = field(default_factory=lambda: [16, 24, 32, 48, 64, 96])
-    stage_strides: list[int] = field(default_factory=lambda: [1, 2, 2, 1, 2, 1])
-    stage_max_depth: list[int] = field(default_factory=lambda: [4, 4, 4, 4, 4, 1])
-    depth_choices: list[int] = field(default_factory=lambda: [2, 3, 4])
-    kernel_choices: list[int] = field(default_factory=lambda: [3, 5, 7])
-    expand_min: int = 4                     # middle channels from expand_min*C_in ...
-    expand_max: int = 6                     # ... to expand_max*C_in
-    channel_step: int = 8                   # ... in steps of 8 (fine-grained pruning)
-    bit_choices: list[int] = field(default_factory=lambda: [4, 6, 8])
-    tail_width: int = 256                   # fixed 8-bit 1x1 conv before the classifier
+    stem_width: int = param(16, gt=0)       # fixed 3x3 stem conv
+    stem_stride: int = param(1, choices=(1, 2))
+    head_width: int = param(8, gt=0)        # fixed expand-1 MBConv after the stem
+    stage_widths: list[int] = param(default_factory=lambda: [16, 24, 32, 48, 64, 96],
+                                    nonempty=True, gt=0)
+    stage_strides: list[int] = param(default_factory=lambda: [1, 2, 2, 1, 2, 1],
+                                     choices=(1, 2))
+    stage_max_depth: list[int] = param(default_factory=lambda: [4, 4, 4, 4, 4, 1], ge=1)
+    depth_choices: list[int] = param(default_factory=lambda: [2, 3, 4], nonempty=True, ge=1)
+    kernel_choices: list[int] = param(default_factory=lambda: [3, 5, 7], nonempty=True,
+                                      choices=(1, 3, 5, 7))
+    expand_min: int = param(4, gt=0)        # middle channels from expand_min*C_in ...
+    expand_max: int = param(6, gt=0)        # ... to expand_max*C_in
+    channel_step: int = param(8, gt=0)      # ... in steps of 8 (fine-grained pruning)
+    bit_choices: list[int] = param(default_factory=lambda: [4, 6, 8], nonempty=True,
+                                   choices=VALID_BITS[:-1])
+    tail_width: int = param(256, gt=0)      # fixed 8-bit 1x1 conv before the classifier
     forbid_k7_a4: bool = False              # APQ's LUT had no 7x7 depthwise with 4-bit acts
-    image_size: int = 32
-    in_channels: int = 1
-    num_classes: int = 10
+    image_size: int = param(32, gt=0)
+    in_channels: int = param(1, gt=0)
+    num_classes: int = param(10, gt=0)
 
     def check(self, p: str) -> None:
+        check_fields(self, p)            # the rules each field declares
         n = len(self.stage_widths)
-        _check(n >= 1, f"{p}.stage_widths", "needs at least one stage")
         _check(len(self.stage_strides) == n, f"{p}.stage_strides",
                f"needs {n} entries (one per stage)")
         _check(len(self.stage_max_depth) == n, f"{p}.stage_max_depth",
                f"needs {n} entries (one per stage)")
-        _check(all(s in (1, 2) for s in self.stage_strides), f"{p}.stage_strides",
-               "each stride must be 1 or 2")
-        _check(all(d >= 1 for d in self.stage_max_depth), f"{p}.stage_max_depth", "must be >= 1")
-        _check(self.depth_choices and all(d >= 1 for d in self.depth_choices),
-               f"{p}.depth_choices", "must be a non-empty list of positive ints")
-        _check(self.kernel_choices and all(k in (1, 3, 5, 7) for k in self.kernel_choices),
-               f"{p}.kernel_choices", "kernels must be odd, from {1,3,5,7}")
-        _check(0 < self.expand_min <= self.expand_max, f"{p}.expand_min",
-               "need 0 < expand_min <= expand_max")
-        _check(self.channel_step > 0, f"{p}.channel_step", "must be > 0")
-        _check(self.bit_choices and all(b in VALID_BITS[:-1] for b in self.bit_choices),
-               f"{p}.bit_choices", f"bits must be in 2..8, got {self.bit_choices}")
-        for k in ("stem_width", "head_width", "tail_width", "image_size", "in_channels",
-                  "num_classes"):
-            _check(getattr(self, k) > 0, f"{p}.{k}", "must be > 0")
+        deepest = max(self.stage_max_depth)
+        _check(all(d <= deepest for d in self.depth_choices), f"{p}.depth_choices",
+               f"{self.depth_choices} has a depth no stage allows (stage_max_depth "
+               f"{self.stage_max_depth}); use depths up to {deepest}")
+        _check(self.expand_min <= self.expand_max, f"{p}.expand_min",
+               "need expand_min <= expand_max")
         _check(all(w % self.channel_step == 0 or w < self.channel_step
                    for w in self.stage_widths), f"{p}.stage_widths",
                "widths should be multiples of channel_step")
 
 
 @dataclass
-class SupernetConfig:
-    """Progressive shrinking schedule (``apq_lib.supernet.train``): ``phases`` is a list of
-    mappings with keys ``name, epochs, lr, kernels, depths, expands, subnets_per_step,
-    distill`` (and optionally ``sandwich``); see ``apq_lib.supernet.train.Phase``."""
-    phases: list[dict] = field(default_factory=list)
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 3e-5
-    label_smoothing: float = 0.1
-    distill_weight: float = 1.0             # weight of the KD (soft-target KL) term
-    warmup_epochs: int = 0                  # linear LR warm-up at the start of phase 0
-    bn_recal_images: int = 2000             # training images for BN recalibration
-    eval_images: int = 2000                 # validation images for the per-epoch curves
-    n_random_subnets: int = 100             # random subnets evaluated in notebook 01
-    random_eval_images: Optional[int] = None  # val and test images per random subnet in
-                                            # notebook 01 (None: whole splits)
-    log_every: int = 50
-
-    PHASE_KEYS = ("name", "epochs", "lr", "kernels", "depths", "expands", "subnets_per_step",
-                  "distill", "sandwich")
+class Phase:
+    """One progressive-shrinking phase (OFA §3.2). ``kernels``/``depths``: allowed values
+    (a stage whose choices miss them all uses its largest depth); ``expands``: expand
+    ratios — a block samples every middle-channel choice between the choices nearest to
+    ``min(expands)·C_in`` and ``max(expands)·C_in`` (so [6] = full width, [4, 6] = all of
+    APQ's fine-grained choices). Left out, they default to the largest choice (the full
+    network). ``sandwich``: also train the smallest subnet every step."""
+    name: str
+    epochs: int = param(ge=0)
+    lr: float = param(0.1, gt=0)
+    kernels: Optional[list[int]] = param(None, nonempty=True, choices=(1, 3, 5, 7))
+    depths: Optional[list[int]] = param(None, nonempty=True, ge=1)
+    expands: Optional[list[float]] = param(None, nonempty=True, gt=0)
+    subnets_per_step: int = param(1, ge=1)
+    distill: bool = False
+    sandwich: bool = False
 
     def check(self, p: str) -> None:
-        _check(len(self.phases) > 0, f"{p}.phases", "needs at least one phase")
-        for i, ph in enumerate(self.phases):
-            q = f"{p}.phases[{i}]"
-            _check(isinstance(ph, dict) and "name" in ph and "epochs" in ph, q,
-                   "each phase needs 'name' and 'epochs'")
-            bad = sorted(set(ph) - set(self.PHASE_KEYS))
-            _check(not bad, q, f"unknown key(s) {bad}; allowed {list(self.PHASE_KEYS)}")
-            _check(isinstance(ph["epochs"], int) and ph["epochs"] >= 0, f"{q}.epochs",
-                   "must be an int >= 0")
-            _check(float(ph.get("lr", 0.1)) > 0, f"{q}.lr", "must be > 0")
-            _check(int(ph.get("subnets_per_step", 1)) >= 1, f"{q}.subnets_per_step",
-                   "must be >= 1")
-            for k in ("kernels", "depths", "expands"):
-                v = ph.get(k, [1])
-                _check(isinstance(v, list) and len(v) > 0 and all(
-                    isinstance(x, (int, float)) and x > 0 for x in v), f"{q}.{k}",
-                    "must be a non-empty list of positive numbers")
-        _check(self.optimizer in ("sgd", "adam"), f"{p}.optimizer", "use sgd or adam")
-        _check(self.bn_recal_images > 0, f"{p}.bn_recal_images", "must be > 0")
-        _check(self.eval_images > 0, f"{p}.eval_images", "must be > 0")
-        _check(self.random_eval_images is None or self.random_eval_images > 0,
-               f"{p}.random_eval_images", "must be > 0 or null (whole splits)")
-        _check(self.n_random_subnets > 0, f"{p}.n_random_subnets", "must be > 0")
-        _check(self.warmup_epochs >= 0, f"{p}.warmup_epochs", "must be >= 0")
+        check_fields(self, p)
+
+    @classmethod
+    def from_dict(cls, d: "Mapping | Phase", where: str = "supernet.phases") -> "Phase":
+        """A validated phase from a mapping (a :class:`Phase` is returned as is)."""
+        if isinstance(d, Phase):
+            return d
+        ph = _build(cls, d, where)
+        check_fields(ph, where)
+        return ph
+
+
+PHASE_KEYS = tuple(f.name for f in dataclasses.fields(Phase))
+
+
+@dataclass
+class SupernetConfig:
+    """Progressive shrinking schedule (``apq_lib.supernet.train``): ``phases`` is a list of
+    :class:`Phase` (YAML mappings with keys ``name, epochs, lr, kernels, depths, expands,
+    subnets_per_step, distill, sandwich``), validated when the profile loads."""
+    phases: list[Phase] = param(default_factory=list, nonempty=True)
+    optimizer: str = param("sgd", choices=("sgd", "adam"))
+    momentum: float = param(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = param(3e-5, ge=0)
+    label_smoothing: float = param(0.1, ge=0, lt=1)
+    distill_weight: float = param(1.0, ge=0)  # weight of the KD (soft-target KL) term
+    warmup_epochs: int = param(0, ge=0)     # linear LR warm-up at the start of phase 0
+    bn_recal_images: int = param(2000, gt=0)  # training images for BN recalibration
+    eval_images: int = param(2000, gt=0)    # validation images for the per-epoch curves
+    n_random_subnets: int = param(100, gt=0)  # random subnets evaluated in notebook 01
+    random_eval_images: Optional[int] = param(None, gt=0)  # val and test images per random
+                                            # subnet in notebook 01 (None: whole splits)
+    log_every: int = param(50, gt=0, cache=False)
+
+    PHASE_KEYS = PHASE_KEYS
+
+    def check(self, p: str) -> None:
+        check_fields(self, p)
 
 
 @dataclass
 class QuantConfig:
-    weight_calibration: str = "minmax"      # minmax | percentile | kl | mse
-    act_calibration: str = "pact"
-    kl_below_bits: int = 5                  # APQ: KL threshold for weights when bits < 5
-    calib_images: int = 512
-    qat_epochs: float = 1.0
-    qat_lr: float = 1e-3
-    use_triton: str = "auto"                # auto | always | never
+    weight_calibration: str = param("minmax", choices=("minmax", "percentile", "kl", "mse"))
+    kl_below_bits: Optional[int] = param(5, ge=2, le=9)  # APQ: KL for weights below 5 bits
+                                            # (null: the weight_calibration method always)
+    use_triton: str = param("auto", choices=("auto", "always", "never"))
 
     def check(self, p: str) -> None:
-        _check(self.weight_calibration in ("minmax", "percentile", "kl", "mse"),
-               f"{p}.weight_calibration", "use minmax, percentile, kl or mse")
-        _check(self.calib_images > 0, f"{p}.calib_images", "must be > 0")
-        _check(self.qat_epochs >= 0, f"{p}.qat_epochs", "must be >= 0")
-        _check(self.use_triton in ("auto", "always", "never"), f"{p}.use_triton",
-               "use auto, always or never")
+        check_fields(self, p)
 
 
 @dataclass
@@ -191,46 +254,36 @@ class FinetuneConfig:
     realised models (notebook 04), every baseline (05), the quantized predictor pairs (03,
     which override only ``steps``). Accuracy of a final model is measured on the test split
     (``test_images``: null = all of it, the same images for every model: paired)."""
-    steps: int = 35
-    lr: float = 1e-3
-    batch_size: int = 64
-    optimizer: str = "sgd"                  # sgd (Nesterov) | adam
-    momentum: float = 0.9
-    weight_decay: float = 4e-5
-    label_smoothing: float = 0.1
-    recal_images: int = 1000                # BN recalibration after the finetune
-    test_images: Optional[int] = None       # None: the whole test split
-    seeds: int = 1                          # finetune seeds of the models behind Tables 1-2
+    steps: int = param(35, ge=0)
+    lr: float = param(1e-3, gt=0)
+    batch_size: int = param(64, gt=0)
+    optimizer: str = param("sgd", choices=("sgd", "adam"))   # sgd: Nesterov
+    momentum: float = param(0.9, ge=0, lt=1)
+    weight_decay: float = param(4e-5, ge=0)
+    label_smoothing: float = param(0.1, ge=0, lt=1)
+    recal_images: int = param(1000, gt=0)   # BN recalibration after the finetune
+    test_images: Optional[int] = param(None, gt=0)   # None: the whole test split
+    seeds: int = param(1, ge=1)             # finetune seeds of the models behind Tables 1-2
 
     def check(self, p: str) -> None:
-        _check(self.steps >= 0, f"{p}.steps", "must be >= 0")
-        _check(math.isfinite(self.lr) and self.lr > 0, f"{p}.lr", "must be a finite number > 0")
-        _check(self.batch_size > 0, f"{p}.batch_size", "must be > 0")
-        _check(self.optimizer in ("sgd", "adam"), f"{p}.optimizer", "use sgd or adam")
-        _check(math.isfinite(self.momentum) and 0 <= self.momentum < 1, f"{p}.momentum",
-               "must be in [0, 1)")
-        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-               f"{p}.weight_decay", "must be >= 0")
-        _check(math.isfinite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
-               f"{p}.label_smoothing", "must be in [0, 1)")
-        _check(self.recal_images > 0, f"{p}.recal_images", "must be > 0")
-        _check(self.test_images is None or self.test_images > 0, f"{p}.test_images",
-               "must be > 0 or null (the whole test split)")
-        _check(self.seeds >= 1, f"{p}.seeds", "must be >= 1")
+        check_fields(self, p)
 
 
 @dataclass
 class HardwareConfig:
-    simulators: list[str] = field(default_factory=lambda: ["bitfusion", "bismo_edge",
-                                                           "bismo_cloud"])
+    simulators: list[str] = param(default_factory=lambda: ["bitfusion", "bismo_edge",
+                                                           "bismo_cloud"],
+                                  nonempty=True, choices=("bitfusion", "bismo_edge",
+                                                          "bismo_cloud"))
     measure_cpu: bool = True
-    cpu_repeats: int = 20
-    cpu_threads: int = 1                    # threads for measured CPU latency (shared box: 1)
-    mbv2_resolution: int = 224
-    mbv2_bits: list[int] = field(default_factory=lambda: [8, 6, 4])   # uniform WbAb policies
+    cpu_repeats: int = param(20, gt=0)
+    cpu_threads: int = param(1, gt=0)       # threads for measured CPU latency (shared box: 1)
+    mbv2_resolution: int = param(224, ge=32)
+    mbv2_bits: list[int] = param(default_factory=lambda: [8, 6, 4], nonempty=True, ge=2,
+                                 le=8)     # uniform WbAb policies (BitFusion/BISMO: 2..8)
     # BitFusion model options (apq_lib.hardware.bitfusion); defaults behave as APQ's table:
     # depthwise "grouped" (8·pf-channel dense groups) | "official" (1 input ch -> C outputs)
-    bitfusion_depthwise: str = "grouped"
+    bitfusion_depthwise: str = param("grouped", choices=("grouped", "official"))
     bitfusion_pad_tiles: bool = False       # round tile traffic up to the 16x32 array
     bitfusion_static_power: bool = True     # add SRAM leakage (~0.425 nJ per cycle)
 
@@ -239,69 +292,38 @@ class HardwareConfig:
                 "static_power": self.bitfusion_static_power}
 
     def check(self, p: str) -> None:
-        _check(self.bitfusion_depthwise in ("grouped", "official"), f"{p}.bitfusion_depthwise",
-               "must be 'grouped' or 'official'")
-        for k in ("bitfusion_pad_tiles", "bitfusion_static_power"):
-            _check(isinstance(getattr(self, k), bool), f"{p}.{k}", "must be true or false")
-        ok = {"bitfusion", "bismo_edge", "bismo_cloud"}
-        _check(all(s in ok for s in self.simulators), f"{p}.simulators",
-               f"unknown simulator; allowed {sorted(ok)}")
-        _check(self.cpu_repeats > 0, f"{p}.cpu_repeats", "must be > 0")
-        _check(self.cpu_threads > 0, f"{p}.cpu_threads", "must be > 0")
-        _check(self.mbv2_resolution >= 32, f"{p}.mbv2_resolution", "must be >= 32")
-        _check(bool(self.mbv2_bits) and all(2 <= b <= 8 for b in self.mbv2_bits),
-               f"{p}.mbv2_bits", "bits must be in 2..8 (BitFusion/BISMO range)")
+        check_fields(self, p)
 
 
 @dataclass
 class PredictorConfig:
     """Predictor data (APQ §3.2) and training (see ``apq_lib.predictor``)."""
-    fp32_pairs: int = 2000
-    quant_pairs: int = 400
-    policies_per_arch: int = 10             # APQ's second sampler
-    finetune_steps: int = 20                # QAT steps per quantized pair
-    finetune_lr: float = 1e-3
-    finetune_batch_size: int = 64
-    finetune_optimizer: str = "sgd"         # sgd (Nesterov 0.9) | adam
-    eval_images: int = 2000                 # validation images per pair
-    quant_eval_images: Optional[int] = None  # per quantized pair (None: eval_images)
-    recal_images: int = 2000                # training images for BN recalibration per pair
-    workers: int = 1                        # collection processes (CLI shards) in notebook 03
-    hidden: int = 400
-    n_layers: int = 3
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 256
-    epochs: int = 300
-    patience: int = 30
-    holdout_fraction: float = 0.2
-    transfer_branch_init: str = "zeros"     # zeros | default (PyTorch init of the new branch)
-    study_sizes: list[int] = field(default_factory=lambda: [25, 50, 100, 200, 300])
-    study_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    cv_folds: int = 5                       # grouped (by architecture) k-fold CV, Table 4
-    bootstrap_resamples: int = 2000         # over held-out architectures, for the CIs
-    realised_pairs: int = 8                 # held-out pairs realised as in notebook 04
+    fp32_pairs: int = param(2000, gt=0)
+    quant_pairs: int = param(400, gt=0)
+    policies_per_arch: int = param(10, gt=0)  # APQ's second sampler
+    finetune_steps: int = param(20, ge=0)   # QAT steps per quantized pair (of finetune:)
+    eval_images: int = param(2000, gt=0)    # validation images per pair
+    quant_eval_images: Optional[int] = param(None, gt=0)  # per quantized pair (None: eval_images)
+    recal_images: int = param(2000, gt=0)   # training images for BN recalibration per pair
+    workers: int = param(1, gt=0, cache=False)  # collection processes (CLI shards), notebook 03
+    hidden: int = param(400, gt=0)
+    n_layers: int = param(3, gt=0)
+    lr: float = param(1e-3, gt=0)
+    weight_decay: float = param(1e-4, ge=0)
+    batch_size: int = param(256, gt=0)
+    epochs: int = param(300, gt=0)
+    patience: int = param(30, gt=0)
+    holdout_fraction: float = param(0.2, gt=0, lt=1)
+    transfer_branch_init: str = param("zeros", choices=("zeros", "default"))  # default: PyTorch
+    study_sizes: list[int] = param(default_factory=lambda: [25, 50, 100, 200, 300],
+                                   nonempty=True, gt=0)
+    study_seeds: list[int] = param(default_factory=lambda: [0, 1, 2], nonempty=True, ge=0)
+    cv_folds: int = param(5, ge=2)          # grouped (by architecture) k-fold CV, Table 4
+    bootstrap_resamples: int = param(2000, ge=1000)  # over held-out architectures (CIs)
+    realised_pairs: int = param(8, ge=2)    # held-out pairs realised as in notebook 04
 
     def check(self, p: str) -> None:
-        _check(self.cv_folds >= 2, f"{p}.cv_folds", "must be >= 2")
-        _check(self.bootstrap_resamples >= 1000, f"{p}.bootstrap_resamples", "must be >= 1000")
-        _check(self.realised_pairs >= 2, f"{p}.realised_pairs", "must be >= 2 (for a CI)")
-        for k in ("fp32_pairs", "quant_pairs", "policies_per_arch", "eval_images",
-                  "recal_images", "finetune_batch_size", "workers", "hidden", "n_layers",
-                  "batch_size", "epochs", "patience"):
-            _check(getattr(self, k) > 0, f"{p}.{k}", "must be > 0")
-        _check(self.quant_eval_images is None or self.quant_eval_images > 0,
-               f"{p}.quant_eval_images", "must be > 0 or null")
-        _check(self.finetune_steps >= 0, f"{p}.finetune_steps", "must be >= 0")
-        _check(self.finetune_lr >= 0, f"{p}.finetune_lr", "must be >= 0")
-        _check(self.finetune_optimizer in ("sgd", "adam"), f"{p}.finetune_optimizer",
-               "use sgd or adam")
-        _check(self.transfer_branch_init in ("zeros", "default"), f"{p}.transfer_branch_init",
-               "use zeros or default")
-        _check(0 < self.holdout_fraction < 1, f"{p}.holdout_fraction", "must be in (0, 1)")
-        _check(len(self.study_sizes) > 0 and all(n > 0 for n in self.study_sizes),
-               f"{p}.study_sizes", "must be a non-empty list of positive ints")
-        _check(len(self.study_seeds) > 0, f"{p}.study_seeds", "must be non-empty")
+        check_fields(self, p)            # the rules each field declares
         # the held-out split takes whole architecture groups: at least the fraction, at
         # most policies_per_arch - 1 pairs more
         n_train = (self.quant_pairs - -(-self.quant_pairs * self.holdout_fraction // 1)
@@ -313,49 +335,29 @@ class PredictorConfig:
 
 @dataclass
 class SearchConfig:
-    population: int = 100
-    parents: int = 25
-    mutants: int = 50
-    crossovers: int = 50
-    mutation_prob: float = 0.1
-    generations: int = 500
-    latency_targets_ms: list[float] = field(default_factory=list)
-    energy_targets_mj: list[float] = field(default_factory=list)
-    bitops_targets_g: list[float] = field(default_factory=list)
-    finetune_epochs: float = 1.0
-    finetune_lr: float = 1e-3
-    finetune_batch_size: int = 64           # QAT finetune of each found model
-    test_images: Optional[int] = None       # cap on test images per found model (None: all)
-    recal_images: Optional[int] = None      # BN recal of found models (None: supernet's)
-    threads: Optional[int] = None           # torch threads in notebook 04 (None: default;
-                                            # 1 is several times faster on a busy box)
-    max_tries: int = 20                     # rejection-sampling rounds per batch of children
+    population: int = param(100, gt=0)
+    parents: int = param(25, gt=0)
+    mutants: int = param(50, ge=0)
+    crossovers: int = param(50, ge=0)
+    mutation_prob: float = param(0.1, ge=0, le=1)
+    generations: int = param(500, gt=0)
+    latency_targets_ms: list[float] = param(default_factory=list, gt=0)
+    energy_targets_mj: list[float] = param(default_factory=list, gt=0)
+    bitops_targets_g: list[float] = param(default_factory=list, gt=0)
+    threads: Optional[int] = param(None, gt=0, cache=False)  # torch threads in notebook 04
+                                            # (None: default; 1 is faster on a busy box)
+    max_tries: int = param(20, gt=0)        # rejection-sampling rounds per batch of children
     unique_parents: bool = True             # parents = top distinct candidates (APQ: no)
-    sweep_points: int = 4                   # targets derived per cost when a list is empty
-    sweep_quantiles: list[float] = field(default_factory=list)  # their quantiles of the cost
-                                            # of random subnets (empty: (i + 0.5) / sweep_points)
+    sweep_points: int = param(4, gt=0)      # targets derived per cost when a list is empty
+    sweep_quantiles: list[float] = param(default_factory=list, ge=0, le=1)  # their quantiles
+                                            # of random subnets' cost (empty: (i + 0.5) / points)
     random_baseline: bool = True            # also run random search at the same budget
 
     def check(self, p: str) -> None:
-        _check(self.population > 0, f"{p}.population", "must be > 0")
-        _check(self.mutants >= 0 and self.crossovers >= 0 and
-               self.mutants + self.crossovers > 0, f"{p}.mutants",
+        check_fields(self, p)            # the rules each field declares
+        _check(self.mutants + self.crossovers > 0, f"{p}.mutants",
                "need mutants + crossovers > 0 children per generation")
-        _check(self.max_tries > 0, f"{p}.max_tries", "must be > 0")
-        _check(self.sweep_points > 0, f"{p}.sweep_points", "must be > 0")
-        _check(all(0 <= q <= 1 for q in self.sweep_quantiles), f"{p}.sweep_quantiles",
-               "quantiles must be in [0, 1]")
-        _check(self.finetune_epochs >= 0, f"{p}.finetune_epochs", "must be >= 0")
-        _check(self.finetune_batch_size > 0, f"{p}.finetune_batch_size", "must be > 0")
-        for k in ("test_images", "recal_images", "threads"):
-            _check(getattr(self, k) is None or getattr(self, k) > 0, f"{p}.{k}",
-                   "must be > 0 or null")
-        _check(0 < self.parents <= self.population, f"{p}.parents",
-               "must be in 1..population")
-        _check(0 <= self.mutation_prob <= 1, f"{p}.mutation_prob", "must be in [0, 1]")
-        _check(self.generations > 0, f"{p}.generations", "must be > 0")
-        for k in ("latency_targets_ms", "energy_targets_mj", "bitops_targets_g"):
-            _check(all(t > 0 for t in getattr(self, k)), f"{p}.{k}", "targets must be > 0")
+        _check(self.parents <= self.population, f"{p}.parents", "must be in 1..population")
 
 
 @dataclass
@@ -365,99 +367,69 @@ class BaselinesConfig:
     # takes the supernet's full-network phase (the largest subnet trained alone from scratch
     # on the labels, same recipe and data; no extra cost), "train" trains it here with
     # scratch_epochs / scratch_images / scratch_lr
-    scratch_source: str = "train"
-    scratch_epochs: int = 5
-    scratch_images: Optional[int] = None    # training images per epoch (None: all)
-    scratch_lr: float = 0.05
-    # shared finetune / evaluation budget
-    finetune_batch_size: int = 64
-    finetune_lr: float = 1e-3
-    qat_steps: int = 100                    # QAT / final finetune steps of every baseline
-    calib_images: int = 256
-    reward_images: int = 1000               # validation images for HAQ's reward
-    test_images: Optional[int] = None       # test images for the reported accuracy
-    fixed_bits: list[int] = field(default_factory=lambda: [8, 6, 4])
-    apq_models: int = 2                     # APQ's found models also run at fixed bits
+    scratch_source: str = param("train", choices=("supernet", "train"))
+    scratch_epochs: int = param(5, gt=0)
+    scratch_images: Optional[int] = param(None, gt=0)  # training images per epoch (None: all)
+    scratch_lr: float = param(0.05, gt=0)
+    # calibration images of the PTQ baselines (the finetune itself: the finetune: section)
+    calib_images: int = param(256, gt=0)
+    reward_images: int = param(1000, gt=0)  # validation images for HAQ's reward
+    fixed_bits: list[int] = param(default_factory=lambda: [8, 6, 4], nonempty=True, ge=2, le=8)
+    apq_models: int = param(2, ge=0)        # APQ's found models also run at fixed bits
     # constraints: when empty, taken from notebook 04's rows
-    latency_targets_ms: list[float] = field(default_factory=list)
-    energy_targets_mj: list[float] = field(default_factory=list)
-    bitops_targets_g: list[float] = field(default_factory=list)
-    max_targets: int = 2                    # per cost, when taken from notebook 04
-    relative_targets: list[float] = field(default_factory=lambda: [0.75])  # HAQ / HAWQ also
-                                            # at these fractions of MobileNetV2's W8A8 cost
-    haq_costs: list[str] = field(default_factory=lambda: ["latency", "energy"])
-    hawq_costs: list[str] = field(default_factory=lambda: ["latency", "energy", "bitops"])
-    multistage_costs: list[str] = field(default_factory=lambda: ["latency"])
+    latency_targets_ms: list[float] = param(default_factory=list, gt=0)
+    energy_targets_mj: list[float] = param(default_factory=list, gt=0)
+    bitops_targets_g: list[float] = param(default_factory=list, gt=0)
+    max_targets: int = param(2, gt=0)       # per cost, when taken from notebook 04
+    relative_targets: list[float] = param(default_factory=lambda: [0.75], gt=0, lt=1)  # HAQ /
+                                            # HAWQ also at these fractions of MBV2's W8A8 cost
+    haq_costs: list[str] = param(default_factory=lambda: ["latency", "energy"], nonempty=True,
+                                 choices=_COSTS)
+    hawq_costs: list[str] = param(default_factory=lambda: ["latency", "energy", "bitops"],
+                                  nonempty=True, choices=_COSTS)
+    multistage_costs: list[str] = param(default_factory=lambda: ["latency"], nonempty=True,
+                                        choices=("latency", "energy"))
     # HAQ (DDPG)
-    haq_episodes: int = 100
-    haq_warmup: int = 20
-    haq_finetune_steps: int = 20
-    haq_bits: list[int] = field(default_factory=lambda: [2, 8])     # [b_min, b_max] of
-                                            # HAQ and HAWQ-V2 (HAQ's own range: 2..8)
-    haq_kmeans_bits: list[int] = field(default_factory=lambda: [2, 8])   # k-means weights
+    haq_episodes: int = param(100, gt=0)
+    haq_warmup: int = param(20, ge=0)
+    haq_finetune_steps: int = param(20, ge=0)
+    haq_bits: list[int] = param(default_factory=lambda: [2, 8], length=2, ge=2, le=8)  # [b_min,
+                                            # b_max] of HAQ and HAWQ-V2 (HAQ's own range: 2..8)
+    haq_kmeans_bits: list[int] = param(default_factory=lambda: [2, 8], length=2, ge=2,
+                                       le=8)   # k-means weights
     haq_kmeans: bool = True                 # also HAQ with k-means weights, size target
-    haq_size_fraction: float = 0.1          # k-means size target / FP32 weight size
+    haq_size_fraction: float = param(0.1, gt=0, lt=1)  # k-means size target / FP32 size
     # HAWQ-V2
-    hawq_samples: int = 20
-    hawq_images: int = 256
+    hawq_samples: int = param(20, gt=0)
+    hawq_images: int = param(256, gt=0)
     # pruning
-    prune_ratios: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.8, 0.9, 0.95])
-    prune_scopes: list[str] = field(default_factory=lambda: ["global", "layer"])
-    prune_steps: int = 100                  # finetune steps with the gradual schedule
-    prune_lr: float = 0.01                  # their (cosine) learning rate
-    channel_prune_ratio: float = 0.25       # multi-stage: middle channels removed
-    multistage_arch_slack: float = 1.3      # FP32 search target = slack × target at W8A8
+    prune_ratios: list[float] = param(default_factory=lambda: [0.5, 0.7, 0.8, 0.9, 0.95],
+                                      gt=0, lt=1)
+    prune_scopes: list[str] = param(default_factory=lambda: ["global", "layer"],
+                                    choices=("global", "layer"))
+    prune_steps: int = param(100, ge=0)     # finetune steps with the gradual schedule
+    prune_lr: float = param(0.01, gt=0)     # their (cosine) learning rate
+    channel_prune_ratio: float = param(0.25, ge=0, lt=1)  # multi-stage: channels removed
+    multistage_arch_slack: float = param(1.3, ge=1)  # FP32 search target = slack × W8A8 target
     # search-cost table
-    amortize_searches: int = 10             # N for the amortised cost column
-    threads: Optional[int] = None           # torch threads in notebook 05 (None: default;
-                                            # 1 is several times faster on a busy box)
+    amortize_searches: int = param(10, ge=1)  # N for the amortised cost column
+    threads: Optional[int] = param(None, gt=0, cache=False)  # torch threads in notebook 05
+                                            # (None: default; 1 is faster on a busy box)
 
     def check(self, p: str) -> None:
-        _check(self.scratch_source in ("supernet", "train"), f"{p}.scratch_source",
-               "use 'supernet' (the supernet's full-network phase) or 'train'")
-        _check(self.haq_episodes > 0, f"{p}.haq_episodes", "must be > 0")
-        _check(0 <= self.haq_warmup <= self.haq_episodes, f"{p}.haq_warmup",
+        check_fields(self, p)            # the rules each field declares
+        _check(self.haq_warmup <= self.haq_episodes, f"{p}.haq_warmup",
                "must be in 0..haq_episodes")
         for k in ("haq_bits", "haq_kmeans_bits"):
             v = getattr(self, k)
-            _check(len(v) == 2 and 2 <= v[0] <= v[1] <= 8, f"{p}.{k}",
-                   "needs [b_min, b_max] with 2 <= b_min <= b_max <= 8")
-        _check(all(0 < r < 1 for r in self.prune_ratios), f"{p}.prune_ratios",
-               "ratios must be in (0, 1)")
-        _check(all(s in ("global", "layer") for s in self.prune_scopes), f"{p}.prune_scopes",
-               "use global and/or layer")
-        _check(0 <= self.channel_prune_ratio < 1, f"{p}.channel_prune_ratio",
-               "must be in [0, 1)")
-        _check(all(2 <= b <= 8 for b in self.fixed_bits), f"{p}.fixed_bits",
-               "bits must be in 2..8")
-        _check(0 < self.haq_size_fraction < 1, f"{p}.haq_size_fraction", "must be in (0, 1)")
-        _check(self.multistage_arch_slack >= 1, f"{p}.multistage_arch_slack", "must be >= 1")
-        _check(self.amortize_searches >= 1, f"{p}.amortize_searches", "must be >= 1")
-        for k in ("scratch_epochs", "finetune_batch_size", "calib_images", "reward_images",
-                  "hawq_samples", "hawq_images", "max_targets"):
-            _check(getattr(self, k) > 0, f"{p}.{k}", "must be > 0")
-        for k in ("qat_steps", "prune_steps", "haq_finetune_steps", "apq_models"):
-            _check(getattr(self, k) >= 0, f"{p}.{k}", "must be >= 0")
-        for k in ("scratch_images", "test_images"):
-            v = getattr(self, k)
-            _check(v is None or v > 0, f"{p}.{k}", "must be > 0 or null")
-        for k in ("latency_targets_ms", "energy_targets_mj", "bitops_targets_g"):
-            _check(all(t > 0 for t in getattr(self, k)), f"{p}.{k}", "targets must be > 0")
-        for k, ok in (("haq_costs", ("latency", "energy", "bitops")),
-                      ("hawq_costs", ("latency", "energy", "bitops")),
-                      ("multistage_costs", ("latency", "energy"))):
-            _check(all(c in ok for c in getattr(self, k)), f"{p}.{k}",
-                   f"costs must be from {list(ok)}")
-        _check(self.threads is None or self.threads > 0, f"{p}.threads", "must be > 0 or null")
-        _check(all(0 < f < 1 for f in self.relative_targets), f"{p}.relative_targets",
-               "fractions must be in (0, 1)")
+            _check(v[0] <= v[1], f"{p}.{k}", "needs [b_min, b_max] with b_min <= b_max")
 
 
 @dataclass
 class Profile:
-    name: str = "default"
-    seed: int = 0
-    device: str = "auto"                    # auto | cpu | cuda
+    name: str = param("default", cache=False)
+    seed: int = param(0, ge=0)
+    device: str = param("auto", choices=("auto", "cpu", "cuda"))
     data: DataConfig = field(default_factory=DataConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
@@ -468,14 +440,14 @@ class Profile:
     search: SearchConfig = field(default_factory=SearchConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     # papermill parameters per notebook, e.g. {"01_supernet": {"force": false}}
-    notebooks: dict[str, dict] = field(default_factory=dict)
+    notebooks: dict[str, dict] = param(default_factory=dict, cache=False)
 
     def check(self, p: str = "") -> None:
-        _check(self.device in ("auto", "cpu", "cuda"), "device", "use auto, cpu or cuda")
+        check_fields(self)                   # declared rules of every field, every section
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if dataclasses.is_dataclass(v):
-                v.check(f.name)
+            if dataclasses.is_dataclass(v) and hasattr(v, "check"):
+                v.check(f.name)              # rules that relate fields of one section
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -491,67 +463,76 @@ class Profile:
 
 
 # --------------------------------------------------------------------------- loading
-def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
-    """Return (ok, coerced value) for a YAML value against a type hint."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+def _tname(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """The YAML ``value`` as type ``tp``; a mismatch raises :class:`ConfigError` naming the
+    dotted key (and the list index of a bad element)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
-        return True, value
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
-            return True, None
+            return None
+        errors = []
         for a in args:
             if a is type(None):
                 continue
-            ok, v = _type_ok(value, a)
-            if ok:
-                return True, v
-        return False, value
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        alts = " or ".join(_tname(a) if a is not type(None) else "null" for a in args)
+        raise ConfigError(errors[0] if len(errors) == 1 and "[" in errors[0].split(":")[0]
+                          else f"{key}: expected {alts}, got {value!r}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            return False, value
-        out = []
-        for x in value:
-            ok, v = _type_ok(x, args[0] if args else Any)
-            if not ok:
-                return False, value
-            out.append(v)
-        return True, out
-    if origin is dict:
-        return isinstance(value, dict), value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False, value
-        return True, float(value)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is str:
-        return isinstance(value, str), value
-    return isinstance(value, tp), value
+            raise ConfigError(f"{key}: expected a list of {_tname(args[0]) if args else 'values'}"
+                              f", got {value!r}")
+        return [_coerce(x, args[0] if args else Any, f"{key}[{j}]") for j, x in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    ok = {float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          bool: isinstance(value, bool), str: isinstance(value, str)}.get(tp)
+    if ok is None:
+        ok = isinstance(value, tp)
+    if not ok:
+        raise ConfigError(f"{key}: expected {_tname(tp)}, got {value!r}")
+    return float(value) if tp is float else value
 
 
-def _build(cls: type, data: dict, path: str, base: Any = None) -> Any:
-    if not isinstance(data, dict):
+def _build(cls: type, data: Any, path: str, base: Any = None) -> Any:
+    if not isinstance(data, Mapping):
         raise ConfigError(f"{path or 'profile'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    obj = base if base is not None else cls()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
     for key, value in data.items():
-        dotted = f"{path}.{key}" if path else key
-        if key not in names:
-            raise ConfigError(f"{dotted}: unknown key; allowed keys are {sorted(names)}")
+        dotted = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            raise ConfigError(f"{dotted}: unknown key; allowed keys are {sorted(fields)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            setattr(obj, key, _build(tp, value, dotted, getattr(obj, key)))
-            continue
-        ok, coerced = _type_ok(value, tp)
-        if not ok:
-            tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-            raise ConfigError(f"{dotted}: expected {tname}, got {value!r}")
-        setattr(obj, key, coerced)
-    return obj
+            sub = getattr(base, key) if base is not None else None
+            values[key] = _build(tp, value, dotted, sub)
+        else:
+            values[key] = _coerce(value, tp, dotted)
+    if base is not None:
+        for k, v in values.items():
+            setattr(base, k, v)
+        return base
+    missing = [n for n, f in fields.items() if n not in values and f.default is MISSING
+               and f.default_factory is MISSING]
+    if missing:
+        raise ConfigError(f"{path or 'profile'}: needs {missing}")
+    return cls(**values)
 
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
@@ -564,11 +545,17 @@ def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
-def apply_overrides(raw: dict, overrides: Optional[dict]) -> dict:
+def apply_overrides(raw: dict, overrides: Optional[Mapping]) -> dict:
     """Merge ``{"supernet.n_random_subnets": 10, "data": {"batch_size": 64}}`` into raw."""
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ConfigError(f"overrides: expected a mapping of dotted keys to values, e.g. "
+                          f"{{'data.batch_size': 64}}, got {type(overrides).__name__} "
+                          f"{overrides!r}")
     out = json.loads(json.dumps(raw))
     for k, v in (overrides or {}).items():
-        if isinstance(v, dict) and "." not in k and isinstance(out.get(k), dict):
+        if not isinstance(k, str):
+            raise ConfigError(f"overrides: key {k!r} is not a string")
+        if isinstance(v, Mapping) and "." not in k and isinstance(out.get(k), dict):
             for kk, vv in v.items():
                 _set_dotted(out, f"{k}.{kk}", vv)
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -23,10 +24,15 @@ from .config import DataConfig
 __all__ = [
     "DatasetNotFoundError", "TensorImageSet", "DataBundle", "BatchLoader", "load_data",
     "split_indices", "find_fashion_mnist", "DEBIAN_FMNIST_DIR", "read_idx", "cycle",
+    "CorruptDatasetError",
 ]
 
 DEBIAN_FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-CACHE_DIR = Path(os.environ.get("APQ_CACHE_DIR", Path.home() / ".cache" / "apq"))
+CACHE_DIR = Path(os.environ.get("APQ_CACHE_DIR") or Path.home() / ".cache" / "apq"
+                 ).expanduser().absolute()
+_REFETCH = ("delete it and fetch it again: `sudo apt-get install --reinstall "
+            "dataset-fashion-mnist` for the system copy, or remove it from the cache "
+            "and let torchvision download it (data.download: true)")
 _FMNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -42,6 +48,10 @@ _STATS = {
 
 class DatasetNotFoundError(FileNotFoundError):
     """The dataset is in none of the places searched; the message says how to provide it."""
+
+
+class CorruptDatasetError(ValueError):
+    """A dataset file is truncated or corrupted; the message names it and how to re-fetch."""
 
 
 def _missing(dataset: str, searched: Sequence[str]) -> DatasetNotFoundError:
@@ -60,16 +70,21 @@ def _missing(dataset: str, searched: Sequence[str]) -> DatasetNotFoundError:
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped) into a numpy array."""
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise CorruptDatasetError(f"{path}: truncated or corrupted archive ({type(e).__name__}: "
+                                  f"{e}); {_REFETCH}") from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file (corrupted download?)")
+        raise CorruptDatasetError(f"{path} is not an unsigned-byte IDX file (corrupted "
+                                  f"download?); {_REFETCH}")
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: expected {int(np.prod(dims))} values, found {arr.size} "
-                         f"(truncated file?)")
+        raise CorruptDatasetError(f"{path}: expected {int(np.prod(dims))} values, found "
+                                  f"{arr.size} (truncated file?); {_REFETCH}")
     return arr.reshape(dims)
 
 
@@ -87,14 +102,24 @@ def _fmnist_files_in(d: Path) -> Optional[dict[str, Path]]:
 
 
 def find_fashion_mnist(root: Optional[str] = None, download: bool = True) -> dict[str, Path]:
-    """Locate the four IDX files: ``root`` / ``$APQ_DATA_DIR``, Debian's package, download."""
-    searched = []
+    """Locate the four IDX files: ``root`` / ``$APQ_DATA_DIR``, Debian's package, download.
+
+    A directory given explicitly (``root`` or a set ``APQ_DATA_DIR``, even an empty one)
+    must hold the dataset: it is an error naming it, never a silent fall-back elsewhere."""
     for cand, label in ((root, "data.root"), (os.environ.get("APQ_DATA_DIR"), "APQ_DATA_DIR")):
-        if cand:
-            searched.append(f"{label}={cand}")
-            files = _fmnist_files_in(Path(cand))
-            if files:
-                return files
+        if cand is None:
+            continue
+        where = Path(cand).expanduser().absolute() if cand.strip() else None
+        files = _fmnist_files_in(where) if where is not None else None
+        if files:
+            return files
+        what = f"{label}={cand!r} is empty" if where is None else \
+            f"{label}={where} does not hold the four Fashion-MNIST IDX files"
+        names = ", ".join(f + "[.gz]" for f in _FMNIST_FILES.values())
+        err = _missing("Fashion-MNIST", [f"{label}={where or repr(cand)}"])
+        raise DatasetNotFoundError(f"{what} ({names}, directly or under FashionMNIST/raw); "
+                                   f"fix or unset it.\n{err}")
+    searched = []
     searched.append(str(DEBIAN_FMNIST_DIR))
     files = _fmnist_files_in(DEBIAN_FMNIST_DIR)
     if files:
@@ -145,8 +170,9 @@ def _load_cifar10(cfg: DataConfig, root: Optional[str]):
             te = torchvision.datasets.CIFAR10(str(CACHE_DIR), train=False, download=True)
         except Exception as e:
             raise _missing("CIFAR-10", searched + [f"download failed: {e}"]) from e
-    conv = lambda d: (torch.from_numpy(np.ascontiguousarray(d.data)).permute(0, 3, 1, 2)
-                      .contiguous(), torch.tensor(d.targets, dtype=torch.int64))
+    def conv(d):
+        return (torch.from_numpy(np.ascontiguousarray(d.data)).permute(0, 3, 1, 2).contiguous(),
+                torch.tensor(d.targets, dtype=torch.int64))
     xtr, ytr = conv(tr)
     xte, yte = conv(te)
     return xtr, ytr, xte, yte, [tr.root]

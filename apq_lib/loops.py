@@ -85,13 +85,13 @@ def train_steps(model: nn.Module, batches: Iterable, steps: int, lr: float,
                 device=None, cosine: bool = True,
                 on_step: Optional[Callable[[int], Optional[bool]]] = None,
                 progress: bool = False, desc: str = "finetune",
-                config_key: str = "finetune.lr") -> list[float]:
+                lr_key: str = "finetune.lr") -> list[float]:
     """``steps`` optimizer steps on ``batches`` (an iterator, or a loader passed over again as
     often as needed); cosine learning rate from ``lr``; cross-entropy with label smoothing
     (or ``loss_fn(logits, y)``). ``on_step(t)`` runs before step ``t`` (and once after the
     last); when it returns True the optimizer is rebuilt (the parameters changed, e.g. after
     physical channel pruning). Returns the losses; a non-finite loss raises
-    :class:`NonFiniteLossError` naming the step and ``config_key``."""
+    :class:`NonFiniteLossError` naming the step and ``lr_key``."""
     device = device or next(model.parameters()).device
     model.to(device).train()
     opt = make_optimizer(model, lr, optimizer, momentum, weight_decay)
@@ -113,7 +113,7 @@ def train_steps(model: nn.Module, batches: Iterable, steps: int, lr: float,
         loss = loss_fn(model(x.to(device)), y.to(device))
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"{desc}: the loss became {float(loss)} at step {t} of "
-                                     f"{steps}; lower {config_key}")
+                                     f"{steps}; lower {lr_key}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

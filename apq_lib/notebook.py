@@ -3,17 +3,22 @@ its inputs, write its outputs and record the run in ``results/manifest.json``.""
 from __future__ import annotations
 
 import datetime as _dt
-import json
+import io
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from . import artifacts
-from .config import Profile, load_profile
+from .config import ConfigError, Profile, load_profile
 from .runtime import get_device, seed_everything
 
-__all__ = ["NotebookContext", "start"]
+__all__ = ["NotebookContext", "start", "ParameterError"]
+
+
+class ParameterError(ConfigError):
+    """A notebook parameter (papermill ``-p``) has the wrong type; the message names it."""
 
 
 @dataclass
@@ -59,35 +64,40 @@ class NotebookContext:
         return p
 
     def write_json(self, name: str, obj: Any) -> Path:
-        p = self.out("data", name)
-        p.write_text(json.dumps(obj, indent=1, sort_keys=True, default=float))
-        return p
+        """Atomic, strict JSON (NaN / inf become an explicit ``null``)."""
+        return artifacts.write_json(self.out("data", name), obj)
 
     def read_json(self, name: str, notebook: str) -> Any:
-        """Read ``results/data/<name>`` written by ``notebook``; missing → names it."""
+        """Read ``results/data/<name>`` written by ``notebook``; missing or torn → names the
+        file and the notebook to rerun."""
         p = self.results / "data" / name
         if not p.exists():
             raise artifacts.MissingInputError(
                 f"results/data/{name} is missing: run notebook {notebook} first "
                 f"(make reproduce runs them in order)")
-        return json.loads(p.read_text())
+        return artifacts.read_json_file(p, rerun=f"notebook {notebook}")
 
     def write_table(self, df, name: str, floatfmt: str = ".3g") -> Path:
-        """Write ``df`` as ``results/tables/<name>.{csv,md,tex}``; returns the CSV path."""
+        """Write ``df`` as ``results/tables/<name>.{csv,md,tex}`` (each atomically);
+        returns the CSV path."""
         p = self.out("tables", name + ".csv")
-        df.to_csv(p, index=False)
-        p.with_suffix(".md").write_text(df.to_markdown(index=False, floatfmt=floatfmt) + "\n")
-        p.with_suffix(".tex").write_text(df.to_latex(index=False, float_format=lambda v: format(
-            v, floatfmt), na_rep="--"))
+        artifacts.atomic_write(p, df.to_csv(index=False))
+        artifacts.atomic_write(p.with_suffix(".md"),
+                               df.to_markdown(index=False, floatfmt=floatfmt) + "\n")
+        artifacts.atomic_write(p.with_suffix(".tex"), df.to_latex(
+            index=False, float_format=lambda v: format(v, floatfmt), na_rep="--"))
         return p
 
     def savefig(self, fig, name: str) -> Path:
-        """Save a figure as PNG and PDF under ``results/figures/``."""
+        """Save a figure as PNG and PDF under ``results/figures/`` (each atomically)."""
         p = self.out("figures", name if name.endswith(".png") else name + ".png")
-        fig.savefig(p, dpi=130, bbox_inches="tight", metadata={"Software": None})
-        fig.savefig(p.with_suffix(".pdf"), bbox_inches="tight",
-                    metadata={"CreationDate": None, "ModDate": None, "Producer": None,
-                              "Creator": None})
+        for path, kw in ((p, {"dpi": 130, "metadata": {"Software": None}}),
+                         (p.with_suffix(".pdf"), {"metadata": {
+                             "CreationDate": None, "ModDate": None, "Producer": None,
+                             "Creator": None}})):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=path.suffix[1:], bbox_inches="tight", **kw)
+            artifacts.atomic_write(path, buf.getvalue())
         return p
 
     def finish(self, extra: Optional[dict] = None) -> dict:
@@ -97,7 +107,20 @@ class NotebookContext:
 
 def start(notebook: str, profile: str = "default", overrides: Optional[dict] = None,
           force: bool = False) -> NotebookContext:
-    """Load and validate the profile (unknown override keys are errors), seed everything."""
+    """Load and validate the profile (unknown override keys are errors), seed everything.
+
+    ``force`` must be a bool and ``overrides`` a mapping: ``papermill -p force false``
+    passes the *string* ``'false'`` (write ``-p force False``), which would count as true."""
+    if not isinstance(profile, str):
+        raise ParameterError(f"profile: expected a profile name, got {profile!r}")
+    if not isinstance(force, bool):
+        raise ParameterError(f"force: expected True or False, got {type(force).__name__} "
+                             f"{force!r} (papermill: -p force True / -p force False, "
+                             f"capitalised; -p force false passes a string)")
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ParameterError(f"overrides: expected a mapping such as "
+                             f"{{'data.batch_size': 64}}, got {type(overrides).__name__} "
+                             f"{overrides!r} (papermill: -y \"overrides: {{...}}\")")
     cfg = load_profile(profile, overrides)
     seed_everything(cfg.seed)
     from .quant import set_triton_mode

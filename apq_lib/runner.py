@@ -1,17 +1,24 @@
 """Run the notebook chain with papermill (``make reproduce``) or prepare smoke copies for
-nbval (``make test``). ``python -m apq_lib.runner {reproduce,prepare} --profile NAME``."""
+nbval (``make test``). ``python -m apq_lib.runner {reproduce,prepare} --profile NAME``.
+
+Parameters are checked against each notebook's ``parameters`` cell
+(``papermill.inspect_notebook``) before it runs: an unknown name or a value of another type
+than the cell's default (e.g. the string ``'false'`` for ``force``) is an error, where
+plain papermill only warns and runs."""
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-from .config import load_profile
+from .config import ConfigError, load_profile
 
-__all__ = ["NOTEBOOKS", "notebook_parameters", "run_chain", "prepare_chain", "main"]
+__all__ = ["NOTEBOOKS", "notebook_parameters", "run_chain", "prepare_chain", "main",
+           "check_parameters"]
 
 REPO = Path(__file__).resolve().parent.parent
 NB_DIR = REPO / "notebooks"
@@ -19,11 +26,36 @@ NOTEBOOKS = ("01_supernet", "02_hardware", "03_predictor", "04_search", "05_base
              "06_paper_tables")
 
 
+def check_parameters(notebook: str, params: dict, path: Optional[Path] = None) -> dict:
+    """Raise :class:`ConfigError` for a parameter the notebook's ``parameters`` cell does not
+    define, or whose value's type differs from the cell's default (ints pass as floats)."""
+    import papermill as pm
+    path = path or NB_DIR / f"{notebook}.ipynb"
+    declared = pm.inspect_notebook(str(path))
+    for name, value in params.items():
+        if name not in declared:
+            raise ConfigError(f"notebooks.{notebook}.{name}: {notebook} has no parameter "
+                              f"{name!r}; its parameters are {sorted(declared)}")
+        try:
+            default = ast.literal_eval(declared[name]["default"])
+        except (ValueError, SyntaxError):
+            continue
+        want = type(default)
+        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        if want is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            raise ConfigError(f"notebooks.{notebook}.{name}: expected {want.__name__} like the "
+                              f"notebook's default {declared[name]['default']}, got "
+                              f"{type(value).__name__} {value!r}")
+    return params
+
+
 def notebook_parameters(profile: str, notebook: str) -> dict:
     """papermill parameters for one notebook: the profile name plus the profile's
-    ``notebooks.<name>`` section."""
+    ``notebooks.<name>`` section, checked against the notebook (:func:`check_parameters`)."""
     cfg = load_profile(profile)
-    return {"profile": profile, **cfg.notebooks.get(notebook, {})}
+    return check_parameters(notebook, {"profile": profile, **cfg.notebooks.get(notebook, {})})
 
 
 def _select(only: Optional[list[str]]) -> list[str]:
@@ -54,8 +86,11 @@ def run_chain(profile: str, out_dir: Path, only: Optional[list[str]] = None,
     os.environ.setdefault("APQ_PROGRESS", "text")
     reused = ArtifactStore().completed()
     start, t_chain, done = dt.datetime.now(), time.time(), []
-    for nb in _select(only):
-        params = notebook_parameters(profile, nb)
+    try:                        # every notebook's parameters, before the first one runs
+        all_params = {nb: notebook_parameters(profile, nb) for nb in _select(only)}
+    except ConfigError as e:
+        raise SystemExit(f"[reproduce] {e}") from e
+    for nb, params in all_params.items():
         t0 = time.time()
         print(f"[reproduce] {nb} (profile {profile}) ...", flush=True)
         try:

@@ -287,7 +287,14 @@ def test_corrupted_sample_line_is_reported(tmp_path, small_space):
     lines[2] = '{"i": 2, "acc": 7\n'                         # garbage in the middle
     f.write_text("".join(lines))
     with pytest.raises(CorruptSampleError, match=rf"{f.name}:3"):
-        collect_samples(FakeEvaluator(), _store(tmp_path, small_space, n=6), progress=False)
+        merge_pairs(_store(tmp_path, small_space, n=6))       # publishing stays strict
+    # issue 15: collecting drops a corrupt line anywhere (warning naming it), cuts it out
+    # of the file and recomputes that sample (it used to stop with this error)
+    ev = FakeEvaluator()
+    with pytest.warns(UserWarning, match=rf"{f.name}:3: not valid JSON.*recomputed"):
+        collect_samples(ev, _store(tmp_path, small_space, n=6), progress=False)
+    assert ev.calls == [2] and sorted(_lines(tmp_path)) == list(range(6))
+    assert len(merge_pairs(_store(tmp_path, small_space, n=6))) == 6
     rec = json.loads(lines[1])
     rec["acc"] = 140.0                                       # impossible accuracy
     lines[2] = json.dumps(rec) + "\n"
@@ -374,8 +381,9 @@ def test_collection_config_eval_images():
     cfg = load_profile("smoke", {"predictor.quant_eval_images": 200})
     assert collection_config(cfg, "quant")["eval_images"] == 200
     assert collection_config(cfg, "fp32")["eval_images"] == cfg.predictor.eval_images
-    assert "finetune_steps" in collection_config(cfg, "quant")
-    assert "finetune_steps" not in collection_config(cfg, "fp32")
+    # the key holds the declared fields by section (issue 13: keys derived from the fields)
+    assert "finetune_steps" in collection_config(cfg, "quant")["predictor"]
+    assert "finetune_steps" not in collection_config(cfg, "fp32")["predictor"]
 
 
 # --------------------------------------------------------------------------- label noise

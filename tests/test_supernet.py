@@ -335,7 +335,7 @@ def test_baseline_scratch_model_from_the_full_phase_or_trained(tmp_path):
     from apq_lib.baselines.fixed import to_float
 
     base = BaselinesConfig(scratch_source="supernet", scratch_epochs=1, calib_images=16,
-                           reward_images=32, test_images=32, finetune_batch_size=16)
+                           reward_images=32)
     prof, data, store = dataclasses.replace(tiny_profile(), baselines=base), tiny_data(), \
         ArtifactStore(tmp_path)
     suite = BaselineSuite(prof, data, store=store, progress=False)

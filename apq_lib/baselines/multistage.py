@@ -76,7 +76,8 @@ class MultiStagePipeline:
     ``batches``: dict with ``calib`` (list), ``train`` (endless iterator), ``reward`` (list,
     validation), ``final`` (list, test) and optionally ``recal`` (BN recalibration)
     batches; ``settings``: the profile's baselines
-    section (``haq_*``, ``prune_*``, ``multistage_*``, ``qat_steps``)."""
+    section (``haq_*``, ``prune_*``, ``multistage_*``); ``recipe``: the final finetune (the
+    profile's ``finetune:`` section)."""
 
     def __init__(self, space, score_fn: Callable, arch_cost: dict, export: Callable,
                  batches: dict, settings, input_shape, search_cfg=None, device=None,
@@ -87,7 +88,9 @@ class MultiStagePipeline:
         self.input_shape, self.search_cfg = tuple(input_shape), search_cfg
         self.device = device or torch.device("cpu")
         self.meter = meter or CostMeter(self.device)
-        self.seed, self.progress, self.recipe = seed, progress, recipe
+        from ..config import FinetuneConfig
+        self.seed, self.progress = seed, progress
+        self.recipe = recipe or FinetuneConfig()     # the one final finetune (finetune:)
         self.weight_kw = weight_kw
 
     def run(self, metric: str, target: float, method: str = METHOD) -> MultiStageResult:
@@ -113,8 +116,8 @@ class MultiStagePipeline:
         with m.stage(method, "3 HAQ") as t:
             table = LayerCostTable(model, self.input_shape, ["bitfusion"])
             ev = PolicyEvaluator(model, table.names, self.b["calib"], self.b["train"],
-                                 self.b["reward"], s.haq_finetune_steps, s.finetune_lr,
-                                 self.device, recal_batches=self.b["calib"],
+                                 self.b["reward"], s.haq_finetune_steps,
+                                 device=self.device, recal_batches=self.b["calib"],
                                  recipe=self.recipe, weight_kw=self.weight_kw)
             acc_fp = _fp32_accuracy(model, self.b["reward"], self.device)
             layers = haq_layers(table.names, table.specs,
@@ -125,9 +128,8 @@ class MultiStagePipeline:
         secs["haq"] = t["wall_s"]
         with m.stage(method, "4 finetune") as t:
             ev.recal = self.b.get("recal", ev.recal)
-            q, acc, correct = ev.quantized(haq.bits, steps=self.recipe.steps if self.recipe
-                                           else s.qat_steps, eval_batches=self.b["final"],
-                                           return_correct=True)
+            q, acc, correct = ev.quantized(haq.bits, steps=self.recipe.steps,
+                                           eval_batches=self.b["final"], return_correct=True)
         secs["finetune"] = t["wall_s"]
         return MultiStageResult(metric, target, res.best_config, float(res.best_score),
                                 pr["widths_before"], pr["widths_after"],

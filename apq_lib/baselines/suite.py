@@ -5,7 +5,6 @@ pipeline and the magnitude-pruning sweep. Every result is one row of the same ta
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from typing import Optional
@@ -15,12 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..artifacts import (
-    ArtifactStore,
-    config_key,
-    load_state,
-    save_state,
-)
+from ..artifacts import ArtifactStore, StageKey, config_key, load_state, save_state
 from ..config import Profile
 from ..loops import finetune_batches, test_batches
 from ..pruning import accuracy, cycle, finetune, gradual_magnitude_prune, sparse_size_bits, sparsity
@@ -44,6 +38,11 @@ __all__ = ["BaselineSuite", "SCRATCH_STAGE", "COLUMNS", "pick_targets", "spread"
            "cost_at_equal_accuracy"]
 
 SCRATCH_STAGE = "baseline_scratch"
+# the fixed network trained from scratch (baselines.scratch_source: train)
+SCRATCH_KEY = StageKey(SCRATCH_STAGE, version=3, skip=("data.test_subset",),
+                       reads=("seed", "space", "data", "baselines.scratch_epochs",
+                              "baselines.scratch_images", "baselines.scratch_lr",
+                              "baselines.reward_images", "finetune.recal_images"))
 MBV2 = "MobileNetV2"
 UNITS = {"latency": "ms", "energy": "mJ", "bitops": "G", "size": "kB"}
 COLUMNS = ["method", "variant", "model", "constraint", "target", "target_from", "met",
@@ -177,13 +176,8 @@ class BaselineSuite:
 
     # ------------------------------------------------------------------ MobileNetV2
     def scratch_config(self) -> dict:
-        s, d = self.s, self.cfg.data
-        return {"space": dataclasses.asdict(self.cfg.space), "seed": self.cfg.seed,
-                "epochs": s.scratch_epochs, "images": s.scratch_images, "lr": s.scratch_lr,
-                "batch_size": d.batch_size,
-                "bn_recal_images": self.recal_images,
-                "data": {k: getattr(d, k) for k in ("dataset", "val_size", "split_seed",
-                                                    "train_subset", "image_size", "augment")}}
+        """What the from-scratch model depends on (:data:`SCRATCH_KEY`)."""
+        return SCRATCH_KEY.config(self.cfg)
 
     def scratch_model(self, force: bool = False) -> nn.Module:
         """The largest subnet trained from scratch: the supernet's full-network phase

@@ -5,9 +5,12 @@ Collection is resumable, shardable and mergeable. Sample ``i``'s configuration c
 ``make_rng(seed, stream, i)`` alone, so it does not depend on order, shard or restarts.
 Each finished sample is one line appended (and fsynced) to a JSONL shard file
 ``<kind>_shard<r>of<n>.jsonl`` in the work directory; a restarted run reads every shard
-file there, skips finished indices and continues. A line that does not parse or does not
-match its index is an error naming file and line; only a torn last line (a kill during the
-write, no newline) is dropped, with a warning, and recomputed.
+file there, skips finished indices and continues. One process writes a shard at a time:
+it holds an ``flock`` on ``<shard>.lock`` while it appends (a second collector on the same
+shard waits, then finds the work done). A torn or corrupt line anywhere in a shard (a kill
+mid-write, a damaged file) is dropped with a warning naming file and line, cut out of the
+file, and that sample is recomputed; :func:`merge_pairs` (publishing) stays strict and
+raises :class:`CorruptSampleError` naming the line instead.
 
 CLI (shards write into the artifact's ``.partial`` directory; the last to finish, or
 ``--shard 0/1``, publishes the artifact)::
@@ -28,8 +31,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..artifacts import atomic_write, write_json
 from ..runtime import make_rng
 from ..supernet.space import SearchSpace, SubnetConfig
+from ..workers import LockBusy, exclusive, exit_with_parent
 
 __all__ = ["KINDS", "CollectionError", "CorruptSampleError", "sample_config", "SampleStore",
            "collect_samples", "PairSet", "merge_pairs", "load_pairs", "parse_shard",
@@ -80,11 +85,17 @@ class SampleStore:
         self.dir = Path(workdir)
         self.kind, self.n, self.seed, self.space = kind, int(n), int(seed), space
         self.ppa = int(policies_per_arch)
-        self.spec = {"kind": kind, "n": self.n, "seed": self.seed,
-                     "policies_per_arch": self.ppa, "space": asdict(space.cfg), **(spec or {})}
+        self.spec = {"kind": kind, "n": self.n, "seed": self.seed, "space": asdict(space.cfg),
+                     **({"policies_per_arch": self.ppa} if kind == "quant" else {}),
+                     **(spec or {})}             # fp32 samples do not depend on the policies
 
     def shard_path(self, rank: int, world: int) -> Path:
         return self.dir / f"{self.kind}_shard{rank:03d}of{world:03d}.jsonl"
+
+    @staticmethod
+    def lock_path(shard: Path) -> Path:
+        """The lock a writer of ``shard`` holds (see :func:`apq_lib.workers.exclusive`)."""
+        return shard.with_name(shard.name + ".lock")
 
     def files(self) -> list[Path]:
         return sorted(self.dir.glob(f"{self.kind}_shard*.jsonl"))
@@ -104,17 +115,18 @@ class SampleStore:
                 raise CollectionError(f"{p}: the samples there were collected with a different "
                                       f"spec (differs in {diff}); use another work directory")
         else:
-            tmp = p.with_name(p.name + ".tmp")
-            tmp.write_text(json.dumps(spec, indent=1, sort_keys=True))
-            os.replace(tmp, p)
+            write_json(p, spec, nonfinite="error")
 
-    def load(self, repair: bool = False) -> dict[int, dict]:
-        """Every finished sample, ``{i: record}``; see :func:`parse_shard`. With ``repair``
-        a torn last line is cut off the file (after a warning) so appends stay clean."""
+    def load(self, repair: bool = False, held: tuple[Path, ...] = ()) -> dict[int, dict]:
+        """Every finished sample, ``{i: record}``; see :func:`parse_shard`. Without
+        ``repair`` a corrupt line raises; with it, every torn or corrupt line is dropped
+        (warning) and cut out of its file, if this process holds the file's lock
+        (``held``) or can take it; a file another live writer holds is only read."""
         out: dict[int, dict] = {}
         where: dict[int, str] = {}
         for p in self.files():
-            for lineno, rec in parse_shard(p, self, repair=repair):
+            bad: list[int] = []
+            for lineno, rec in parse_shard(p, self, repair=repair, dropped=bad):
                 i = rec["i"]
                 if i in out:
                     if rec["config"] != out[i]["config"] or rec["acc"] != out[i]["acc"]:
@@ -124,14 +136,33 @@ class SampleStore:
                                   f"first is kept", stacklevel=2)
                     continue
                 out[i], where[i] = rec, f"{p.name}:{lineno}"
+            if repair and bad:
+                self._cut_lines(p, bad, held)
         return out
 
+    def _cut_lines(self, path: Path, linenos: list[int], held: tuple[Path, ...]) -> None:
+        def cut() -> None:
+            lines = path.read_bytes().split(b"\n")
+            drop = set(linenos)
+            keep = [ln for k, ln in enumerate(lines, 1) if k not in drop and ln.strip()]
+            atomic_write(path, b"".join(ln + b"\n" for ln in keep))
+        if path in held:
+            return cut()
+        try:
+            with exclusive(self.lock_path(path), wait=False):
+                cut()
+        except LockBusy:
+            pass                                # its writer repairs it when it reloads
 
-def parse_shard(path: Path, store: SampleStore, repair: bool = False):
+
+def parse_shard(path: Path, store: SampleStore, repair: bool = False,
+                dropped: Optional[list] = None):
     """Yield ``(line number, record)`` for each sample line of ``path``, validated against
-    the index's expected configuration; raise :class:`CorruptSampleError` naming the line."""
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
+    the index's expected configuration. A torn last line (no newline: a kill during the
+    write) is always dropped with a warning. Any other bad line raises
+    :class:`CorruptSampleError` naming it, or with ``repair`` is dropped with a warning;
+    dropped line numbers are appended to ``dropped``."""
+    lines = path.read_bytes().split(b"\n")
     torn = lines[-1] != b""
     for k, line in enumerate(lines[:-1] + ([lines[-1]] if torn else [])):
         lineno = k + 1
@@ -139,17 +170,25 @@ def parse_shard(path: Path, store: SampleStore, repair: bool = False):
             msg = (f"{path}:{lineno}: last line is incomplete (a run was killed while "
                    f"writing it); dropped, that sample will be recomputed")
             warnings.warn(msg, stacklevel=3)
-            if repair:
-                with open(path, "r+b") as f:
-                    f.truncate(len(raw) - len(lines[-1]))
+            if dropped is not None:
+                dropped.append(lineno)
             return
-        if not line.strip():
-            raise CorruptSampleError(f"{path}:{lineno}: empty line in a sample file")
         try:
-            rec = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CorruptSampleError(f"{path}:{lineno}: not valid JSON ({e})") from e
-        yield lineno, _validate_record(rec, path, lineno, store)
+            if not line.strip():
+                raise CorruptSampleError(f"{path}:{lineno}: empty line in a sample file")
+            try:
+                rec = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise CorruptSampleError(f"{path}:{lineno}: not valid JSON ({e})") from e
+            rec = _validate_record(rec, path, lineno, store)
+        except CorruptSampleError as e:
+            if not repair:
+                raise
+            warnings.warn(f"{e}; dropped, that sample will be recomputed", stacklevel=3)
+            if dropped is not None:
+                dropped.append(lineno)
+            continue
+        yield lineno, rec
 
 
 def _validate_record(rec, path, lineno, store: SampleStore) -> dict:
@@ -184,16 +223,27 @@ def collect_samples(evaluate_fn: Callable[[SubnetConfig, int], float | dict], st
     extra fields to store. Each record keeps ``seconds`` (wall) and ``cpu_seconds`` (this
     process's CPU time: the wall time a quiet core would take at one thread). Returns every
     finished sample in the directory (all shards)."""
-    from ..progress import tqdm
-
     rank, world = shard
     if not 0 <= rank < world:
         raise ValueError(f"shard {rank}/{world}: need 0 <= rank < world")
     store.check_spec()
-    done = store.load(repair=True)
+    path = store.shard_path(rank, world)
+
+    def waiting() -> None:
+        warnings.warn(f"{path} is being written by another collector (one writer per "
+                      f"shard); waiting for it to finish", stacklevel=4)
+
+    with exclusive(store.lock_path(path), on_wait=waiting):
+        _collect_locked(evaluate_fn, store, path, rank, world, progress, desc)
+    return store.load(repair=True)
+
+
+def _collect_locked(evaluate_fn, store: SampleStore, path: Path, rank: int, world: int,
+                    progress: bool, desc: Optional[str]) -> None:
+    from ..progress import tqdm
+    done = store.load(repair=True, held=(path,))
     mine = [i for i in range(store.n) if i % world == rank]
     todo = [i for i in mine if i not in done]
-    path = store.shard_path(rank, world)
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not progress,
                desc=desc or f"{store.kind} pairs [{rank}/{world}]", dynamic_ncols=True)
     with open(path, "a", encoding="utf-8") as f:
@@ -215,7 +265,6 @@ def collect_samples(evaluate_fn: Callable[[SubnetConfig, int], float | dict], st
             bar.update(1)
             bar.set_postfix(acc=f"{rec['acc']:.1f}", s=f"{dt:.2f}")
     bar.close()
-    return store.load()
 
 
 # --------------------------------------------------------------------------- merged data
@@ -341,6 +390,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--no-publish", action="store_true",
                     help="do not publish the artifact even when this shard completes it")
     a = ap.parse_args(argv)
+    exit_with_parent()          # a worker of notebook 03 never outlives it (no-op from a shell)
     import yaml
     overrides = json.loads(a.overrides_json)
     overrides.update({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)})

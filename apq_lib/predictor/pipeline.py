@@ -3,22 +3,21 @@ process or as CLI shards), train the FP32, transferred and from-scratch predicto
 save / load the trained predictors for the search (notebook 04)."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
-from ..artifacts import Artifact, ArtifactStore, config_key, load_state, save_state
+from ..artifacts import (Artifact, ArtifactStore, StageKey, config_key, load_state, save_state,
+                         write_json)
 from ..config import Profile, load_profile
 from ..supernet.space import SearchSpace, SubnetConfig
+from ..workers import LockBusy, WorkerGroup, exclusive
 from .collect import (CollectionError, PairSet, SampleStore, collect_samples,  # noqa: F401
                       load_pairs, merge_pairs)
 from .encoder import APQEncoder
@@ -30,29 +29,39 @@ from .transfer import PredictorTransfer
 __all__ = ["PAIR_STAGES", "MODEL_STAGE", "collection_config", "sample_store", "make_evaluator",
            "load_supernet", "collect_pairs", "collect_cli", "train_predictors",
            "predictor_config", "save_predictors", "load_predictor", "AccuracyOracle",
-           "predictor_artifact_key"]
+           "predictor_artifact_key", "PAIR_KEYS", "MODEL_KEY"]
 
 PAIR_STAGES = {"fp32": "predictor_fp32_pairs", "quant": "predictor_quant_pairs"}
 MODEL_STAGE = "predictor"
-_DATA_KEYS = ("dataset", "val_size", "split_seed", "train_subset", "val_subset", "image_size",
-              "augment")
+
+# What each stage reads from the profile (its artifact key; the supernet key is an input).
+# The data section minus the test split, which no pair is measured on.
+_PAIRS_READ = ("seed", "space", "data", "predictor.eval_images", "predictor.recal_images")
+PAIR_KEYS = {
+    "fp32": StageKey(PAIR_STAGES["fp32"], version=2, skip=("data.test_subset",),
+                     reads=_PAIRS_READ + ("predictor.fp32_pairs",)),
+    "quant": StageKey(PAIR_STAGES["quant"], version=2, skip=("data.test_subset",),
+                      reads=_PAIRS_READ + tuple(f"predictor.{k}" for k in (
+                          "quant_pairs", "quant_eval_images", "policies_per_arch",
+                          "finetune_steps")) + tuple(f"finetune.{k}" for k in (
+                          "lr", "batch_size", "optimizer", "momentum", "weight_decay",
+                          "label_smoothing")) + ("quant.weight_calibration",
+                                                 "quant.kl_below_bits")),
+}
+MODEL_KEY = StageKey(MODEL_STAGE, version=2, reads=("seed", "space") + tuple(
+    f"predictor.{k}" for k in ("hidden", "n_layers", "lr", "weight_decay", "batch_size",
+                               "epochs", "patience", "holdout_fraction",
+                               "transfer_branch_init")))
 
 
 # --------------------------------------------------------------------------- collection
 def collection_config(cfg: Profile, kind: str) -> dict:
-    """What determines a collection's samples (its artifact key, with the supernet key)."""
+    """What determines a collection's samples (its artifact key, with the supernet key):
+    the fields :data:`PAIR_KEYS` declares, plus ``kind``, ``n`` and ``eval_images``
+    derived from them."""
     p = cfg.predictor
-    d = {"kind": kind, "n": p.fp32_pairs if kind == "fp32" else p.quant_pairs,
-         "seed": cfg.seed, "eval_images": _eval_images(cfg, kind),
-         "recal_images": p.recal_images,
-         "space": dataclasses.asdict(cfg.space),
-         "data": {k: getattr(cfg.data, k) for k in _DATA_KEYS}}
-    if kind == "quant":
-        d.update(policies_per_arch=p.policies_per_arch, finetune_steps=p.finetune_steps,
-                 finetune=dataclasses.asdict(cfg.finetune),
-                 quant={k: getattr(cfg.quant, k) for k in ("weight_calibration",
-                                                           "kl_below_bits")})
-    return d
+    return {"kind": kind, "n": p.fp32_pairs if kind == "fp32" else p.quant_pairs,
+            "eval_images": _eval_images(cfg, kind), **PAIR_KEYS[kind].config(cfg)}
 
 
 def _eval_images(cfg: Profile, kind: str) -> int:
@@ -93,35 +102,29 @@ def _partial_dir(store: ArtifactStore, cfg: Profile, kind: str, supernet_key: st
 
 
 def _run_workers(cfg_profile: str, overrides: dict, kind: str, workers: int, work: Path,
-                 n_total: int, progress: bool) -> None:
-    """Collect with ``workers`` CLI shard processes (one thread each); poll progress."""
+                 n_total: int, progress: bool, store: Optional[ArtifactStore] = None) -> None:
+    """Collect with ``workers`` CLI shard processes (one thread each); poll progress. The
+    workers stop with this process however it ends (:class:`apq_lib.workers.WorkerGroup`)."""
     from ..progress import tqdm
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    procs, logs = [], []
-    for r in range(workers):
-        log = open(work / f"{kind}_worker{r}.log", "w")
-        logs.append(log)
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "apq_lib.predictor.collect", "--profile", cfg_profile,
+    if store is not None:                   # absolute: the workers run in the repo root
+        env["APQ_ARTIFACTS"] = str(store.root)
+    cmds = [[sys.executable, "-m", "apq_lib.predictor.collect", "--profile", cfg_profile,
              "--kind", kind, "--shard", f"{r}/{workers}", "--no-progress", "--no-publish",
-             "--threads", "1", "--overrides-json", json.dumps(overrides)],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-            cwd=str(Path(__file__).resolve().parents[2])))
+             "--threads", "1", "--overrides-json", json.dumps(overrides)]
+            for r in range(workers)]
+    logs = [work / f"{kind}_worker{r}.log" for r in range(workers)]
     bar = tqdm(total=n_total, desc=f"{kind} pairs ({workers} workers)", disable=not progress)
+
+    def poll() -> None:
+        n = sum(f.read_bytes().count(b"\n") for f in work.glob(f"{kind}_shard*.jsonl"))
+        bar.update(min(n, n_total) - bar.n)
+
     try:
-        while any(p.poll() is None for p in procs):
-            time.sleep(2)
-            n = sum(f.read_bytes().count(b"\n") for f in work.glob(f"{kind}_shard*.jsonl"))
-            bar.update(min(n, n_total) - bar.n)
-    except BaseException:
-        for p in procs:
-            p.terminate()
-        raise
+        with WorkerGroup(cmds, logs, cwd=Path(__file__).resolve().parents[2], env=env) as g:
+            bad = g.wait(poll)
     finally:
         bar.close()
-        for log in logs:
-            log.close()
-    bad = {r: p.returncode for r, p in enumerate(procs) if p.returncode != 0}
     if bad:
         r0 = next(iter(bad))
         tail = (work / f"{kind}_worker{r0}.log").read_text()[-2000:]
@@ -152,14 +155,14 @@ def collect_pairs(cfg: Profile, kind: str, supernet, supernet_key: str, data,
                 raise ValueError("workers > 1 needs profile_name (the CLI reloads it)")
             if len(ss.load(repair=True)) < ss.n:
                 _run_workers(profile_name, overrides or {}, kind, workers, work, ss.n,
-                             progress)
+                             progress, store)
         ev = make_evaluator(cfg, kind, supernet, data, device)
         collect_samples(ev, ss, (0, 1), progress=progress)          # whatever is left, in process
         pairs = merge_pairs(ss)
         pairs.save(work / "pairs.npz")
-        for f in work.glob(f"{kind}_worker*.log"):
+        for f in [*work.glob(f"{kind}_worker*.log"), *work.glob(f"{kind}_shard*.jsonl.lock")]:
             f.unlink()
-        (work / "summary.json").write_text(json.dumps(_pair_summary(pairs), indent=1))
+        write_json(work / "summary.json", _pair_summary(pairs), sort_keys=False)
 
     return store.build(PAIR_STAGES[kind], conf, build, inputs=[supernet_key], force=force)
 
@@ -197,18 +200,12 @@ def collect_cli(profile: str, kind: str, shard: tuple[int, int], overrides: dict
     print(f"shard {shard[0]}/{shard[1]}: done; {len(done)}/{ss.n} samples in {work}")
     if not publish or len(done) < ss.n:
         return
-    lock = work.with_name(work.name + ".publish.lock")
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
+    try:                        # flock: released by the kernel if this process dies
+        with exclusive(work.with_name(work.name + ".publish.lock"), wait=False):
+            art = collect_pairs(cfg, kind, net, skey, data, store, progress=False, device=dev)
+            print(f"published {art}")
+    except LockBusy:
         print("another shard is publishing the artifact")
-        return
-    try:
-        os.close(fd)
-        art = collect_pairs(cfg, kind, net, skey, data, store, progress=False, device=dev)
-        print(f"published {art}")
-    finally:
-        lock.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- training
@@ -246,11 +243,8 @@ def train_predictors(cfg: Profile, fp32_pairs: PairSet, quant_pairs: PairSet,
 
 # --------------------------------------------------------------------------- saving
 def predictor_config(cfg: Profile) -> dict:
-    p = dataclasses.asdict(cfg.predictor)
-    keep = ("hidden", "n_layers", "lr", "weight_decay", "batch_size", "epochs", "patience",
-            "holdout_fraction", "transfer_branch_init")
-    return {"seed": cfg.seed, "space": dataclasses.asdict(cfg.space),
-            **{k: p[k] for k in keep}}
+    """What the trained predictors depend on besides their pairs (see :data:`MODEL_KEY`)."""
+    return MODEL_KEY.config(cfg)
 
 
 def predictor_artifact_key(cfg: Profile, supernet_key: str) -> str:
@@ -276,7 +270,7 @@ def save_predictors(cfg: Profile, trained: dict, encoder: APQEncoder, fp32_art: 
                 "output": "top-1 accuracy fraction on the validation split",
                 "metrics": {k: {kk: vv for kk, vv in v.items() if kk != "pred"}
                             for k, v in trained["metrics"].items()}, **(extra or {})}
-        (work / "predictor.json").write_text(json.dumps(info, indent=1, sort_keys=True))
+        write_json(work / "predictor.json", info)
     return store.build(MODEL_STAGE, predictor_config(cfg), build,
                        inputs=[fp32_art, quant_art], force=force)
 

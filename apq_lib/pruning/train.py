@@ -25,4 +25,4 @@ def finetune(model: nn.Module, batches: Iterator, steps: int, lr: float,
     return train_steps(model, batches, steps, lr, weight_decay=weight_decay,
                        label_smoothing=label_smoothing, device=device, cosine=cosine,
                        on_step=on_step, desc="pruning finetune",
-                       config_key="baselines.prune_lr")
+                       lr_key="baselines.prune_lr")

@@ -118,6 +118,6 @@ def qat(model: nn.Module, train_batches: Iterable, epochs: float = 1.0,
         steps = max(1, int(math.ceil(epochs * per_epoch)))
     losses = train_steps(model, train_batches, steps, lr, optimizer, momentum, weight_decay,
                          label_smoothing, loss_fn=loss_fn, device=device, progress=progress,
-                         desc=f"QAT ({mode})", config_key="the qat() lr")
+                         desc=f"QAT ({mode})", lr_key="the qat() lr")
     acc = evaluate(model, eval_batches) if eval_batches is not None else None
     return QATResult(model, losses, acc)

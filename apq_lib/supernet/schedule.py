@@ -1,51 +1,17 @@
-"""Progressive-shrinking schedule (OFA §3.2): one :class:`Phase` per entry of the
-profile's ``supernet.phases``, and the :class:`PhaseSampler` that draws the subnets of a
-training step from the sub-space a phase trains.
+"""Progressive-shrinking schedule (OFA §3.2): one :class:`~apq_lib.config.Phase` per entry
+of the profile's ``supernet.phases``, and the :class:`PhaseSampler` that draws the subnets
+of a training step from the sub-space a phase trains.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
-
 import numpy as np
 
-from ..config import ConfigError, SupernetConfig
+from ..config import PHASE_KEYS, ConfigError, Phase
 from .space import SearchSpace, SubnetConfig
 
 __all__ = ["Phase", "PhaseSampler", "PHASE_KEYS"]
 
-PHASE_KEYS = SupernetConfig.PHASE_KEYS
-
-
-@dataclass
-class Phase:
-    """One progressive-shrinking phase. ``kernels``/``depths``: allowed values (a stage
-    whose choices miss them all uses its largest depth); ``expands``: expand ratios — a
-    block samples every middle-channel choice between the choices nearest to
-    ``min(expands)·C_in`` and ``max(expands)·C_in`` (so [6] = full width, [4, 6] = all of
-    APQ's fine-grained choices). Left out, they default to the largest choice (the full
-    network). ``sandwich``: also train the smallest subnet every step."""
-    name: str
-    epochs: int
-    lr: float = 0.1
-    kernels: Optional[list] = None
-    depths: Optional[list] = None
-    expands: Optional[list] = None
-    subnets_per_step: int = 1
-    distill: bool = False
-    sandwich: bool = False
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "supernet.phases") -> "Phase":
-        bad = sorted(set(d) - set(PHASE_KEYS))
-        if bad:
-            raise ConfigError(f"{where}: unknown key(s) {bad}; allowed {list(PHASE_KEYS)}")
-        ph = cls(**d)
-        if ph.subnets_per_step < 1:
-            raise ConfigError(f"{where}.subnets_per_step: must be >= 1")
-        if ph.epochs > 0 and ph.lr <= 0:
-            raise ConfigError(f"{where}.lr: must be > 0")
-        return ph
+# Phase (the typed profile entry, validated when the profile loads) lives in apq_lib.config
 
 
 def _nearest(choices, target: float) -> int:

@@ -36,7 +36,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..artifacts import ArtifactStore, MissingInputError, config_key, load_state, save_state
+from ..artifacts import (ArtifactStore, MissingInputError, StageKey, config_key, load_state,
+                         save_state, write_json)
 from ..config import ConfigError, Profile, load_profile
 from ..runtime import get_device, make_rng, seed_everything
 from .metrics import evaluate_subnet
@@ -49,6 +50,12 @@ __all__ = ["train_supernet", "get_trained_supernet", "load_supernet", "require_s
            "supernet_artifact_config", "main"]
 
 STAGE = "supernet"
+# What the trained supernet depends on (its artifact key). Version 3: keys derived from the
+# declared fields (typed phases); the artifact holds the weights at the end of every phase.
+# Not read by training: notebook 01's random-subnet evaluation and the test split.
+SUPERNET_KEY = StageKey(STAGE, version=3, reads=("seed", "space", "data", "supernet"),
+                        skip=("supernet.n_random_subnets", "supernet.random_eval_images",
+                              "data.test_subset"))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -229,6 +236,14 @@ def _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs, 
                     loss = F.cross_entropy(out, y, label_smoothing=sn.label_smoothing)
                     if teacher is not None:
                         loss = loss + sn.distill_weight * _kd_loss(out, teacher)
+                    if not torch.isfinite(loss.detach()):
+                        raise FloatingPointError(
+                            f"supernet training: the loss became {float(loss.detach())} in phase "
+                            f"{p} ({ph.name!r}), epoch {e}, step {s} (subnet {i} of the "
+                            f"step); look at supernet.phases[{p}].lr (lower it)"
+                            + (", supernet.distill_weight" if teacher is not None else "")
+                            + f" and supernet.warmup_epochs. Checkpoint of the last "
+                            f"finished epoch: {ckpt}")
                     loss.backward()
                     if i == 0:
                         loss_sum += float(loss.detach()) * len(y)
@@ -277,7 +292,7 @@ def _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs, 
             "device": str(device), "threads": torch.get_num_threads()}
     if rank == 0:
         save_state(tensor_state(net), final)
-        info_p.write_text(json.dumps(info, indent=1))
+        write_json(info_p, info, sort_keys=False)
         ckpt.unlink(missing_ok=True)
     _barrier()
     return info
@@ -294,7 +309,7 @@ def full_network_phase(cfg: Profile) -> tuple[int, Phase]:
     no elastic choice): its end-of-phase weights are that network trained from scratch."""
     space = SearchSpace(cfg.space)
     for i, d in enumerate(cfg.supernet.phases):
-        ph = Phase.from_dict(d, f"supernet.phases[{i}]")
+        ph = Phase.from_dict(d, f"supernet.phases[{i}]")      # a Phase, or a mapping
         plan = PhaseSampler(space, ph)
         if ph.epochs > 0 and not ph.distill and not ph.sandwich and \
                 plan.largest() == plan.smallest() == space.largest():
@@ -306,16 +321,9 @@ def full_network_phase(cfg: Profile) -> tuple[int, Phase]:
 
 
 def supernet_artifact_config(cfg: Profile) -> dict:
-    """What the trained supernet depends on (the artifact key is its hash). Version 2:
-    the artifact also holds the weights at the end of every phase."""
-    sn = dataclasses.asdict(cfg.supernet)
-    for k in ("n_random_subnets", "random_eval_images", "log_every"):
-        sn.pop(k)
-    data = dataclasses.asdict(cfg.data)
-    for k in ("root", "download", "num_workers"):
-        data.pop(k)
-    return {"version": 2, "seed": cfg.seed, "space": dataclasses.asdict(cfg.space),
-            "supernet": sn, "data": data}
+    """What the trained supernet depends on (the artifact key is its hash): the fields
+    :data:`SUPERNET_KEY` declares."""
+    return SUPERNET_KEY.config(cfg)
 
 
 def load_supernet(path: Path | str, space: SearchSpace, device=None) -> APQSupernet:

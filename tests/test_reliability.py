@@ -1,0 +1,518 @@
+"""Issue 15: long runs survive faults and bad input (worker lifecycle, one writer per shard,
+strict parameters, declared config checks, integrity, atomic writes, data errors); issue 13:
+artifact keys derived from the fields a stage reads. Kill / signal tests run real
+subprocesses and are bounded by timeouts."""
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import typing
+from pathlib import Path
+
+import pytest
+import torch
+
+from apq_lib import artifacts
+from apq_lib.artifacts import (
+    STAGE_KEYS,
+    ArtifactError,
+    ArtifactStore,
+    CorruptResultError,
+    atomic_write,
+    dumps_strict,
+)
+from apq_lib.config import ConfigError, Phase, Profile, field_rules, leaf_fields, load_profile
+from apq_lib.baselines import suite as _suite  # noqa: F401  (registers its stage key)
+from apq_lib.predictor import pipeline as pp  # noqa: F401  (registers its stage keys)
+from apq_lib.predictor.collect import SampleStore, collect_samples, merge_pairs
+from apq_lib.supernet import train as sn  # noqa: F401  (registers its stage key)
+from apq_lib.supernet.space import SearchSpace
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _wait_for(pred, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# --------------------------------------------------------------------------- 1. workers
+_FAKE_WORKER = ("import sys, time; from apq_lib.workers import exit_with_parent; "
+                "exit_with_parent(poll_s=0.2); open(sys.argv[1], 'w').write('up'); "
+                "time.sleep(120)")
+
+_PARENT = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    from apq_lib.workers import WorkerGroup
+    d = Path(sys.argv[1])
+    cmds = [[sys.executable, "-c", {worker!r}, str(d / f"up{{r}}")] for r in range(2)]
+    with WorkerGroup(cmds) as g:
+        (d / "pids.json").write_text(json.dumps([p.pid for p in g.procs]))
+        if sys.argv[2] == "raise":
+            while not all((d / f"up{{r}}").exists() for r in range(2)):
+                time.sleep(0.05)
+            raise RuntimeError("boom")
+        g.wait(every_s=0.1)
+""").format(worker=_FAKE_WORKER)
+
+
+def _start_parent(tmp_path, mode="wait"):
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(tmp_path), mode], env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for(lambda: all((tmp_path / f"up{r}").exists() for r in range(2)) or
+              parent.poll() is not None, 60, "the workers to start")
+    pids = json.loads((tmp_path / "pids.json").read_text())
+    return parent, pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_workers_stop_when_parent_is_killed(tmp_path, sig):
+    """SIGTERM: the parent stops its workers; SIGKILL: the workers notice and exit."""
+    parent, pids = _start_parent(tmp_path)
+    assert all(_alive(p) for p in pids)
+    parent.send_signal(sig)
+    parent.wait(30)
+    assert parent.returncode == -sig
+    _wait_for(lambda: not any(_alive(p) for p in pids), 20, "orphaned workers to exit")
+
+
+def test_workers_stop_when_parent_raises(tmp_path):
+    parent, pids = _start_parent(tmp_path, "raise")
+    _, err = parent.communicate(timeout=60)
+    assert parent.returncode == 1 and b"boom" in err
+    _wait_for(lambda: not any(_alive(p) for p in pids), 20, "workers to be stopped")
+
+
+def test_worker_group_in_process(tmp_path):
+    from apq_lib.workers import WorkerGroup
+    ok = [sys.executable, "-c", "print('hi')"]
+    fail = [sys.executable, "-c", "raise SystemExit(3)"]
+    with WorkerGroup([ok, fail], logs=[tmp_path / "a.log", tmp_path / "b.log"]) as g:
+        assert g.wait(every_s=0.05) == {1: 3}
+    assert (tmp_path / "a.log").read_text() == "hi\n"
+    old = signal.getsignal(signal.SIGTERM)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    with pytest.raises(KeyboardInterrupt), WorkerGroup([sleeper], grace_s=2) as g:
+        pid = g.procs[0].pid
+        raise KeyboardInterrupt
+    assert not _alive(pid) and signal.getsignal(signal.SIGTERM) == old
+
+
+# --------------------------------------------------------------------------- 1. shards
+_COLLECTOR = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    from apq_lib.config import load_profile
+    from apq_lib.predictor.collect import SampleStore, collect_samples
+    from apq_lib.supernet.space import SearchSpace
+    d, tag = Path(sys.argv[1]), sys.argv[2]
+    calls = []
+    def ev(cfg, i):
+        calls.append(i)
+        (d / f"calls_{tag}.json").write_text(json.dumps(calls))
+        time.sleep(0.1)
+        return 50.0 + i
+    store = SampleStore(d, "fp32", 24, 0, SearchSpace(load_profile("smoke").space))
+    (d / f"ready_{tag}").write_text("")
+    collect_samples(ev, store, (0, 1), progress=False)
+""")
+
+
+def test_two_collectors_on_one_shard_do_the_work_once(tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-c", _COLLECTOR, str(tmp_path), t], env=ENV,
+                              stderr=subprocess.PIPE) for t in ("a", "b")]
+    errs = [p.communicate(timeout=240)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    calls = [json.loads(f.read_text()) for f in sorted(tmp_path.glob("calls_*.json"))]
+    done = sorted(i for c in calls for i in c)
+    assert done == list(range(24))                    # every sample once, by one of them
+    assert any("being written by another collector" in e for e in errs)
+    lines = (tmp_path / "fp32_shard000of001.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["i"] for x in lines) == list(range(24))
+
+
+def _fake_acc(cfg, i):
+    return 50 + sum(cfg.kernels) / 10
+
+
+def test_torn_line_in_the_middle_is_dropped_and_recomputed(tmp_path):
+    """The old failure: a torn line, then appends after it (a second writer) → a broken
+    line mid-file that stopped every rerun."""
+    space = SearchSpace(load_profile("smoke").space)
+    store = SampleStore(tmp_path, "fp32", 8, 0, space)
+    collect_samples(_fake_acc, store, progress=False)
+    f = store.shard_path(0, 1)
+    lines = f.read_text().splitlines(keepends=True)
+    f.write_text("".join(lines[:3]) + lines[3][:25] + "".join(lines[4:]))   # torn sample 3
+    calls = []
+    with pytest.warns(UserWarning, match=rf"{f.name}:4: not valid JSON.*recomputed"):
+        collect_samples(lambda c, i: calls.append(i) or _fake_acc(c, i), store,
+                        progress=False)
+    assert calls == [3, 4]           # the torn fragment swallowed the next line (sample 4)
+    assert len(f.read_text().splitlines()) == 8 and len(merge_pairs(store)) == 8
+
+
+# --------------------------------------------------------------------------- 2. parameters
+def test_force_and_overrides_are_type_checked(tmp_results):
+    from apq_lib.notebook import ParameterError, start
+    with pytest.raises(ParameterError, match=r"force: expected True or False.*'false'"):
+        start("01_supernet", "smoke", {}, "false")
+    with pytest.raises(ParameterError, match="overrides: expected a mapping"):
+        start("01_supernet", "smoke", "seed=1", False)
+    with pytest.raises(ConfigError, match="overrides: expected a mapping"):
+        load_profile("smoke", "seed=1")
+    assert start("01_supernet", "smoke", {"seed": 2}, False).cfg.seed == 2
+
+
+def test_runner_rejects_unknown_or_mistyped_parameters():
+    from apq_lib.runner import check_parameters
+    assert check_parameters("03_predictor", {"profile": "smoke", "force": True})
+    with pytest.raises(ConfigError, match=r"notebooks\.03_predictor\.nonsense.*no parameter"):
+        check_parameters("03_predictor", {"nonsense": 1})
+    with pytest.raises(ConfigError, match=r"03_predictor\.force: expected bool.*'false'"):
+        check_parameters("03_predictor", {"force": "false"})
+    with pytest.raises(ConfigError, match=r"overrides: expected dict"):
+        check_parameters("01_supernet", {"overrides": "x"})
+
+
+# --------------------------------------------------------------------------- 3. numbers
+@pytest.mark.parametrize("key, value", [
+    ("predictor.lr", math.nan), ("supernet.momentum", math.nan),
+    ("supernet.distill_weight", math.nan), ("finetune.lr", math.nan),
+    ("finetune.momentum", math.nan), ("baselines.prune_lr", math.nan),
+    ("predictor.lr", -1), ("predictor.weight_decay", -1), ("supernet.label_smoothing", 5),
+    ("finetune.weight_decay", math.inf), ("seed", -1), ("baselines.fixed_bits", []),
+    ("hardware.simulators", []), ("baselines.haq_costs", []), ("space.depth_choices", [5]),
+    ("space.kernel_choices", [4]), ("hardware.simulators", ["bitfusion", "tpu"]),
+])
+def test_bad_numbers_and_choices_are_named(key, value):
+    with pytest.raises(ConfigError, match=rf"^{key.replace('.', r'[.]')}\b"):
+        load_profile("smoke", {key: value})
+
+
+def test_list_element_type_error_names_the_element():
+    with pytest.raises(ConfigError, match=r"space\.bit_choices\[0\]: expected int, got 3\.5"):
+        load_profile("smoke", {"space.bit_choices": [3.5]})
+    bad_phase = {"name": "p", "epochs": 1, "lr": math.nan}
+    with pytest.raises(ConfigError, match=r"supernet\.phases\[0\]\.lr: must be a finite"):
+        load_profile("smoke", {"supernet.phases": [bad_phase]})
+
+
+def _float_fields():
+    out = []
+    for dotted in leaf_fields(Profile):
+        *sec, name = dotted.split(".")
+        cls = Profile
+        for s in sec:
+            cls = typing.get_type_hints(cls)[s]
+        tp = typing.get_type_hints(cls)[name]
+        f = {x.name: x for x in dataclasses.fields(cls)}[name]
+        if float in (tp, *typing.get_args(tp)) or tp == list[float]:
+            out.append((dotted, tp == list[float], field_rules(f).get("finite", True)))
+    return out
+
+
+def test_every_float_field_must_be_finite():
+    fields = _float_fields()
+    assert len(fields) >= 25
+    for dotted, is_list, finite in fields:
+        for bad in (math.nan, math.inf):
+            value = [bad] if is_list else bad
+            if finite:
+                with pytest.raises(ConfigError, match=rf"^{dotted.replace('.', '[.]')}"):
+                    load_profile("smoke", {dotted: value})
+
+
+def test_nonfinite_loss_stops_supernet_training_naming_step_and_key(tmp_path):
+    cfg = load_profile("smoke")
+    net = sn.APQSupernet(SearchSpace(cfg.space))
+
+    class NaNData:
+        def loader(self, split, **kw):
+            from apq_lib.data import BatchLoader, TensorImageSet
+            imgs = torch.zeros(256, 1, 28, 28, dtype=torch.uint8)
+            ds = TensorImageSet(imgs, torch.zeros(256, dtype=torch.int64), (0.0,), (0.0,), 32)
+            return BatchLoader(ds, kw["batch_size"], shuffle=True, drop_last=True)
+
+        def fixed_batches(self, split, n, **kw):
+            return []
+
+    with pytest.raises(FloatingPointError,
+                       match=r"phase 0 .*epoch 0, step 0.*supernet\.phases\[0\]\.lr"):
+        sn.train_supernet(net, NaNData(), cfg, tmp_path, progress=False)   # 0/0: NaN input
+
+
+def test_nonfinite_loss_stops_finetune_naming_key():
+    from apq_lib.quant.training import train_steps
+    model = torch.nn.Linear(4, 3)
+    batches = [(torch.full((2, 4), math.nan), torch.tensor([0, 1]))]
+    with pytest.raises(FloatingPointError, match=r"step 0 of 5.*finetune\.lr"):
+        train_steps(model, batches, 5, 0.1, lr_key="finetune.lr")
+
+
+# --------------------------------------------------------------------------- 4. integrity
+def _publish(store):
+    def fn(work):
+        (work / "a.txt").write_text("hello")
+        (work / "sub").mkdir()
+        (work / "sub" / "w.bin").write_bytes(b"\x00" * 16)
+    return store.build("stage", {"x": 1}, fn)
+
+
+def test_unlisted_file_fails_verification(tmp_path):
+    store = ArtifactStore(tmp_path)
+    art = _publish(store)
+    meta = json.loads((art.path / "meta.json").read_text())
+    del meta["files"]["sub/w.bin"]                        # tampered weights, entry removed
+    (art.path / "sub" / "w.bin").write_bytes(b"\x01" * 16)
+    (art.path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match=r"sub/w\.bin.*not listed"):
+        store.verify("stage", art.key)
+    (art.path / "meta.json").write_text(json.dumps(json.loads(
+        (art.path / "meta.json").read_text()) | {"files": {}}))
+    (art.path / "extra.txt").write_text("x")
+    with pytest.raises(ArtifactError, match="not listed"):
+        store.verify("stage", art.key)
+
+
+@pytest.mark.parametrize("meta, match", [
+    ([1, 2], "JSON list, not an object"),
+    ({"stage": "stage", "inputs": [], "files": {}}, "'key' is missing"),
+    ({"stage": "other", "key": "K", "inputs": [], "files": {}}, "describes other/"),
+    ({"stage": "stage", "key": "K", "inputs": [], "files": {"a.txt": "abc"}}, "sha256"),
+    ({"stage": "stage", "key": "K", "inputs": [], "files": {"../x": "0" * 64}}, "relative"),
+])
+def test_meta_schema_is_validated_and_a_bad_one_rebuilt(tmp_path, meta, match):
+    store = ArtifactStore(tmp_path)
+    art = _publish(store)
+    if isinstance(meta, dict) and meta.get("key") == "K":
+        meta["key"] = art.key
+    (art.path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match=match):
+        store.verify("stage", art.key)
+    with pytest.warns(UserWarning, match="rebuilt"):
+        again = _publish(store)
+    assert store.verify("stage", again.key).meta["files"].keys() == {"a.txt", "sub/w.bin"}
+
+
+# --------------------------------------------------------------------------- 5. writes
+_WRITER = textwrap.dedent("""
+    import sys
+    from apq_lib.artifacts import write_json
+    n = 0
+    while True:
+        n += 1
+        write_json(sys.argv[1], {"n": n, "pad": "x" * 2_000_000})
+""")
+
+
+def test_kill_mid_write_never_leaves_a_torn_file(tmp_path):
+    path = tmp_path / "r.json"
+    for k in range(4):
+        p = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], env=ENV)
+        _wait_for(lambda: path.exists(), 60, "the first write")
+        time.sleep(0.2 + 0.13 * k)
+        p.kill()
+        p.wait(30)
+        assert json.loads(path.read_text())["n"] >= 1       # old or new, never torn
+    leftovers = [f.name for f in tmp_path.iterdir() if f.name != "r.json"]
+    assert all(n.endswith(".tmp") for n in leftovers)      # a killed write's temp only
+
+
+def test_failed_replace_keeps_the_old_file(tmp_path, monkeypatch):
+    p = tmp_path / "a.csv"
+    atomic_write(p, "old\n")
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28)))
+    with pytest.raises(OSError):
+        atomic_write(p, "new\n")
+    assert p.read_text() == "old\n" and [f.name for f in tmp_path.iterdir()] == ["a.csv"]
+
+
+def test_json_is_strict():
+    assert json.loads(dumps_strict({"a": math.nan, "b": [1.0, -math.inf]})) == \
+        {"a": None, "b": [1.0, None]}
+    import numpy as np
+    assert json.loads(dumps_strict({"x": np.float32(0.5), "y": np.float64("nan")})) == \
+        {"x": 0.5, "y": None}
+    with pytest.raises(ValueError):
+        dumps_strict({"a": math.nan}, nonfinite="error")
+
+
+def test_torn_results_file_names_path_and_notebook(tmp_results):
+    from apq_lib.notebook import start
+    ctx = start("02_hardware", "smoke", {}, False)
+    p = ctx.write_json("02_summary.json", {"lat": math.nan, "n": 3})
+    assert json.loads(p.read_text()) == {"lat": None, "n": 3}
+    p.write_text('{"lat": nu')                            # a torn file (old non-atomic write)
+    ctx3 = start("03_predictor", "smoke", {}, False)
+    with pytest.raises(CorruptResultError, match=rf"{p}.*rerun notebook 02_hardware"):
+        ctx3.read_json("02_summary.json", "02_hardware")
+
+
+def test_torn_manifest_is_moved_aside(tmp_results):
+    tmp_results.mkdir(parents=True)
+    (tmp_results / "manifest.json").write_text('{"notebooks": {"01')
+    with pytest.warns(UserWarning, match="manifest.json is corrupted"):
+        m = artifacts.update_manifest("01_supernet", load_profile("smoke"),
+                                      __import__("datetime").datetime.now(),
+                                      results_dir=tmp_results)
+    assert "01_supernet" in m["notebooks"] and (tmp_results / "manifest.json.corrupt").exists()
+    assert json.loads((tmp_results / "manifest.json").read_text()) == m
+
+
+# --------------------------------------------------------------------------- 6. data, paths
+def _fmnist_dir(tmp_path, truncate=None):
+    import gzip
+
+    import numpy as np
+    d = tmp_path / "fm"
+    d.mkdir()
+    for stem, shape in (("train-images-idx3-ubyte", (20, 28, 28)),
+                        ("train-labels-idx1-ubyte", (20,)),
+                        ("t10k-images-idx3-ubyte", (5, 28, 28)),
+                        ("t10k-labels-idx1-ubyte", (5,))):
+        arr = np.zeros(shape, np.uint8)
+        hdr = bytes([0, 0, 8, arr.ndim]) + b"".join(n.to_bytes(4, "big") for n in shape)
+        with gzip.open(d / f"{stem}.gz", "wb") as f:
+            f.write(hdr + arr.tobytes())
+    if truncate:
+        p = d / f"{truncate}.gz"
+        p.write_bytes(p.read_bytes()[:40])
+    return d
+
+
+@pytest.mark.parametrize("value", ["", "EMPTYDIR"])
+def test_explicit_data_dir_without_dataset_is_an_error(tmp_path, monkeypatch, value):
+    from apq_lib.data import DatasetNotFoundError, find_fashion_mnist
+    if value == "EMPTYDIR":
+        value = str(tmp_path / "nothing")
+        (tmp_path / "nothing").mkdir()
+    monkeypatch.setenv("APQ_DATA_DIR", value)
+    with pytest.raises(DatasetNotFoundError, match="APQ_DATA_DIR=.*(empty|does not hold)"):
+        find_fashion_mnist(None, download=False)           # no fall-back to the system copy
+    monkeypatch.delenv("APQ_DATA_DIR")
+    with pytest.raises(DatasetNotFoundError, match=r"data\.root=.*does not hold"):
+        find_fashion_mnist(str(tmp_path / "nothing2"), download=False)
+
+
+def test_truncated_gz_names_file_and_how_to_refetch(tmp_path):
+    from apq_lib.config import DataConfig
+    from apq_lib.data import CorruptDatasetError, load_data
+    d = _fmnist_dir(tmp_path, truncate="train-images-idx3-ubyte")
+    with pytest.raises(CorruptDatasetError,
+                       match=r"train-images-idx3-ubyte\.gz: truncated.*apt-get install "
+                             r"--reinstall dataset-fashion-mnist"):
+        load_data(DataConfig(root=str(d), val_size=5))
+
+
+def test_env_paths_are_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("APQ_ARTIFACTS", "rel/art")
+    root = ArtifactStore().root
+    assert root.is_absolute() and root == tmp_path / "rel" / "art"
+    assert ArtifactStore("x").root == tmp_path / "x"
+    monkeypatch.setenv("APQ_RESULTS_DIR", "res")
+    assert artifacts.env_path("APQ_RESULTS_DIR", "/r") == tmp_path / "res"
+
+
+# --------------------------------------------------------------------------- keys (13)
+def _candidates(value, rules):
+    """Other valid-looking values of a field, from its type and declared rules."""
+    choices = list(rules.get("choices", ()))
+    if isinstance(value, bool):
+        return [not value]
+    if isinstance(value, str):
+        return [c for c in choices if c != value] or [value + "x"]
+    if isinstance(value, int):
+        return [c for c in choices if c != value] + [value + 1, value * 2, value - 1, 1, 7]
+    if isinstance(value, float):
+        return [value * 0.5, value * 1.5 or 0.5, 0.5, value + 0.1]
+    if value is None:
+        return [3, 7, 100, 0.5, "/elsewhere"]
+    if isinstance(value, dict):
+        return [{"01_supernet": {"force": True}}]
+    if isinstance(value, list):
+        if value and isinstance(value[0], Phase):
+            return [[dataclasses.asdict(value[0]) | {"epochs": value[0].epochs + 1}]
+                    + [dataclasses.asdict(p) for p in value[1:]]]
+        out = [value[:-1], value + value[-1:]] if value else []
+        out += [[c for c in choices if c not in value] + value] if choices else []
+        if value and isinstance(value[0], (int, float)) and not isinstance(value[0], bool):
+            out += [[x * 2 for x in value], [x + 1 for x in value], value[:1],
+                    [value[0] + 1] + value[1:], value[:-1] + [value[-1] - 1]]
+        out += [[c] + value[1:] for c in choices if value and c != value[0]]
+        if not value:
+            out += [[0.5], [3], ["latency"]]
+        return out
+    raise TypeError(value)
+
+
+def _perturbed_profiles():
+    base = load_profile("smoke")
+    out = {}
+    for dotted in leaf_fields(Profile):
+        *sec, name = dotted.split(".")
+        obj = base
+        for s in sec:
+            obj = getattr(obj, s)
+        f = {x.name: x for x in dataclasses.fields(obj)}[name]
+        value = getattr(obj, name)
+        for cand in _candidates(value, field_rules(f)):
+            try:
+                prof = load_profile("smoke", {dotted: cand})
+            except ConfigError:
+                continue
+            if prof.to_dict() != base.to_dict():
+                out[dotted] = prof
+                break
+    return base, out
+
+
+def test_every_field_a_stage_reads_changes_its_key_and_no_other_does():
+    base, perturbed = _perturbed_profiles()
+    fields = leaf_fields(Profile)
+    missed = sorted(set(fields) - set(perturbed))
+    assert not missed, f"no valid other value found for {missed}"
+    stages = {s for s in STAGE_KEYS if not s.startswith("t_")}    # every declared stage
+    assert {"supernet", "predictor_fp32_pairs", "predictor_quant_pairs", "predictor"} <= stages
+    for stage in sorted(stages):
+        spec = STAGE_KEYS[stage]
+        reads = set(spec.fields(base))
+        k0 = spec.key(base)
+        changed = {d for d, prof in perturbed.items() if spec.key(prof) != k0}
+        assert changed == reads, (stage, sorted(changed ^ reads))
+        assert not any(d.endswith(("threads", "workers", "log_every")) for d in reads)
+    # the keys the pipeline uses are these keys
+    assert artifacts.config_key(sn.supernet_artifact_config(base)) == \
+        STAGE_KEYS["supernet"].key(base)
+    p2 = perturbed["predictor.lr"]
+    assert pp.predictor_artifact_key(p2, "s") != pp.predictor_artifact_key(base, "s")
+    p3 = perturbed["predictor.workers"]
+    assert pp.predictor_artifact_key(p3, "s") == pp.predictor_artifact_key(base, "s")
+
+
+def test_stage_key_rejects_a_skip_it_does_not_read():
+    from apq_lib.artifacts import StageKey
+    with pytest.raises(ValueError, match="names no field"):
+        StageKey("t_bad_skip", 1, reads=("seed",), skip=("space.stem_width",)).fields(
+            load_profile("smoke"))
+    STAGE_KEYS.pop("t_bad_skip", None)

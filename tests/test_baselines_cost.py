@@ -34,7 +34,8 @@ def _summaries(d, **over):
     s = {"01": {"largest_top1": 92.0, "smallest_top1": 87.0, "random_macs_spearman": 0.7,
                 "train_seconds": 120.0},
          "03": {"fp32_pairs": 10, "quant_pairs": 5, "collection_seconds_fp32": 30.0,
-                "collection_seconds_quant": 60.0, "train_seconds": 3.0},
+                "collection_seconds_quant": 60.0, "train_seconds": 3.0,
+                "predictor_artifact": "predictor/abc"},
          "04": {"n_searches": 4, "search_seconds_total": 12.0, "predicted_test_spearman": 0.5,
                 "predicted_minus_test_mean": 0.1, "evolution_minus_random_test_mean": 0.2,
                 "evolution_minus_random_test_ci": [-0.1, 0.5]}}

@@ -16,7 +16,7 @@ __all__ = ["NOTEBOOKS", "notebook_parameters", "run_chain", "prepare_chain", "ma
 REPO = Path(__file__).resolve().parent.parent
 NB_DIR = REPO / "notebooks"
 NOTEBOOKS = ("01_supernet", "02_hardware", "03_predictor", "04_search", "05_baselines",
-             "06_paper_tables")
+             "06_paper_tables", "07_deploy")
 
 
 def notebook_parameters(profile: str, notebook: str) -> dict:

@@ -20,7 +20,7 @@ from .export import count_qdq, export_qdq, export_qonnx, ort_latency, ort_run, o
 from .integer import to_integer
 from .parity import parity
 
-__all__ = ["realized_model", "w8a8_model", "deploy_candidates", "measure_model",
+__all__ = ["realized_model", "save_realized", "w8a8_model", "deploy_candidates", "measure_model",
            "REALIZED_STAGE"]
 
 REALIZED_STAGE = "realized"
@@ -31,15 +31,35 @@ def _policy_str(c) -> str:
     return "W8A8" if bits == [8] else "mixed " + "/".join(map(str, bits))
 
 
+def _recipe(cfg, config: dict) -> dict:
+    """What a realised model depends on besides the supernet (its artifact key)."""
+    s = cfg.search
+    return {"config": config, "epochs": s.finetune_epochs, "lr": s.finetune_lr,
+            "batch": s.finetune_batch_size, "recal": s.recal_images or
+            cfg.supernet.bn_recal_images, "test_images": s.test_images, "seed": cfg.seed}
+
+
+def _write(work: Path, model, test_acc: float) -> None:
+    save_state(tensor_state(model), work / "model.safetensors")
+    (work / "info.json").write_text(json.dumps({"test_acc": float(test_acc)}))
+
+
+def save_realized(ctx, realized, supernet_key: str):
+    """Store a :class:`~apq_lib.search.Realized` model's finetuned state as the ``realized``
+    artifact notebook 07 reads (call it in notebook 04 right after ``realize``)."""
+    return ctx.store.build(REALIZED_STAGE, _recipe(ctx.cfg, realized.config),
+                           lambda w: _write(w, realized.model, realized.test_acc),
+                           inputs=[supernet_key], force=True)
+
+
 def realized_model(ctx, supernet, config: dict, supernet_key: str, data, force: bool = False):
     """Notebook 04's realised model for ``config``: the finetuned state from the
-    ``realized`` artifact, or (missing) re-run with 04's recipe and seed and stored."""
+    ``realized`` artifact (:func:`save_realized`), or, when missing, re-run with 04's recipe
+    and seed (deterministic on CPU) and stored."""
     from ..search import realize
     from ..supernet.space import SubnetConfig
     cfg, s = ctx.cfg, ctx.cfg.search
-    recipe = {"config": config, "epochs": s.finetune_epochs, "lr": s.finetune_lr,
-              "batch": s.finetune_batch_size, "recal": s.recal_images or
-              cfg.supernet.bn_recal_images, "seed": cfg.seed}
+    recipe = _recipe(cfg, config)
     sub = supernet.export(SubnetConfig.from_dict(config), quantized=True)
 
     def build(work: Path) -> None:
@@ -49,8 +69,7 @@ def realized_model(ctx, supernet, config: dict, supernet_key: str, data, force: 
         test = data.fixed_batches("test", s.test_images or len(data.test), seed=cfg.seed)
         m = realize(supernet, config, train, recal, test, epochs=s.finetune_epochs,
                     lr=s.finetune_lr, device=ctx.device, seed=cfg.seed)
-        save_state(tensor_state(m.model), work / "model.safetensors")
-        (work / "info.json").write_text(json.dumps({"test_acc": m.test_acc}))
+        _write(work, m.model, m.test_acc)
 
     art = ctx.store.build(REALIZED_STAGE, recipe, build, inputs=[supernet_key], force=force)
     load_tensor_state(sub, load_state(art.file("model.safetensors"))[0])

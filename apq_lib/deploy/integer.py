@@ -27,7 +27,7 @@ __all__ = ["ActGrid", "act_grid", "IntConv", "Requant", "int_conv", "IntBlock",
            "IntegerSubnet", "to_integer"]
 
 INT32_MAX = 2 ** 31 - 1
-INPUT_BITS = 8            # fractional bits of the wide integer input (pixel · 2^8 - Z)
+INPUT_BITS = 12           # most fractional bits of the integer input (pixel · 2^b - Z)
 
 
 @dataclass(frozen=True)
@@ -234,9 +234,13 @@ class IntegerSubnet(nn.Module):
         mean = torch.tensor(mean, dtype=torch.float64)
         if std.numel() != 1:
             raise ValueError("integer input supports one channel statistic (Fashion-MNIST)")
-        # x = (p/255 - mean)/std = s_in · (p·2^8 - Z) with s_in = 1/(255·std·2^8)
-        self.input_zero = int(round(float(mean) * 255 * 2 ** INPUT_BITS))
-        in_grid = ActGrid(float(1.0 / (255 * float(std) * 2 ** INPUT_BITS)), 0,
+        # x = (p/255 - mean)/std = s_in · (p·2^b - Z) with s_in = 1/(255·std·2^b); Z is
+        # rounded (≤ 2^-b-1 pixel), b as large as the stem's int32 accumulator allows
+        fan = int(_weight_codes(sub.stem)[0].abs().sum(dim=(1, 2, 3)).max())
+        self.input_bits = next((b for b in range(INPUT_BITS, -1, -1)
+                                if 256 * 2 ** b * max(fan, 1) < INT32_MAX), 0)
+        self.input_zero = int(round(float(mean) * 255 * 2 ** self.input_bits))
+        in_grid = ActGrid(float(1.0 / (255 * float(std) * 2 ** self.input_bits)), 0,
                           -INT32_MAX, INT32_MAX)
         chain = [sub.head, *sub.blocks]
         grids = [act_grid(_first_conv(b).a_quant) for b in chain] + \
@@ -262,7 +266,7 @@ class IntegerSubnet(nn.Module):
         if self.pad_to > h:
             p = (self.pad_to - h) // 2
             x = F.pad(x, (p, self.pad_to - h - p, p, self.pad_to - h - p))
-        x = x * (1 << INPUT_BITS) - self.input_zero
+        x = x * (1 << self.input_bits) - self.input_zero
         acc = self.stem(x)
         r = self.stem_rq(acc)
         r = self.blocks[0](r, self.stem_q_rq(acc))        # the head reads the stem directly

@@ -404,7 +404,7 @@ class DeployConfig:
     """Notebook 07: integer-only inference, ONNX / QONNX export, onnxruntime latency."""
     max_models: int = 2                     # of notebook 04's models (each also at W8A8)
     parity_images: int = 0                  # test images for integer parity (0: all)
-    batch_size: int = 500                   # parity batch; also the Q/DQ graph's batch
+    batch_size: int = 500                   # images per batch in the parity run
     extra_bits: int = 16                    # extra fractional bits of the int32 residual
                                             # stream / pool (one more rounding, ≤ 2^-k LSB)
     bias_correction: bool = True            # add the bias's sub-LSB part in the requantizer

@@ -426,6 +426,29 @@ class BaselinesConfig:
 
 
 @dataclass
+class DeployConfig:
+    """Notebook 07: integer-only inference, ONNX / QONNX export, onnxruntime latency."""
+    max_models: int = 2                     # of notebook 04's models (each also at W8A8)
+    parity_images: int = 0                  # test images for integer parity (0: all)
+    batch_size: int = 500                   # images per batch in the parity run
+    extra_bits: int = 16                    # extra fractional bits of the int32 residual
+                                            # stream / pool (one more rounding, ≤ 2^-k LSB)
+    bias_correction: bool = True            # add the bias's sub-LSB part in the requantizer
+    ort_images: int = 500                   # images run through onnxruntime / QONNX parity
+    qonnx_images: int = 16                  # of those, through qonnx's (slow) executor
+    latency_repeats: int = 50
+    latency_warmup: int = 10
+
+    def check(self, p: str) -> None:
+        for k in ("max_models", "batch_size", "ort_images", "qonnx_images",
+                  "latency_repeats"):
+            _check(getattr(self, k) > 0, f"{p}.{k}", "must be > 0")
+        for k in ("parity_images", "latency_warmup"):
+            _check(getattr(self, k) >= 0, f"{p}.{k}", "must be >= 0 (parity_images 0: all)")
+        _check(0 <= self.extra_bits <= 20, f"{p}.extra_bits", "must be in 0..20")
+
+
+@dataclass
 class Profile:
     name: str = param("default", cache=False)
     seed: int = param(0, ge=0)
@@ -439,6 +462,7 @@ class Profile:
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
     # papermill parameters per notebook, e.g. {"01_supernet": {"force": false}}
     notebooks: dict[str, dict] = param(default_factory=dict, cache=False)
 

@@ -31,6 +31,25 @@ def _check_method(method: str) -> str:
     return method
 
 
+def _tristate(v: Optional[bool]) -> int:
+    return -1 if v is None else int(bool(v))
+
+
+def _from_tristate(v) -> Optional[bool]:
+    v = int(v)
+    return None if v < 0 else bool(v)
+
+
+def _extra_state_dict(state) -> dict:
+    """Extra state is stored as an int8 tensor (``[signed]`` or ``[signed, initialized]``,
+    -1 = None) so that ``state_dict`` holds tensors only (TorchScript tracing and ONNX export
+    call ``.detach()`` on every entry); dicts from older checkpoints are still read."""
+    if isinstance(state, dict):
+        return state
+    vals = [_from_tristate(v) for v in torch.as_tensor(state).reshape(-1).tolist()]
+    return dict(zip(("signed", "initialized"), vals))
+
+
 class _Quantizer(nn.Module):
     """Common part: run-time ``bits`` and the calibration protocol."""
 
@@ -173,10 +192,10 @@ class _ActBase(_Quantizer):
         return self.signed
 
     def get_extra_state(self):
-        return {"signed": self.signed}
+        return torch.tensor([_tristate(self.signed)], dtype=torch.int8)
 
     def set_extra_state(self, state) -> None:
-        self.signed = state.get("signed", self.signed)
+        self.signed = _extra_state_dict(state).get("signed", self.signed)
 
 
 class PACTQuantizer(_ActBase):
@@ -344,11 +363,13 @@ class LSQQuantizer(_ActBase):
         return fake_quantize_learnable(x, s, z, qmin, qmax, axis, g, validate=False)
 
     def get_extra_state(self):
-        return {"signed": self.signed, "initialized": self._initialized}
+        return torch.tensor([_tristate(self.signed), int(self._initialized)], dtype=torch.int8)
 
     def set_extra_state(self, state) -> None:
+        state = _extra_state_dict(state)
         self.signed = state.get("signed", self.signed)
-        self._initialized = state.get("initialized", self._initialized)
+        init = state.get("initialized", self._initialized)
+        self._initialized = self._initialized if init is None else bool(init)
 
     def extra_repr(self) -> str:
         return (f"bits={self.bits}, signed={self.signed}, symmetric={self.symmetric}, "

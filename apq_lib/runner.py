@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 NB_DIR = REPO / "notebooks"
 NOTEBOOKS = ("01_supernet", "02_hardware", "03_predictor", "04_search", "05_baselines",
              "06_paper_tables")
+NOTEBOOKS += ("08_sparsity",)
 
 
 def notebook_parameters(profile: str, notebook: str) -> dict:

@@ -116,7 +116,7 @@ def test_l0_gates_parametrize_penalty_and_sparsify():
     assert len(gates) == 3
     n = sum(x.weight.numel() for _, x in lin_layers(ref))
     p = 1 / (1 + math.exp(-(math.log(4.0) - 2 / 3 * math.log(0.1 / 1.1))))
-    assert float(L.l0_penalty(m)) == pytest.approx(n * p, rel=1e-3)
+    assert float(L.l0_penalty(m).detach()) == pytest.approx(n * p, rel=1e-3)
     m.eval()                                  # test-time gate σ(log 4)·1.2 − 0.1 = 0.86
     z = (torch.sigmoid(gates[0][1].log_alpha) * 1.2 - 0.1).clamp(0, 1)
     torch.testing.assert_close(m[0].weight, ref[0].weight * z)
@@ -243,3 +243,16 @@ def test_paired_bootstrap_interval_contains_mean():
     r = paired_bootstrap([90.0, 91.0, 89.5, 90.2], [88.0, 90.0, 88.9, 87.0], 500)
     assert r["ci_low"] <= r["mean_diff"] <= r["ci_high"] and r["n"] == 4
     assert r["mean_diff"] == pytest.approx(np.mean([2.0, 1.0, 0.6, 3.2]))
+
+
+# ---------------------------------------------------------------- config section
+@pytest.mark.parametrize("key,value", [("sparsity.targets", [0.5, 1.0]),
+                                       ("sparsity.lmc_points", 5),
+                                       ("sparsity.lmc_ks", [5, 10]),
+                                       ("sparsity.seeds", 1),
+                                       ("sparsity.bogus", 1)])
+def test_sparsity_config_rejects_bad_values(key, value):
+    from apq_lib.config import ConfigError, load_profile
+    assert load_profile("smoke").sparsity.lmc_points >= 11
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_profile("smoke", {key: value})

@@ -135,7 +135,7 @@ class SparsityStudy:
                                            for _, v in vd_layers(m)]).mean())
                     sparsify = vd_sparsify
                 else:
-                    add_l0_gates(m, self.layers(m), c.l0_init_drop)
+                    add_l0_gates(m, self.layers(m), c.l0_init_drop, c.l0_gate_scale)
                     self.train_regularised(m, lambda: l0_penalty(m), lam, seed)
                     sparsify = l0_sparsify
                 natural = sparsify(copy_model(m))

@@ -30,7 +30,8 @@ __all__ = [
     "ConfigError", "DataConfig", "SpaceConfig", "SupernetConfig", "QuantConfig",
     "HardwareConfig", "PredictorConfig", "SearchConfig", "BaselinesConfig", "Profile",
     "load_profile", "profile_path", "PROFILES", "ENV_DIR", "apply_overrides", "param",
-    "Phase", "PHASE_KEYS", "check_fields", "field_rules", "leaf_fields",
+    "Phase", "PHASE_KEYS", "check_fields", "field_rules", "leaf_fields", "FinetuneConfig",
+    "DeployConfig", "SparsityConfig",
 ]
 
 ENV_DIR = Path(__file__).resolve().parent.parent / "env"
@@ -449,6 +450,71 @@ class DeployConfig:
 
 
 @dataclass
+class SparsityConfig:
+    """Notebook 08: magnitude vs VD vs L0 (Gale et al. 2019) and lottery tickets with
+    rewinding / linear mode connectivity (Frankle et al. 2020) on LeNet-300-100."""
+    seeds: int = 3
+    threads: Optional[int] = 1              # torch threads (None: leave the default)
+    hidden: list[int] = field(default_factory=lambda: [300, 100])
+    batch_size: int = 128
+    test_images: Optional[int] = None       # None: the whole test split
+    # (a) accuracy vs sparsity at equal training budget
+    steps: int = 300                        # training steps of every model in (a)
+    lr: float = 0.05                        # SGD Nesterov, cosine (dense, magnitude, controls)
+    targets: list[float] = field(default_factory=lambda: [0.5, 0.8, 0.9, 0.95, 0.98])
+    scope: str = "global"                   # magnitude pruning scope
+    prune_updates: int = 10                 # Zhu & Gupta updates
+    prune_start: float = 0.1                # schedule from / to these fractions of steps
+    prune_end: float = 0.75
+    reg_lr: float = 1e-3                    # Adam for VD and L0 (as in their papers)
+    vd_lambdas: list[float] = field(default_factory=lambda: [1.0])   # KL weight × 1/N
+    l0_lambdas: list[float] = field(default_factory=lambda: [3.0])   # E[L0] weight × 1/N
+    l0_init_drop: float = 0.3
+    l0_gate_scale: float = 50.0             # log α = scale · raw (gate lr multiplier)
+    # (b) instability and IMP with rewinding
+    lmc_steps: int = 300                    # constant-lr training length T
+    lmc_lr: float = 0.02
+    lmc_ks: list[int] = field(default_factory=lambda: [0, 25, 100])
+    lmc_points: int = 11
+    stable_barrier: float = 2.0             # error (%) under which k counts as stable
+    imp_rounds: int = 8
+    imp_rate: float = 0.2
+    imp_output_rate: Optional[float] = 0.1  # output layer's rate (layer scope)
+    imp_scope: str = "layer"
+    bootstrap: int = 2000                   # resamples of the paired bootstrap
+
+    def check(self, p: str) -> None:
+        _check(self.seeds >= 2, f"{p}.seeds", "must be >= 2 (the spread needs two seeds)")
+        _check(self.threads is None or self.threads > 0, f"{p}.threads", "must be > 0 or null")
+        _check(len(self.hidden) > 0 and all(h > 0 for h in self.hidden), f"{p}.hidden",
+               "needs positive layer widths")
+        for k in ("batch_size", "steps", "lmc_steps", "prune_updates", "bootstrap"):
+            _check(getattr(self, k) > 0, f"{p}.{k}", "must be > 0")
+        _check(self.test_images is None or self.test_images > 0, f"{p}.test_images",
+               "must be > 0 or null")
+        _check(len(self.targets) > 0 and all(0 < t < 1 for t in self.targets),
+               f"{p}.targets", "sparsities must be in (0, 1)")
+        _check(self.scope in ("global", "layer"), f"{p}.scope", "use global or layer")
+        _check(self.imp_scope in ("global", "layer"), f"{p}.imp_scope", "use global or layer")
+        _check(0 <= self.prune_start < self.prune_end <= 1, f"{p}.prune_start",
+               "need 0 <= prune_start < prune_end <= 1")
+        for k in ("lr", "reg_lr", "lmc_lr", "l0_gate_scale"):
+            _check(getattr(self, k) > 0, f"{p}.{k}", "must be > 0")
+        for k in ("vd_lambdas", "l0_lambdas"):
+            _check(all(v >= 0 for v in getattr(self, k)), f"{p}.{k}", "must be >= 0")
+        _check(0 < self.l0_init_drop < 1, f"{p}.l0_init_drop", "must be in (0, 1)")
+        _check(all(0 <= k < self.lmc_steps for k in self.lmc_ks) and 0 in self.lmc_ks,
+               f"{p}.lmc_ks", "needs k = 0 and every k in [0, lmc_steps)")
+        _check(self.lmc_points >= 11, f"{p}.lmc_points", "must be >= 11")
+        _check(self.imp_rounds >= 1, f"{p}.imp_rounds", "must be >= 1")
+        _check(0 < self.imp_rate < 1, f"{p}.imp_rate", "must be in (0, 1)")
+        _check(self.imp_output_rate is None or 0 < self.imp_output_rate < 1,
+               f"{p}.imp_output_rate", "must be in (0, 1) or null")
+
+
+
+
+@dataclass
 class Profile:
     name: str = param("default", cache=False)
     seed: int = param(0, ge=0)
@@ -463,6 +529,7 @@ class Profile:
     search: SearchConfig = field(default_factory=SearchConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     # papermill parameters per notebook, e.g. {"01_supernet": {"force": false}}
     notebooks: dict[str, dict] = param(default_factory=dict, cache=False)
 

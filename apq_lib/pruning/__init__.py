@@ -9,4 +9,13 @@ from .channel import __all__ as _c
 from .train import *  # noqa: F401,F403
 from .train import __all__ as _t
 
-__all__ = [*_s, *_m, *_c, *_t]
+from .variational import *  # noqa: F401,F403
+from .variational import __all__ as _v
+from .l0 import *  # noqa: F401,F403
+from .l0 import __all__ as _l0
+from .imp import *  # noqa: F401,F403
+from .imp import __all__ as _imp
+from .lmc import *  # noqa: F401,F403
+from .lmc import __all__ as _lmc
+
+__all__ = [*_s, *_m, *_c, *_t, *_v, *_l0, *_imp, *_lmc]

@@ -167,5 +167,6 @@ def test_run_all_in_jupyterlab(lab_server):
     assert news == 0, "the Jupyter news pop-up is shown (lab settings override missing?)"
     assert "apq" in kernel_name
     assert shot.stat().st_size > 10_000
-    print(f"Run All to idle: {t_run:.1f}s; screenshot: {shot}; {len(images)} figures, {widgets} widget progress bars, "
+    print(f"Run All to idle: {t_run:.1f}s; screenshot: {shot}; {len(images)} figures, "
+          f"{widgets} widget progress bars, "
           f"{len(stderr)} stderr outputs")

@@ -335,7 +335,7 @@ def test_weight_quantizer_levels(per_channel, symmetric):
 
 
 def test_weight_quantizer_kl_rule_and_ratio_follow_weight():
-    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
     w = torch.distributions.StudentT(1.5).sample((64, 64))
     plain, apq = WeightQuantizer(4), WeightQuantizer(4, kl_below_bits=5)
     assert apq.active_method() == "kl"
@@ -376,7 +376,7 @@ def test_lsq_quantizer_learns_and_rescales():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(256, 4, generator=gen)
     q = LSQQuantizer(4, signed=True, per_channel=True, axis=1, channels=4)
-    y = q(x)                                   # LSQ init 2 mean|x| / sqrt(qmax)
+    q(x)                                       # LSQ init 2 mean|x| / sqrt(qmax)
     torch.testing.assert_close(q.scale.detach(), 2 * x.abs().mean(0) / 7 ** 0.5)
     big = 10 * x                               # mostly clipped: a larger scale helps
     (q(big) - big).pow(2).sum().backward()

@@ -97,7 +97,8 @@ def ort_run(sess, x: torch.Tensor) -> np.ndarray:
 
 def ort_latency(path, image_size: int, in_channels: int = 1, repeats: int = 50,
                 warmup: int = 10, cpu: Optional[int] = None) -> dict:
-    """Median / p10 / p90 wall time (ms) of one inference (batch 1 or the graph's fixed one) in onnxruntime, one
+    """Median / p10 / p90 wall time (ms) of one inference (batch 1 or the graph's fixed one)
+    in onnxruntime, one
     intra-op thread, the process pinned to one core (``cpu``: the first allowed one)."""
     sess = ort_session(path, threads=1)
     shape = sess.get_inputs()[0].shape

@@ -76,7 +76,8 @@ def add_l0_gates(model: nn.Module, layers: list[tuple[str, nn.Module]],
         if parametrize.is_parametrized(m, "weight"):
             raise ValueError("add_l0_gates: the layer's weight is already parametrized")
         parametrize.register_parametrization(
-            m, "weight", HardConcreteGate(m.weight.shape, init_drop, scale=scale).to(m.weight.device))
+            m, "weight",
+            HardConcreteGate(m.weight.shape, init_drop, scale=scale).to(m.weight.device))
     return model
 
 

@@ -5,7 +5,8 @@ Fixed layers are :class:`apq_lib.quant.QConv2d` / ``QLinear`` (weight quantizer 
 input-activation quantizer ``a_quant``; bits 32 = off), so exported subnets work with the
 quantization tools (``quant_layers``, ``apply_policy``, ``calibrate``, QAT).
 :class:`StaticMBConv` is one MBConv block (optional expand 1×1, depthwise k×k, project 1×1,
-each followed by BN; ReLU6 after the first two). :class:`StaticSubnet` is the whole network with only the chosen channels,
+each followed by BN; ReLU6 after the first two). :class:`StaticSubnet` is the whole network
+with only the chosen channels,
 kernels and blocks; it is what the supernet's ``get_active_subnet()`` returns.
 """
 from __future__ import annotations

@@ -247,7 +247,7 @@ class BatchLoader:
     def _indices(self) -> torch.Tensor:
         n = len(self.ds)
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            g = torch.Generator().manual_seed((self.seed * 100003 + self.epoch) % 2**63)
             idx = torch.randperm(n, generator=g)
         else:
             idx = torch.arange(n)
@@ -262,7 +262,7 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self._indices()
-        g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch + 1)
+        g = torch.Generator().manual_seed((self.seed * 7919 + self.epoch + 1) % 2**63)
         for i in range(len(self)):
             b = idx[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.ds.prepare(self.ds.images[b])

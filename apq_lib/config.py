@@ -16,15 +16,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-import types
-import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import yaml
+
+from .fields import (ConfigError, _build, _check, apply_overrides, check_fields, field_rules,
+                     leaf_fields, param)
 
 __all__ = [
     "ConfigError", "DataConfig", "SpaceConfig", "SupernetConfig", "QuantConfig",
@@ -38,80 +38,6 @@ ENV_DIR = Path(__file__).resolve().parent.parent / "env"
 PROFILES = ("smoke", "default", "paper")
 VALID_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
 _COSTS = ("latency", "energy", "bitops")
-
-
-class ConfigError(ValueError):
-    """A profile or override is invalid; the message names the dotted key."""
-
-
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key}: {msg}")
-
-
-# --------------------------------------------------------------------------- field rules
-_RULES = {"gt", "ge", "lt", "le", "choices", "nonempty", "length", "finite", "cache"}
-
-
-def param(default: Any = MISSING, *, default_factory: Any = MISSING, **rules: Any) -> Any:
-    """A dataclass field with declared checks: ``gt/ge/lt/le`` (bounds), ``choices``
-    (allowed values), ``nonempty``/``length`` (lists), ``finite`` (default True for
-    floats), ``cache`` (False: never part of an artifact key). For a list the value rules
-    apply to every element; ``None`` (an Optional field left out) passes."""
-    bad = sorted(set(rules) - _RULES)
-    if bad:
-        raise TypeError(f"param(): unknown rule(s) {bad}; use {sorted(_RULES)}")
-    return field(default=default, default_factory=default_factory, metadata={"rules": rules})
-
-
-def field_rules(f: dataclasses.Field) -> dict:
-    return dict(f.metadata.get("rules", {}))
-
-
-def _check_value(x: Any, key: str, r: dict) -> None:
-    if isinstance(x, float) and r.get("finite", True) and not math.isfinite(x):
-        raise ConfigError(f"{key}: must be a finite number, got {x!r}")
-    if "choices" in r and x not in r["choices"]:
-        raise ConfigError(f"{key}: {x!r} is not supported; choose from {list(r['choices'])}")
-    for rule, ok, word in (("gt", lambda a, b: a > b, ">"), ("ge", lambda a, b: a >= b, ">="),
-                           ("lt", lambda a, b: a < b, "<"), ("le", lambda a, b: a <= b, "<=")):
-        if rule in r and isinstance(x, (int, float)) and not ok(x, r[rule]):
-            raise ConfigError(f"{key}: must be {word} {r[rule]}, got {x!r}")
-
-
-def check_fields(obj: Any, path: str = "") -> None:
-    """Apply every field's declared rules to a dataclass instance (recursively)."""
-    for f in dataclasses.fields(obj):
-        v, r = getattr(obj, f.name), field_rules(f)
-        key = f"{path}.{f.name}" if path else f.name
-        if v is None:
-            continue
-        if dataclasses.is_dataclass(v):
-            check_fields(v, key)
-            continue
-        if isinstance(v, list):
-            _check(not r.get("nonempty") or len(v) > 0, key, "must not be empty")
-            _check("length" not in r or len(v) == r["length"], key,
-                   f"needs exactly {r.get('length')} entries, got {len(v)}")
-            for j, x in enumerate(v):
-                if dataclasses.is_dataclass(x):
-                    check_fields(x, f"{key}[{j}]")
-                    if hasattr(x, "check"):
-                        x.check(f"{key}[{j}]")
-                else:
-                    _check_value(x, f"{key}[{j}]", r)
-        else:
-            _check_value(v, key, r)
-
-
-def leaf_fields(cls: type, path: str = "") -> list[str]:
-    """Dotted names of every non-section field of ``cls`` (sections expanded)."""
-    hints, out = typing.get_type_hints(cls), []
-    for f in dataclasses.fields(cls):
-        key = f"{path}.{f.name}" if path else f.name
-        tp = hints[f.name]
-        out += leaf_fields(tp, key) if dataclasses.is_dataclass(tp) else [key]
-    return out
 
 
 # --------------------------------------------------------------------------- sections
@@ -429,89 +355,62 @@ class BaselinesConfig:
 @dataclass
 class DeployConfig:
     """Notebook 07: integer-only inference, ONNX / QONNX export, onnxruntime latency."""
-    max_models: int = 2                     # of notebook 04's models (each also at W8A8)
-    parity_images: int = 0                  # test images for integer parity (0: all)
-    batch_size: int = 500                   # images per batch in the parity run
-    extra_bits: int = 16                    # extra fractional bits of the int32 residual
+    max_models: int = param(2, gt=0)        # of notebook 04's models (each also at W8A8)
+    parity_images: int = param(0, ge=0)     # test images for integer parity (0: all)
+    batch_size: int = param(500, gt=0)      # images per batch in the parity run
+    extra_bits: int = param(16, ge=0, le=20)  # extra fractional bits of the int32 residual
                                             # stream / pool (one more rounding, ≤ 2^-k LSB)
     bias_correction: bool = True            # add the bias's sub-LSB part in the requantizer
-    ort_images: int = 500                   # images run through onnxruntime / QONNX parity
-    qonnx_images: int = 16                  # of those, through qonnx's (slow) executor
-    latency_repeats: int = 50
-    latency_warmup: int = 10
+    ort_images: int = param(500, gt=0)      # images run through onnxruntime / QONNX parity
+    qonnx_images: int = param(16, gt=0)     # of those, through qonnx's (slow) executor
+    latency_repeats: int = param(50, gt=0)
+    latency_warmup: int = param(10, ge=0)
 
     def check(self, p: str) -> None:
-        for k in ("max_models", "batch_size", "ort_images", "qonnx_images",
-                  "latency_repeats"):
-            _check(getattr(self, k) > 0, f"{p}.{k}", "must be > 0")
-        for k in ("parity_images", "latency_warmup"):
-            _check(getattr(self, k) >= 0, f"{p}.{k}", "must be >= 0 (parity_images 0: all)")
-        _check(0 <= self.extra_bits <= 20, f"{p}.extra_bits", "must be in 0..20")
+        check_fields(self, p)
 
 
 @dataclass
 class SparsityConfig:
     """Notebook 08: magnitude vs VD vs L0 (Gale et al. 2019) and lottery tickets with
     rewinding / linear mode connectivity (Frankle et al. 2020) on LeNet-300-100."""
-    seeds: int = 3
-    threads: Optional[int] = 1              # torch threads (None: leave the default)
-    hidden: list[int] = field(default_factory=lambda: [300, 100])
-    batch_size: int = 128
-    test_images: Optional[int] = None       # None: the whole test split
+    seeds: int = param(3, ge=2)             # the spread needs two seeds
+    threads: Optional[int] = param(1, gt=0, cache=False)  # torch threads (None: default)
+    hidden: list[int] = param(default_factory=lambda: [300, 100], nonempty=True, gt=0)
+    batch_size: int = param(128, gt=0)
+    test_images: Optional[int] = param(None, gt=0)  # None: the whole test split
     # (a) accuracy vs sparsity at equal training budget
-    steps: int = 300                        # training steps of every model in (a)
-    lr: float = 0.05                        # SGD Nesterov, cosine (dense, magnitude, controls)
-    targets: list[float] = field(default_factory=lambda: [0.5, 0.8, 0.9, 0.95, 0.98])
-    scope: str = "global"                   # magnitude pruning scope
-    prune_updates: int = 10                 # Zhu & Gupta updates
-    prune_start: float = 0.1                # schedule from / to these fractions of steps
-    prune_end: float = 0.75
-    reg_lr: float = 1e-3                    # Adam for VD and L0 (as in their papers)
-    vd_lambdas: list[float] = field(default_factory=lambda: [1.0])   # KL weight × 1/N
-    l0_lambdas: list[float] = field(default_factory=lambda: [3.0])   # E[L0] weight × 1/N
-    l0_init_drop: float = 0.3
-    l0_gate_scale: float = 50.0             # log α = scale · raw (gate lr multiplier)
+    steps: int = param(300, gt=0)           # training steps of every model in (a)
+    lr: float = param(0.05, gt=0)           # SGD Nesterov, cosine (dense, magnitude, controls)
+    targets: list[float] = param(default_factory=lambda: [0.5, 0.8, 0.9, 0.95, 0.98],
+                                 nonempty=True, gt=0, lt=1)
+    scope: str = param("global", choices=("global", "layer"))  # magnitude pruning scope
+    prune_updates: int = param(10, gt=0)    # Zhu & Gupta updates
+    prune_start: float = param(0.1, ge=0, lt=1)  # schedule from / to these fractions of steps
+    prune_end: float = param(0.75, gt=0, le=1)
+    reg_lr: float = param(1e-3, gt=0)       # Adam for VD and L0 (as in their papers)
+    vd_lambdas: list[float] = param(default_factory=lambda: [1.0], ge=0)  # KL weight × 1/N
+    l0_lambdas: list[float] = param(default_factory=lambda: [3.0], ge=0)  # E[L0] weight × 1/N
+    l0_init_drop: float = param(0.3, gt=0, lt=1)
+    l0_gate_scale: float = param(50.0, gt=0)  # log α = scale · raw (gate lr multiplier)
     # (b) instability and IMP with rewinding
-    lmc_steps: int = 300                    # constant-lr training length T
-    lmc_lr: float = 0.02
-    lmc_ks: list[int] = field(default_factory=lambda: [0, 25, 100])
-    lmc_points: int = 11
-    stable_barrier: float = 2.0             # error (%) under which k counts as stable
-    imp_rounds: int = 8
-    imp_rate: float = 0.2
-    imp_output_rate: Optional[float] = 0.1  # output layer's rate (layer scope)
-    imp_scope: str = "layer"
-    bootstrap: int = 2000                   # resamples of the paired bootstrap
+    lmc_steps: int = param(300, gt=0)       # constant-lr training length T
+    lmc_lr: float = param(0.02, gt=0)
+    lmc_ks: list[int] = param(default_factory=lambda: [0, 25, 100], ge=0)
+    lmc_points: int = param(11, ge=11)
+    stable_barrier: float = param(2.0, gt=0)  # error (%) under which k counts as stable
+    imp_rounds: int = param(8, ge=1)
+    imp_rate: float = param(0.2, gt=0, lt=1)
+    imp_output_rate: Optional[float] = param(0.1, gt=0, lt=1)  # output layer's (layer scope)
+    imp_scope: str = param("layer", choices=("global", "layer"))
+    bootstrap: int = param(2000, gt=0)      # resamples of the paired bootstrap
 
     def check(self, p: str) -> None:
-        _check(self.seeds >= 2, f"{p}.seeds", "must be >= 2 (the spread needs two seeds)")
-        _check(self.threads is None or self.threads > 0, f"{p}.threads", "must be > 0 or null")
-        _check(len(self.hidden) > 0 and all(h > 0 for h in self.hidden), f"{p}.hidden",
-               "needs positive layer widths")
-        for k in ("batch_size", "steps", "lmc_steps", "prune_updates", "bootstrap"):
-            _check(getattr(self, k) > 0, f"{p}.{k}", "must be > 0")
-        _check(self.test_images is None or self.test_images > 0, f"{p}.test_images",
-               "must be > 0 or null")
-        _check(len(self.targets) > 0 and all(0 < t < 1 for t in self.targets),
-               f"{p}.targets", "sparsities must be in (0, 1)")
-        _check(self.scope in ("global", "layer"), f"{p}.scope", "use global or layer")
-        _check(self.imp_scope in ("global", "layer"), f"{p}.imp_scope", "use global or layer")
-        _check(0 <= self.prune_start < self.prune_end <= 1, f"{p}.prune_start",
-               "need 0 <= prune_start < prune_end <= 1")
-        for k in ("lr", "reg_lr", "lmc_lr", "l0_gate_scale"):
-            _check(getattr(self, k) > 0, f"{p}.{k}", "must be > 0")
-        for k in ("vd_lambdas", "l0_lambdas"):
-            _check(all(v >= 0 for v in getattr(self, k)), f"{p}.{k}", "must be >= 0")
-        _check(0 < self.l0_init_drop < 1, f"{p}.l0_init_drop", "must be in (0, 1)")
-        _check(all(0 <= k < self.lmc_steps for k in self.lmc_ks) and 0 in self.lmc_ks,
+        check_fields(self, p)
+        _check(self.prune_start < self.prune_end, f"{p}.prune_start",
+               "need prune_start < prune_end")
+        _check(all(k < self.lmc_steps for k in self.lmc_ks) and 0 in self.lmc_ks,
                f"{p}.lmc_ks", "needs k = 0 and every k in [0, lmc_steps)")
-        _check(self.lmc_points >= 11, f"{p}.lmc_points", "must be >= 11")
-        _check(self.imp_rounds >= 1, f"{p}.imp_rounds", "must be >= 1")
-        _check(0 < self.imp_rate < 1, f"{p}.imp_rate", "must be in (0, 1)")
-        _check(self.imp_output_rate is None or 0 < self.imp_output_rate < 1,
-               f"{p}.imp_output_rate", "must be in (0, 1) or null")
-
-
 
 
 @dataclass
@@ -551,107 +450,6 @@ class Profile:
 
     def params_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------- loading
-def _tname(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """The YAML ``value`` as type ``tp``; a mismatch raises :class:`ConfigError` naming the
-    dotted key (and the list index of a bad element)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        alts = " or ".join(_tname(a) if a is not type(None) else "null" for a in args)
-        raise ConfigError(errors[0] if len(errors) == 1 and "[" in errors[0].split(":")[0]
-                          else f"{key}: expected {alts}, got {value!r}")
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list of {_tname(args[0]) if args else 'values'}"
-                              f", got {value!r}")
-        return [_coerce(x, args[0] if args else Any, f"{key}[{j}]") for j, x in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
-    ok = {float: isinstance(value, (int, float)) and not isinstance(value, bool),
-          int: isinstance(value, int) and not isinstance(value, bool),
-          bool: isinstance(value, bool), str: isinstance(value, str)}.get(tp)
-    if ok is None:
-        ok = isinstance(value, tp)
-    if not ok:
-        raise ConfigError(f"{key}: expected {_tname(tp)}, got {value!r}")
-    return float(value) if tp is float else value
-
-
-def _build(cls: type, data: Any, path: str, base: Any = None) -> Any:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path or 'profile'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{path}.{key}" if path else str(key)
-        if key not in fields:
-            raise ConfigError(f"{dotted}: unknown key; allowed keys are {sorted(fields)}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            sub = getattr(base, key) if base is not None else None
-            values[key] = _build(tp, value, dotted, sub)
-        else:
-            values[key] = _coerce(value, tp, dotted)
-    if base is not None:
-        for k, v in values.items():
-            setattr(base, k, v)
-        return base
-    missing = [n for n, f in fields.items() if n not in values and f.default is MISSING
-               and f.default_factory is MISSING]
-    if missing:
-        raise ConfigError(f"{path or 'profile'}: needs {missing}")
-    return cls(**values)
-
-
-def _set_dotted(d: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    cur = d
-    for p in parts[:-1]:
-        cur = cur.setdefault(p, {})
-        if not isinstance(cur, dict):
-            raise ConfigError(f"{dotted}: {p} is not a section")
-    cur[parts[-1]] = value
-
-
-def apply_overrides(raw: dict, overrides: Optional[Mapping]) -> dict:
-    """Merge ``{"supernet.n_random_subnets": 10, "data": {"batch_size": 64}}`` into raw."""
-    if overrides is not None and not isinstance(overrides, Mapping):
-        raise ConfigError(f"overrides: expected a mapping of dotted keys to values, e.g. "
-                          f"{{'data.batch_size': 64}}, got {type(overrides).__name__} "
-                          f"{overrides!r}")
-    out = json.loads(json.dumps(raw))
-    for k, v in (overrides or {}).items():
-        if not isinstance(k, str):
-            raise ConfigError(f"overrides: key {k!r} is not a string")
-        if isinstance(v, Mapping) and "." not in k and isinstance(out.get(k), dict):
-            for kk, vv in v.items():
-                _set_dotted(out, f"{k}.{kk}", vv)
-        else:
-            _set_dotted(out, k, v)
-    return out
 
 
 def profile_path(name: str) -> Path:

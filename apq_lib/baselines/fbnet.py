@@ -284,19 +284,22 @@ class FBNetResult:
 
 def search_batches(data, n_images: int, val_fraction: float, batch_size: int, seed: int = 0):
     """Endless (weight, θ) batch iterators over a disjoint ``1 - val_fraction`` /
-    ``val_fraction`` split of ``n_images`` training images, and the weight split's size."""
+    ``val_fraction`` split of ``n_images`` training images, and their batches per pass."""
     from ..data import BatchLoader, TensorImageSet, cycle
     ds = data.train
     n = min(n_images, len(ds))
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
     n_val = max(1, int(round(val_fraction * n)))
     parts = idx[n_val:].sort().values, idx[:n_val].sort().values
+    if min(len(p) for p in parts) < batch_size:
+        raise ValueError(f"baselines.fbnet.train_images={n_images}: each split needs at least "
+                         f"batch_size={batch_size} images; raise train_images")
     if not isinstance(ds, TensorImageSet):
         raise TypeError(f"FBNet's search split needs the in-memory dataset "
                         f"({data.name} loaded as {type(ds).__name__})")
     its = [cycle(BatchLoader(ds.subset(p), batch_size, True, data.cfg.augment and k == 0,
                              seed + k, drop_last=True)) for k, p in enumerate(parts)]
-    return its[0], its[1], len(parts[0])
+    return its[0], its[1], len(parts[0]) // batch_size, len(parts[1]) // batch_size
 
 
 class FBNetSearch:
@@ -334,21 +337,24 @@ class FBNetSearch:
                 for t in range(steps)]
 
     def search(self, net: StochasticSupernet, target: float, search_bits: bool, w_batches,
-               t_batches, steps_per_epoch: int) -> FBNetResult:
-        """Alternate weight / θ steps for ``epochs`` epochs; derive the argmax model."""
+               t_batches, w_steps: int, t_steps: int) -> FBNetResult:
+        """``epochs`` epochs, each a pass of weight steps (``w_steps`` batches of the 80 %
+        split) then one of θ steps (``t_steps`` batches of the 20 %), as the paper
+        alternates; then the argmax architecture."""
         c = self.cfg
         net.search_bits = search_bits
         w_opt = torch.optim.SGD(net.weight_parameters(), lr=c.w_lr, momentum=0.9,
                                 weight_decay=c.w_weight_decay)
         t_opt = torch.optim.Adam(net.arch_parameters(), lr=c.theta_lr,
                                  weight_decay=c.theta_weight_decay)
-        total, history = c.epochs * steps_per_epoch, []
+        total, history = c.epochs * w_steps, []
         for e in range(c.epochs):
             tau, ces, lats = temperature(e, c.tau0, c.tau_decay), [], []
-            for t in range(steps_per_epoch):
-                k = e * steps_per_epoch + t
+            for t in range(w_steps):
+                k = e * w_steps + t
                 self._w_step(net, w_opt, next(w_batches), tau,
                              0.5 * c.w_lr * (1 + math.cos(math.pi * k / total)))
+            for _ in range(t_steps):
                 net.sample_masks(tau, hard=False)
                 x, y = (v.to(self.device) for v in next(t_batches))
                 ce = F.cross_entropy(net(x), y)
@@ -395,13 +401,12 @@ def run_fbnet(suite, targets: Sequence[float], target_from: str = "") -> list[di
     from ..hardware import get_simulator
     c, s, meter = suite.s.fbnet, suite.s, suite.meter
     fb = FBNetSearch(suite.space, c, get_simulator("bitfusion"), suite.device, suite.cfg.seed)
-    w_it, t_it, n_w = search_batches(suite.data, c.train_images, c.val_fraction,
-                                     c.batch_size, suite.cfg.seed)
-    spe = max(1, n_w // c.batch_size)
+    w_it, t_it, w_steps, t_steps = search_batches(suite.data, c.train_images,
+                                                  c.val_fraction, c.batch_size, suite.cfg.seed)
     base = fb.new_supernet()
     with meter.stage(METHODS[c.variants[0]][0], "FBNet warm-up (weights only)",
                      "shared") as t0:
-        fb.warmup(base, w_it, spe)
+        fb.warmup(base, w_it, w_steps)
     base.clear_masks()
     for v in c.variants[1:]:                         # the same warm-up serves both variants
         meter.add(METHODS[v][0], "FBNet warm-up (weights only)", t0["wall_s"], "shared",
@@ -413,7 +418,8 @@ def run_fbnet(suite, targets: Sequence[float], target_from: str = "") -> list[di
         for tgt in targets:
             label = f"latency<={tgt:.4g}"
             with meter.stage(method, "joint search (weights + θ)", search=label) as t:
-                res = fb.search(copy.deepcopy(base), float(tgt), v == "bits", w_it, t_it, spe)
+                res = fb.search(copy.deepcopy(base), float(tgt), v == "bits", w_it, t_it,
+                                w_steps, t_steps)
             name = f"FBNet arch ({label})"
             if v == "haq":
                 saved = suite.s

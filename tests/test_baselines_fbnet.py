@@ -177,3 +177,19 @@ def test_config_errors_name_the_key():
         load_profile("smoke", {"baselines.fbnet.val_fraction": 1.5})
     with pytest.raises(ConfigError, match="baselines.fbnet.bogus"):
         load_profile("smoke", {"baselines.fbnet.bogus": 1})
+
+
+def test_search_batches_split_80_20_disjoint(setup):
+    from apq_lib.baselines.fbnet import search_batches
+    from apq_lib.data import load_data
+    cfg = setup[0]
+    data = load_data(cfg.data)
+    w_it, t_it, nw, nt = search_batches(data, 160, 0.2, 32)
+    assert (nw, nt) == (4, 1)                      # 128 / 32 weight, 32 / 32 theta batches
+    w = torch.cat([next(w_it)[0] for _ in range(nw)])
+    t = next(t_it)[0]
+    key = lambda x: {hash(r.numpy().tobytes()) for r in x.reshape(len(x), -1)}  # noqa: E731
+    assert len(key(w)) == 128 and len(key(t)) == 32
+    assert not key(w) & key(t)
+    with pytest.raises(ValueError, match="train_images"):
+        search_batches(data, 40, 0.2, 32)

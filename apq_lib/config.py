@@ -31,7 +31,7 @@ __all__ = [
     "HardwareConfig", "PredictorConfig", "SearchConfig", "BaselinesConfig", "Profile",
     "load_profile", "profile_path", "PROFILES", "ENV_DIR", "apply_overrides", "param",
     "Phase", "PHASE_KEYS", "check_fields", "field_rules", "leaf_fields", "FinetuneConfig",
-    "DeployConfig", "SparsityConfig",
+    "DeployConfig", "SparsityConfig", "FBNetConfig",
 ]
 
 ENV_DIR = Path(__file__).resolve().parent.parent / "env"
@@ -288,6 +288,50 @@ class SearchConfig:
 
 
 @dataclass
+class FBNetConfig:
+    """Notebook 05's FBNet baseline (Wu et al. 2019, apq_lib.baselines.fbnet)."""
+    enabled: bool = True
+    variants: list[str] = field(default_factory=lambda: ["haq", "bits"])  # (a) W8A8 → HAQ,
+                                            # (b) per-block weight / activation bits as choices
+    latency_targets_ms: list[float] = field(default_factory=list)  # empty: from notebook 04
+    max_targets: int = 2                    # APQ latency budgets taken from notebook 04
+    mid_points: int = 2                     # middle-channel choices per block (spread)
+    train_images: int = 2000                # search subset of the training split, split
+    val_fraction: float = 0.2               # 80 / 20 into weight / θ batches (paper)
+    batch_size: int = 64
+    warmup_epochs: int = 2                  # weights only (shared by every search)
+    epochs: int = 2                         # joint epochs per search (temperature per epoch)
+    w_lr: float = 0.1                       # weights: SGD momentum 0.9, cosine (paper)
+    w_weight_decay: float = 1e-4
+    theta_lr: float = 0.01                  # θ: Adam (paper: 0.01, weight decay 5e-4)
+    theta_weight_decay: float = 5e-4
+    tau0: float = 5.0                       # Gumbel-softmax temperature, × tau_decay per epoch
+    tau_decay: float = 0.956
+    alpha: float = 0.2                      # loss = CE · α · log(LAT)^β (paper eq. 8)
+    beta: float = 0.6
+    latency_scale: float = 25.0             # LAT in units of target/scale: the budget maps
+                                            # to the paper's ~25 ms operating point
+    haq_episodes: Optional[int] = None      # HAQ on FBNet's model (None: baselines.haq_*)
+    haq_warmup: Optional[int] = None
+
+    def check(self, p: str) -> None:
+        _check(all(v in ("haq", "bits") for v in self.variants), f"{p}.variants",
+               "use 'haq' (W8A8 search, then HAQ) and/or 'bits' (bits as choices)")
+        for k in ("max_targets", "mid_points", "train_images", "batch_size", "epochs",
+                  "w_lr", "theta_lr", "tau0", "alpha", "beta", "latency_scale"):
+            _check(getattr(self, k) > 0, f"{p}.{k}", "must be > 0")
+        _check(self.warmup_epochs >= 0, f"{p}.warmup_epochs", "must be >= 0")
+        _check(0 < self.val_fraction < 1, f"{p}.val_fraction", "must be in (0, 1)")
+        _check(0 < self.tau_decay <= 1, f"{p}.tau_decay", "must be in (0, 1]")
+        _check(all(t > 0 for t in self.latency_targets_ms), f"{p}.latency_targets_ms",
+               "targets must be > 0")
+        _check(self.haq_episodes is None or self.haq_episodes > 0, f"{p}.haq_episodes",
+               "must be > 0 or null")
+        _check(self.haq_warmup is None or self.haq_warmup >= 0, f"{p}.haq_warmup",
+               "must be >= 0 or null")
+
+
+@dataclass
 class BaselinesConfig:
     """Notebook 05: fixed-precision, HAQ, HAWQ-V2, multi-stage and pruning baselines."""
     # fixed-architecture "MobileNetV2" (largest subnet, trained from scratch): "supernet"
@@ -342,9 +386,11 @@ class BaselinesConfig:
     amortize_searches: int = param(10, ge=1)  # N for the amortised cost column
     threads: Optional[int] = param(None, gt=0, cache=False)  # torch threads in notebook 05
                                             # (None: default; 1 is faster on a busy box)
+    fbnet: FBNetConfig = field(default_factory=FBNetConfig)
 
     def check(self, p: str) -> None:
         check_fields(self, p)            # the rules each field declares
+        self.fbnet.check(f"{p}.fbnet")
         _check(self.haq_warmup <= self.haq_episodes, f"{p}.haq_warmup",
                "must be in 0..haq_episodes")
         for k in ("haq_bits", "haq_kmeans_bits"):

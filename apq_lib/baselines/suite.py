@@ -362,6 +362,12 @@ class BaselineSuite:
                    widths_before=r.widths_before, widths_after=r.widths_after)
         return row
 
+    # ------------------------------------------------------------------ FBNet
+    def fbnet(self, targets: list[float], target_from: str = "") -> list[dict]:
+        """FBNet's rows (``baselines.fbnet``; :func:`apq_lib.baselines.fbnet.run_fbnet`)."""
+        from .fbnet import run_fbnet
+        return run_fbnet(self, targets, target_from)
+
     # ------------------------------------------------------------------ pruning sweep
     def pruning_sweep(self, model: nn.Module) -> pd.DataFrame:
         """Unstructured magnitude pruning of the FP32 model to each ratio (global and

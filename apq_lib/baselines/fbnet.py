@@ -400,7 +400,9 @@ def run_fbnet(suite, targets: Sequence[float], target_from: str = "") -> list[di
     through :meth:`BaselineSuite.haq`, variant (b) at its searched bits)."""
     from ..hardware import get_simulator
     c, s, meter = suite.s.fbnet, suite.s, suite.meter
-    fb = FBNetSearch(suite.space, c, get_simulator("bitfusion"), suite.device, suite.cfg.seed)
+    fb = FBNetSearch(suite.space, c, get_simulator(
+        "bitfusion", bitfusion=suite.cfg.hardware.bitfusion_options()), suite.device,
+        suite.cfg.seed)
     w_it, t_it, w_steps, t_steps = search_batches(suite.data, c.train_images,
                                                   c.val_fraction, c.batch_size, suite.cfg.seed)
     base = fb.new_supernet()
@@ -436,11 +438,12 @@ def run_fbnet(suite, targets: Sequence[float], target_from: str = "") -> list[di
             else:
                 table = suite.table(res.model, f"{method} {label}")
                 pol = _policy(table.names, res.config, suite.space)
-                ev = suite.evaluator(res.model, table, s.qat_steps, suite.batches["final"])
-                _, acc = ev.quantized(pol)
+                ev = suite.evaluator(res.model, table, suite.recipe.steps,
+                                     suite.batches["final"])
+                _, acc, cor = ev.quantized(pol, return_correct=True)
                 row = suite.add_row(method, variant, name, "latency", tgt, acc,
                                     table.summary(table.bits_of(pol)), t["wall_s"], None,
-                                    pol, target_from)
+                                    pol, target_from, correct=cor)
             row.update(arch=res.config.to_dict(), expected_latency_ms=res.expected_latency_ms,
                        argmax_latency_ms=res.argmax_latency_ms, history=res.history)
             rows.append(row)

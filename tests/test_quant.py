@@ -2,6 +2,7 @@
 k-means, quantized modules, BN folding, and a PTQ / QAT run on Fashion-MNIST."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -525,7 +526,7 @@ def _train_fmnist(seed=0):
     from apq_lib.config import load_profile
     from apq_lib.data import DatasetNotFoundError, load_data
     try:
-        data = load_data(load_profile("default").data)
+        data = load_data(dataclasses.replace(load_profile("default").data, image_size=32))
     except DatasetNotFoundError as e:  # pragma: no cover - depends on the machine
         pytest.skip(f"Fashion-MNIST not available: {e}")
     torch.manual_seed(seed)

@@ -39,6 +39,7 @@ def test_writer_refuses_nan_and_missing_fields(tmp_path):
     ctx3 = _Ctx(notebook="03_predictor", root=tmp_path)
     write_summary(ctx3, {"fp32_pairs": 4, "quant_pairs": 2, "collection_seconds_fp32": 1.0,
                          "collection_seconds_quant": 2.0, "train_seconds": 0.5,
+                         "predictor_artifact": "predictor/k",
                          "label_sd": float("nan")})
     assert json.loads((tmp_path / "data" / "03_summary.json").read_text())["label_sd"] is None
 

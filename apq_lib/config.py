@@ -23,8 +23,16 @@ from typing import Optional
 
 import yaml
 
-from .fields import (ConfigError, _build, _check, apply_overrides, check_fields, field_rules,
-                     leaf_fields, param)
+from .fields import (
+    ConfigError,
+    _build,
+    _check,
+    apply_overrides,
+    check_fields,
+    field_rules,
+    leaf_fields,
+    param,
+)
 
 __all__ = [
     "ConfigError", "DataConfig", "SpaceConfig", "SupernetConfig", "QuantConfig",

@@ -5,8 +5,16 @@ import json
 import pytest
 import torch
 
-from apq_lib.artifacts import (ArtifactError, ArtifactStore, config_key, file_sha256,
-                               load_state, record_chain, save_state, update_manifest)
+from apq_lib.artifacts import (
+    ArtifactError,
+    ArtifactStore,
+    config_key,
+    file_sha256,
+    load_state,
+    record_chain,
+    save_state,
+    update_manifest,
+)
 from apq_lib.config import load_profile
 
 

@@ -6,8 +6,13 @@ import time
 import pytest
 
 from apq_lib.artifacts import MissingInputError
-from apq_lib.baselines.cost import (MULTISTAGE_NAS, CostMeter, apq_cost_from_results, cost_curve,
-                                   stages_from_results)
+from apq_lib.baselines.cost import (
+    MULTISTAGE_NAS,
+    CostMeter,
+    apq_cost_from_results,
+    cost_curve,
+    stages_from_results,
+)
 
 
 def test_meter_measures_and_amortises():

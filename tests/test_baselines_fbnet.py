@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from apq_lib.baselines.fbnet import (FBNetSearch, block_ops, fbnet_loss, latency_factor,
-                                     temperature)
+from apq_lib.baselines.fbnet import FBNetSearch, block_ops, fbnet_loss, latency_factor, temperature
 from apq_lib.baselines.fixed import LayerCostTable
 from apq_lib.config import ConfigError, load_profile
 from apq_lib.hardware import get_simulator, subnet_cost

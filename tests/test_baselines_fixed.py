@@ -3,14 +3,20 @@ weights (≤ 2^b values per layer, also after finetuning), channel pruning of th
 import pytest
 import torch
 
+from apq_lib.baselines.fixed import (
+    LayerCostTable,
+    PolicyEvaluator,
+    build_fixed_model,
+    fixed_bits,
+    is_fixed,
+    quantize_with_policy,
+    to_float,
+    uniform_policy,
+)
 from apq_lib.config import load_profile
 from apq_lib.hardware import get_simulator, subnet_cost
 from apq_lib.pruning import find_mbconv_sites, middle_channels, prune_channels
-from apq_lib.baselines.fixed import (LayerCostTable, PolicyEvaluator, build_fixed_model,
-                                  fixed_bits, is_fixed, quantize_with_policy, to_float,
-                                  uniform_policy)
 from apq_lib.supernet import APQSupernet, SearchSpace
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -2,9 +2,14 @@
 import numpy as np
 import pytest
 
-from apq_lib.baselines.haq import (HAQLayer, HAQSearch, action_from_bits, action_wall,
-                                bits_from_action, haq_states)
-
+from apq_lib.baselines.haq import (
+    HAQLayer,
+    HAQSearch,
+    action_from_bits,
+    action_wall,
+    bits_from_action,
+    haq_states,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

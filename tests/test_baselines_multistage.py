@@ -5,13 +5,12 @@ import numpy as np
 import pytest
 import torch
 
+from apq_lib.baselines.cost import CostMeter
+from apq_lib.baselines.multistage import MultiStagePipeline, at_uniform_bits, fp32_arch_search
 from apq_lib.config import load_profile
 from apq_lib.hardware import SpaceCostTable, build_lut, get_simulator
-from apq_lib.baselines.cost import CostMeter
 from apq_lib.search.genome import IndexOps
-from apq_lib.baselines.multistage import MultiStagePipeline, at_uniform_bits, fp32_arch_search
 from apq_lib.supernet import APQSupernet, SearchSpace, SubnetConfig
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,7 +4,7 @@ import json
 import papermill
 import pytest
 
-from apq_lib.config import ConfigError, PROFILES, load_profile
+from apq_lib.config import PROFILES, ConfigError, load_profile
 from apq_lib.runner import NB_DIR, NOTEBOOKS
 
 

@@ -7,8 +7,13 @@ import pytest
 import torch
 
 from apq_lib.config import DataConfig
-from apq_lib.data import (DatasetNotFoundError, find_fashion_mnist, load_data, read_idx,
-                          split_indices)
+from apq_lib.data import (
+    DatasetNotFoundError,
+    find_fashion_mnist,
+    load_data,
+    read_idx,
+    split_indices,
+)
 
 
 def _write_idx(path, arr):

@@ -8,10 +8,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from apq_lib.config import SpaceConfig
-from apq_lib.deploy import (FloatOpError, NoFloatMode, act_grid, count_macs, count_qdq,
-                            export_qdq, export_qonnx, int_conv, ort_run, ort_session, parity,
-                            qonnx_run, quantize_multiplier, reference_macs, requantize,
-                            to_integer)
+from apq_lib.deploy import (
+    FloatOpError,
+    NoFloatMode,
+    act_grid,
+    count_macs,
+    count_qdq,
+    export_qdq,
+    export_qonnx,
+    int_conv,
+    ort_run,
+    ort_session,
+    parity,
+    qonnx_run,
+    quantize_multiplier,
+    reference_macs,
+    requantize,
+    to_integer,
+)
 from apq_lib.quant import PACTQuantizer, QConv2d, QLinear, WeightQuantizer
 from apq_lib.supernet.network import APQSupernet
 from apq_lib.supernet.space import SearchSpace

@@ -8,11 +8,26 @@ import torchvision
 
 from apq_lib.artifacts import ArtifactStore
 from apq_lib.config import load_profile
-from apq_lib.hardware import (BitFusionSim, BismoSim, LayerSpec, bismo_layer_cost,
-                              bitfusion_layer_cost, build_space_lut, count_bitops,
-                              cpu_layer_latency, flop_counter_macs, get_simulator, layer_table,
-                              load_lut, mbconv_layers, model_cost, model_size_bits, parse_key,
-                              subnet_cost, subnet_layers)
+from apq_lib.hardware import (
+    BismoSim,
+    BitFusionSim,
+    LayerSpec,
+    bismo_layer_cost,
+    bitfusion_layer_cost,
+    build_space_lut,
+    count_bitops,
+    cpu_layer_latency,
+    flop_counter_macs,
+    get_simulator,
+    layer_table,
+    load_lut,
+    mbconv_layers,
+    model_cost,
+    model_size_bits,
+    parse_key,
+    subnet_cost,
+    subnet_layers,
+)
 from apq_lib.supernet.space import SearchSpace
 
 SIMS = ("bitfusion", "bismo_edge", "bismo_cloud")

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from apq_lib.hardware import (BitFusionConfig, BitFusionSim, LayerSpec, bitfusion_parity,
-                              get_simulator, load_bitfusion_grid, parity_summary)
+from apq_lib.hardware import (
+    BitFusionConfig,
+    BitFusionSim,
+    LayerSpec,
+    bitfusion_parity,
+    get_simulator,
+    load_bitfusion_grid,
+    parity_summary,
+)
 from apq_lib.hardware.bitfusion_search import perf_factor
 
 OFFICIAL = dict(depthwise="official", pad_tiles=True, static_power=False)

@@ -7,17 +7,31 @@ import pytest
 import torch
 
 from apq_lib.config import ConfigError, SpaceConfig, load_profile
-from apq_lib.predictor import (AccuracyPredictor, APQEncoder, CorruptSampleError,
-                               PredictorTransfer, QuantAwarePredictor, SampleStore,
-                               collect_samples,
-                               TrainSettings, evaluate_predictor, kendall_tau,
-                               merge_pairs, pairwise_accuracy, predictor_metrics, rmse,
-                               sample_config, samples_to_match, split_holdout,
-                               summarize_study, train_predictor, transfer_from_fp32)
+from apq_lib.predictor import (
+    AccuracyPredictor,
+    APQEncoder,
+    CorruptSampleError,
+    PredictorTransfer,
+    QuantAwarePredictor,
+    SampleStore,
+    TrainSettings,
+    collect_samples,
+    evaluate_predictor,
+    kendall_tau,
+    merge_pairs,
+    pairwise_accuracy,
+    predictor_metrics,
+    rmse,
+    sample_config,
+    samples_to_match,
+    split_holdout,
+    summarize_study,
+    train_predictor,
+    transfer_from_fp32,
+)
+from apq_lib.predictor.collect import CollectionError, PairSet, parse_shard_arg
 from apq_lib.predictor.model import FastPredictor, predict_numpy
 from apq_lib.predictor.transfer import TransferError
-from apq_lib.predictor.collect import CollectionError, PairSet, parse_shard_arg
-
 from apq_lib.supernet.space import SearchSpace, apq_imagenet_space
 
 

@@ -3,10 +3,17 @@ import pytest
 import torch
 from torch import nn
 
-from apq_lib.pruning import (GradualSchedule, find_mbconv_sites, gradual_channel_prune,
-                             gradual_magnitude_prune, gradual_sparsity, magnitude_prune,
-                             middle_channels, prune_channels, sparsity)
-
+from apq_lib.pruning import (
+    GradualSchedule,
+    find_mbconv_sites,
+    gradual_channel_prune,
+    gradual_magnitude_prune,
+    gradual_sparsity,
+    magnitude_prune,
+    middle_channels,
+    prune_channels,
+    sparsity,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

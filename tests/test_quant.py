@@ -11,13 +11,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from apq_lib.quant import (MIN_SCALE, ActQuantizer, KMeansQuantizer, LSQQuantizer,
-                           PACTQuantizer, QConv2d, QLinear, RangeObserver, WeightQuantizer,
-                           apply_policy, calibrate, calibrate_range, check_bits, evaluate,
-                           fake_quantize, fake_quantize_learnable, fold_bn, get_policy,
-                           kl_threshold, kmeans_1d, lsq_grad_factor, minmax_range, mse_range,
-                           pact_fake_quantize, percentile_range, ptq, qat, qrange,
-                           quant_layers, quantize_model)
+from apq_lib.quant import (
+    MIN_SCALE,
+    ActQuantizer,
+    KMeansQuantizer,
+    LSQQuantizer,
+    PACTQuantizer,
+    QConv2d,
+    QLinear,
+    RangeObserver,
+    WeightQuantizer,
+    apply_policy,
+    calibrate,
+    calibrate_range,
+    check_bits,
+    evaluate,
+    fake_quantize,
+    fake_quantize_learnable,
+    fold_bn,
+    get_policy,
+    kl_threshold,
+    kmeans_1d,
+    lsq_grad_factor,
+    minmax_range,
+    mse_range,
+    pact_fake_quantize,
+    percentile_range,
+    ptq,
+    qat,
+    qrange,
+    quant_layers,
+    quantize_model,
+)
 
 
 # --------------------------------------------------------------------------- references

@@ -7,9 +7,18 @@ import pytest
 import torch
 from torch import nn
 
-from apq_lib.quant import (LSQQuantizer, PACTQuantizer, WeightQuantizer, calibrate,
-                           fake_quantize, fake_quantize_learnable, kernels, lsq_grad_factor,
-                           qrange, quantize_model)
+from apq_lib.quant import (
+    LSQQuantizer,
+    PACTQuantizer,
+    WeightQuantizer,
+    calibrate,
+    fake_quantize,
+    fake_quantize_learnable,
+    kernels,
+    lsq_grad_factor,
+    qrange,
+    quantize_model,
+)
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),

@@ -167,8 +167,13 @@ def test_multi_block_reduction_and_layouts():
 
 @inner
 def test_fake_quantize_dispatches_to_triton(monkeypatch):
-    from apq_lib.quant import (LSQQuantizer, PACTQuantizer, WeightQuantizer,
-                               fake_quantize, set_triton_mode)
+    from apq_lib.quant import (
+        LSQQuantizer,
+        PACTQuantizer,
+        WeightQuantizer,
+        fake_quantize,
+        set_triton_mode,
+    )
     calls = []
     real = kernels._launch_fwd
     monkeypatch.setattr(kernels, "_launch_fwd", lambda *a: calls.append(1) or real(*a))

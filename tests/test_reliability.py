@@ -26,8 +26,8 @@ from apq_lib.artifacts import (
     atomic_write,
     dumps_strict,
 )
-from apq_lib.config import ConfigError, Phase, Profile, field_rules, leaf_fields, load_profile
 from apq_lib.baselines import suite as _suite  # noqa: F401  (registers its stage key)
+from apq_lib.config import ConfigError, Phase, Profile, field_rules, leaf_fields, load_profile
 from apq_lib.predictor import pipeline as pp  # noqa: F401  (registers its stage keys)
 from apq_lib.predictor.collect import SampleStore, collect_samples, merge_pairs
 from apq_lib.supernet import train as sn  # noqa: F401  (registers its stage key)

@@ -5,8 +5,13 @@ import numpy as np
 import pytest
 
 from apq_lib.config import ConfigError, SearchConfig, SpaceConfig, load_profile
-from apq_lib.search import (EvolutionFinder, IndexOps, InfeasibleConstraintError, RandomSearch,
-                            SearchResult)
+from apq_lib.search import (
+    EvolutionFinder,
+    IndexOps,
+    InfeasibleConstraintError,
+    RandomSearch,
+    SearchResult,
+)
 from apq_lib.supernet.space import SearchSpace
 
 
@@ -217,6 +222,7 @@ def test_faithful_mode_and_joint_infeasibility(space):
 # ---------------------------------------------------------------------------- costs
 def test_bitops_table_matches_model_count():
     import torch
+
     from apq_lib.hardware import count_bitops, model_size_bits
     from apq_lib.search import BitOpsTable
     from apq_lib.supernet.network import APQSupernet
@@ -243,6 +249,7 @@ def test_bitops_table_matches_model_count():
 
 def test_realize_exports_quantized_and_finetunes():
     import torch
+
     from apq_lib.search import realize
     from apq_lib.supernet.network import APQSupernet
     sp = SearchSpace(SpaceConfig(stage_widths=[8, 16, 24], stage_strides=[1, 2, 1],
@@ -306,6 +313,7 @@ def test_sweep_targets_and_history(space):
 
 def test_predictor_score_fast_path_matches_dense(space):
     import torch
+
     from apq_lib.predictor.encoder import APQEncoder
     from apq_lib.predictor.model import QuantAwarePredictor
     from apq_lib.search import PredictorScore

@@ -12,9 +12,20 @@ import torch.nn.functional as F
 from apq_lib.artifacts import ArtifactStore, load_state
 from apq_lib.config import ConfigError, DataConfig, Profile, SpaceConfig, SupernetConfig
 from apq_lib.data import DataBundle, TensorImageSet
-from apq_lib.supernet import (APQSupernet, ElasticDepthwiseConv, InvalidConfigError, Phase,
-                              PhaseSampler, SearchSpace, evaluate, get_trained_supernet,
-                              SubnetConfig, recalibrate_bn, subnet_macs, train_supernet)
+from apq_lib.supernet import (
+    APQSupernet,
+    ElasticDepthwiseConv,
+    InvalidConfigError,
+    Phase,
+    PhaseSampler,
+    SearchSpace,
+    SubnetConfig,
+    evaluate,
+    get_trained_supernet,
+    recalibrate_bn,
+    subnet_macs,
+    train_supernet,
+)
 from apq_lib.supernet.static import tensor_state
 from apq_lib.supernet.train import full_network_phase, phase_file
 
@@ -331,8 +342,8 @@ def test_baseline_scratch_model_from_the_full_phase_or_trained(tmp_path):
 
     from apq_lib.artifacts import MissingInputError
     from apq_lib.baselines import BaselineSuite
-    from apq_lib.config import BaselinesConfig
     from apq_lib.baselines.fixed import to_float
+    from apq_lib.config import BaselinesConfig
 
     base = BaselinesConfig(scratch_source="supernet", scratch_epochs=1, calib_images=16,
                            reward_images=32)

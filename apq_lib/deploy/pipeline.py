@@ -17,8 +17,15 @@ import torch
 
 from ..artifacts import load_state, save_state
 from ..supernet.static import load_tensor_state, tensor_state
-from .export import count_qdq, export_qdq, export_qonnx, ort_latency, ort_run, ort_session, \
-    qonnx_run
+from .export import (
+    count_qdq,
+    export_qdq,
+    export_qonnx,
+    ort_latency,
+    ort_run,
+    ort_session,
+    qonnx_run,
+)
 from .integer import to_integer
 from .parity import parity
 

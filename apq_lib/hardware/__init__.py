@@ -2,17 +2,42 @@
 (checked against the official simulator) and BISMO simulators, measured CPU latency, and
 APQ-style lookup tables over a search space."""
 from .bismo import BISMO_PLATFORMS, BismoConfig, BismoSim, bismo_layer_cost
-from .bitfusion import (BRICK_WIDTHS, DEPTHWISE_MODES, BitFusionConfig, BitFusionSim,
-                        bitfusion_layer_cost, fused_bits)
-from .bitops import (count_bitops, count_macs, flop_counter_macs, layer_table,
-                     model_layer_specs, model_size_bits)
+from .bitfusion import (
+    BRICK_WIDTHS,
+    DEPTHWISE_MODES,
+    BitFusionConfig,
+    BitFusionSim,
+    bitfusion_layer_cost,
+    fused_bits,
+)
+from .bitops import (
+    count_bitops,
+    count_macs,
+    flop_counter_macs,
+    layer_table,
+    model_layer_specs,
+    model_size_bits,
+)
 from .costs import SIMULATORS, bits_sweep, get_simulator, model_cost, network_cost
 from .cpu import CpuSim, cpu_info, cpu_layer_latency
 from .layers import LayerSpec, layer_key, mbconv_layers, parse_key
-from .lut import (LUT_STAGE, SpaceCostTable, build_lut, build_space_lut, fixed_layer_specs,
-                  load_lut, subnet_cost, subnet_layers)
-from .parity import (REFERENCE_GRID, bitfusion_parity, load_bitfusion_grid, parity_summary,
-                     speedup_table)
+from .lut import (
+    LUT_STAGE,
+    SpaceCostTable,
+    build_lut,
+    build_space_lut,
+    fixed_layer_specs,
+    load_lut,
+    subnet_cost,
+    subnet_layers,
+)
+from .parity import (
+    REFERENCE_GRID,
+    bitfusion_parity,
+    load_bitfusion_grid,
+    parity_summary,
+    speedup_table,
+)
 from .reference import mobilenet_v2_costs, reference_model
 
 __all__ = [

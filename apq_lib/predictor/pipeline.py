@@ -13,17 +13,35 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..artifacts import (Artifact, ArtifactStore, StageKey, config_key, load_state, save_state,
-                         write_json)
+from ..artifacts import (
+    Artifact,
+    ArtifactStore,
+    StageKey,
+    config_key,
+    load_state,
+    save_state,
+    write_json,
+)
 from ..config import Profile, load_profile
 from ..supernet.space import SearchSpace, SubnetConfig
 from ..workers import LockBusy, WorkerGroup, exclusive
-from .collect import (CollectionError, PairSet, SampleStore, collect_samples,  # noqa: F401
-                      load_pairs, merge_pairs)
+from .collect import (  # noqa: F401
+    CollectionError,
+    PairSet,
+    SampleStore,
+    collect_samples,
+    load_pairs,
+    merge_pairs,
+)
 from .encoder import APQEncoder
 from .model import AccuracyPredictor, QuantAwarePredictor
-from .train import (TrainSettings, evaluate_predictor, fit_fp32_predictor,
-                    fit_quant_predictor, split_holdout)
+from .train import (
+    TrainSettings,
+    evaluate_predictor,
+    fit_fp32_predictor,
+    fit_quant_predictor,
+    split_holdout,
+)
 from .transfer import PredictorTransfer
 
 __all__ = ["PAIR_STAGES", "MODEL_STAGE", "collection_config", "sample_store", "make_evaluator",

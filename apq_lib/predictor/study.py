@@ -8,8 +8,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from ..progress import tqdm
 
+from ..progress import tqdm
 from ..runtime import make_rng
 from .model import AccuracyPredictor
 from .train import TrainSettings, evaluate_predictor, fit_quant_predictor

@@ -16,9 +16,18 @@ import torch
 from torch import nn
 
 from .calibration import CALIBRATION_METHODS, RangeObserver, calibrate_range, minmax_range
-from .functional import (FP_BITS, MIN_SCALE, affine_qparams, check_bits, fake_quantize,
-                         fake_quantize_learnable, lsq_grad_factor, pact_fake_quantize, qrange,
-                         symmetric_scale)
+from .functional import (
+    FP_BITS,
+    MIN_SCALE,
+    affine_qparams,
+    check_bits,
+    fake_quantize,
+    fake_quantize_learnable,
+    lsq_grad_factor,
+    pact_fake_quantize,
+    qrange,
+    symmetric_scale,
+)
 
 __all__ = ["WeightQuantizer", "PACTQuantizer", "ActQuantizer", "LSQQuantizer",
            "weight_calibration_kw", "configure_weight_calibration"]

@@ -6,20 +6,20 @@ ops), ``block`` (:class:`ElasticMBConv`), ``network`` (:class:`APQSupernet`), ``
 (progressive-shrinking phases) and ``train`` (training loop, checkpoint/resume, DDP,
 artifact cache).
 """
+from .block import *  # noqa: F401,F403
+from .block import __all__ as _block_all
+from .elastic import *  # noqa: F401,F403
+from .elastic import __all__ as _elastic_all
+from .metrics import *  # noqa: F401,F403
+from .metrics import __all__ as _metrics_all
+from .network import *  # noqa: F401,F403
+from .network import __all__ as _network_all
+from .schedule import *  # noqa: F401,F403
+from .schedule import __all__ as _schedule_all
 from .space import *  # noqa: F401,F403
 from .space import __all__ as _space_all
 from .static import *  # noqa: F401,F403
 from .static import __all__ as _static_all
-from .elastic import *  # noqa: F401,F403
-from .elastic import __all__ as _elastic_all
-from .block import *  # noqa: F401,F403
-from .block import __all__ as _block_all
-from .network import *  # noqa: F401,F403
-from .network import __all__ as _network_all
-from .metrics import *  # noqa: F401,F403
-from .metrics import __all__ as _metrics_all
-from .schedule import *  # noqa: F401,F403
-from .schedule import __all__ as _schedule_all
 
 _TRAIN = ("train_supernet", "get_trained_supernet", "load_supernet",
           "supernet_artifact_config")

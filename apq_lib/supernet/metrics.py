@@ -71,6 +71,7 @@ def evaluate_random_subnets(supernet, n: int, rng: np.random.Generator, recal_ba
     """``n`` random architectures (``space.sample_arch``), FP32: a DataFrame with columns
     ``config`` (JSON), ``macs``, ``depth``, and ``<name>_top1`` for every eval set."""
     import pandas as pd
+
     from ..progress import tqdm
 
     space = supernet.space

@@ -36,8 +36,15 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..artifacts import (ArtifactStore, MissingInputError, StageKey, config_key, load_state,
-                         save_state, write_json)
+from ..artifacts import (
+    ArtifactStore,
+    MissingInputError,
+    StageKey,
+    config_key,
+    load_state,
+    save_state,
+    write_json,
+)
 from ..config import ConfigError, Profile, load_profile
 from ..runtime import get_device, make_rng, seed_everything
 from .metrics import evaluate_subnet

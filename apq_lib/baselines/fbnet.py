@@ -328,9 +328,9 @@ class FBNetSearch:
 
     def warmup(self, net, w_batches, steps_per_epoch: int) -> list[float]:
         """``warmup_epochs`` of weight steps with θ = 0 (uniform ops), cosine lr."""
-        from ..pruning.train import make_optimizer
+        from ..loops import make_optimizer
         c = self.cfg
-        opt = make_optimizer(nn.ModuleList([net]), c.w_lr, c.w_weight_decay)
+        opt = make_optimizer(nn.ModuleList([net]), c.w_lr, weight_decay=c.w_weight_decay)
         steps = c.warmup_epochs * steps_per_epoch
         return [self._w_step(net, opt, next(w_batches), c.tau0,
                              c.w_lr * 0.5 * (1 + math.cos(math.pi * t / max(1, steps))))

@@ -319,6 +319,8 @@ class FBNetConfig:
     beta: float = 0.6
     latency_scale: float = 25.0             # LAT in units of target/scale: the budget maps
                                             # to the paper's ~25 ms operating point
+    retrain_steps: int = 300                # train the searched architecture (SGD, cosine;
+    retrain_lr: float = 0.05                # paper: from scratch) before the finetune recipe
     haq_episodes: Optional[int] = None      # HAQ on FBNet's model (None: baselines.haq_*)
     haq_warmup: Optional[int] = None
 
@@ -326,9 +328,10 @@ class FBNetConfig:
         _check(all(v in ("haq", "bits") for v in self.variants), f"{p}.variants",
                "use 'haq' (W8A8 search, then HAQ) and/or 'bits' (bits as choices)")
         for k in ("max_targets", "mid_points", "train_images", "batch_size", "epochs",
-                  "w_lr", "theta_lr", "tau0", "alpha", "beta", "latency_scale"):
+                  "w_lr", "theta_lr", "retrain_lr", "tau0", "alpha", "beta", "latency_scale"):
             _check(getattr(self, k) > 0, f"{p}.{k}", "must be > 0")
         _check(self.warmup_epochs >= 0, f"{p}.warmup_epochs", "must be >= 0")
+        _check(self.retrain_steps >= 0, f"{p}.retrain_steps", "must be >= 0")
         _check(0 < self.val_fraction < 1, f"{p}.val_fraction", "must be in (0, 1)")
         _check(0 < self.tau_decay <= 1, f"{p}.tau_decay", "must be in (0, 1]")
         _check(all(t > 0 for t in self.latency_targets_ms), f"{p}.latency_targets_ms",

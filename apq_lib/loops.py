@@ -112,8 +112,8 @@ def train_steps(model: nn.Module, batches: Iterable, steps: int, lr: float,
         x, y = next(it)
         loss = loss_fn(model(x.to(device)), y.to(device))
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"{desc}: the loss became {float(loss)} at step {t} of "
-                                     f"{steps}; lower {lr_key}")
+            raise NonFiniteLossError(f"{desc}: the loss became {float(loss.detach())} at step "
+                                     f"{t} of {steps}; lower {lr_key}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -42,7 +42,9 @@ def make_rng(seed: int, *stream: int) -> np.random.Generator:
 STREAMS = {
     "finetune": "batches of a final model's QAT finetune (one loader per model)",
     "pair_finetune": "batches of a quantized predictor pair's short finetune",
-    "predictor_split": "train / validation / held-out split of the predictor's pairs",
+    "predictor_split": "train / held-out split of the predictor's pairs",
+    "predictor_folds": "group order of the predictor's grouped k-fold cross-validation",
+    "predictor_fit": "train / validation split and batch order of one predictor fit",
     "study_subset": "training subsets of the sample-efficiency study",
     "bootstrap": "resamples of the paired bootstrap CIs",
     "scratch": "batches of the fixed network trained from scratch",

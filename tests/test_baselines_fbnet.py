@@ -192,3 +192,51 @@ def test_search_batches_split_80_20_disjoint(setup):
     assert not key(w) & key(t)
     with pytest.raises(ValueError, match="train_images"):
         search_batches(data, 40, 0.2, 32)
+
+
+@pytest.mark.parametrize("search_bits", [False, True])
+def test_weight_step_trains_every_op_and_no_theta(setup, search_bits):
+    """Weight steps run the soft mixture of every op (each op's weights get a gradient),
+    one bit width per slot (hard bit masks), and never move θ."""
+    cfg, space, sim, fb = setup
+    net = fb.new_supernet().train()
+    net.search_bits = search_bits
+    net.sample_masks(5.0, hard=False, weights_only=True)
+    for m_op, m_w, m_a in net.masks:
+        assert not m_op.requires_grad and (m_op > 0).all()      # soft, every op weighted
+        assert float(m_op.sum()) == pytest.approx(1.0, abs=1e-6)
+        for m in (m_w, m_a):
+            if search_bits:
+                assert sorted(m.tolist()) == [0.0] * (len(net.bits) - 1) + [1.0]
+            else:
+                assert m is None
+    F.cross_entropy(net(torch.randn(8, 1, 32, 32)), torch.arange(8) % 10).backward()
+    for cand in net.cands:
+        for op in cand:
+            for p in op.parameters():
+                if p.dim() > 1:
+                    assert p.grad is not None and float(p.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in net.arch_parameters())
+
+
+def test_retrain_steps_and_failure_names_the_key(setup):
+    import dataclasses
+
+    cfg, space, sim, fb = setup
+    net = fb.new_supernet()
+    net.clear_masks()
+    _, model = net.derive(_random_choices(net, np.random.default_rng(0), False))
+    g = torch.Generator().manual_seed(0)
+    batches = iter([(torch.randn(8, 1, 32, 32, generator=g), torch.arange(8) % 10)] * 100)
+    fb0 = FBNetSearch(space, dataclasses.replace(cfg.baselines.fbnet, retrain_steps=0), sim)
+    before = [p.detach().clone() for p in model.parameters()]
+    assert fb0.retrain(model, batches) == []
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    fb5 = FBNetSearch(space, dataclasses.replace(cfg.baselines.fbnet, retrain_steps=5,
+                                                 retrain_lr=0.05), sim)
+    losses = fb5.retrain(model, batches)
+    assert len(losses) == 5 and losses[-1] < losses[0]          # one repeated batch: fits
+    bad = FBNetSearch(space, dataclasses.replace(cfg.baselines.fbnet, retrain_steps=5,
+                                                 retrain_lr=1e30), sim)
+    with pytest.raises(Exception, match="baselines.fbnet.retrain_lr"):
+        bad.retrain(model, batches)

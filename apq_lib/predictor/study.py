@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..progress import tqdm
-from ..runtime import make_rng
+from ..runtime import stream_rng
 from .model import AccuracyPredictor
 from .train import TrainSettings, evaluate_predictor, fit_quant_predictor
 from .transfer import PredictorTransfer
@@ -26,8 +26,8 @@ def sample_efficiency(fp32: AccuracyPredictor, x_pool: np.ndarray, y_pool: np.nd
                       arch_dims: Optional[int] = None, progress: bool = True,
                       **transfer_kw) -> pd.DataFrame:
     """One row per (size, seed, method ∈ {transfer, scratch}): the training subset is
-    ``size`` pairs drawn from the pool with ``make_rng(seed, size)`` (the same subset for
-    both methods); ``y`` are accuracy fractions; metrics are in accuracy percent."""
+    ``size`` pairs drawn from the pool with ``stream_rng(seed, "study_subset", size)`` (the
+    same subset for both methods); ``y`` are accuracy fractions; metrics are in accuracy percent."""
     arch_dims = arch_dims or fp32.arch_dims
     quant_dims = x_pool.shape[1] - arch_dims
     rows = []
@@ -36,7 +36,7 @@ def sample_efficiency(fp32: AccuracyPredictor, x_pool: np.ndarray, y_pool: np.nd
         if n > len(y_pool):
             raise ValueError(f"study size {n} exceeds the {len(y_pool)} training pairs; "
                              f"lower predictor.study_sizes or raise predictor.quant_pairs")
-        sel = np.sort(make_rng(s, 9001, n).choice(len(y_pool), n, replace=False))
+        sel = np.sort(stream_rng(s, "study_subset", n).choice(len(y_pool), n, replace=False))
         st = replace(settings, seed=int(s))
         fits = {"transfer": PredictorTransfer(fp32, quant_dims, **transfer_kw)
                 .fit(x_pool[sel], y_pool[sel], st),

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..runtime import make_rng
+from ..runtime import stream_rng
 from .metrics import predictor_metrics
 from .model import AccuracyPredictor, QuantAwarePredictor, predict_numpy
 
@@ -55,7 +55,7 @@ def split_holdout(n: int, fraction: float, seed: int,
     """Deterministic (train, holdout) index split. With ``groups`` (e.g. the architecture
     id of APQ's second sampler) whole groups go to one side, so a held-out pair never
     shares its architecture with a training pair."""
-    rng = make_rng(seed, 7001)
+    rng = stream_rng(seed, "predictor_split")
     if groups is None:
         perm = rng.permutation(n)
         k = max(1, int(round(fraction * n))) if n > 1 else 0
@@ -84,7 +84,7 @@ def grouped_kfold(groups: Sequence, k: int, seed: int) -> list[tuple[np.ndarray,
     if not 2 <= k <= len(uniq):
         raise ValueError(f"grouped_kfold: k={k} folds need 2 <= k <= {len(uniq)} groups "
                          f"(lower predictor.cv_folds or collect more quantized pairs)")
-    order = make_rng(seed, 7003).permutation(len(uniq))
+    order = stream_rng(seed, "predictor_folds").permutation(len(uniq))
     order = order[np.argsort(-counts[order], kind="stable")]
     fold_of, size = np.empty(len(uniq), np.int64), np.zeros(k, np.int64)
     for g in order:
@@ -110,7 +110,7 @@ def train_predictor(model: nn.Module, x: np.ndarray, y: np.ndarray,
     t0 = time.perf_counter()
     torch.manual_seed(s.seed)
     n = len(y)
-    rng = make_rng(s.seed, 7002)
+    rng = stream_rng(s.seed, "predictor_fit")
     perm = rng.permutation(n)
     n_val = int(round(s.val_fraction * n)) if n >= 5 else 0
     n_val = max(n_val, 1) if n >= 5 else 0

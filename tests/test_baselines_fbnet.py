@@ -201,7 +201,7 @@ def test_weight_step_trains_every_op_and_no_theta(setup, search_bits):
     cfg, space, sim, fb = setup
     net = fb.new_supernet().train()
     net.search_bits = search_bits
-    net.sample_masks(5.0, hard=False, weights_only=True)
+    net.sample_masks(5.0, weights_only=True)
     for m_op, m_w, m_a in net.masks:
         assert not m_op.requires_grad and (m_op > 0).all()      # soft, every op weighted
         assert float(m_op.sum()) == pytest.approx(1.0, abs=1e-6)

@@ -180,7 +180,7 @@ class StochasticSupernet(MobileNetBody):
         self.theta_a = nn.ParameterList(nn.Parameter(torch.zeros(nb)) for _ in ops)
         self.search_bits = False
         self.masks: Optional[list] = None        # per slot (m_op, m_w, m_a); None: uniform
-        self.mix_ops = False                     # soft op masks: the weighted sum of all ops
+        self.mix_ops = False                     # sampled masks: the weighted sum of all ops
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [*self.theta_op, *self.theta_w, *self.theta_a]
@@ -189,18 +189,16 @@ class StochasticSupernet(MobileNetBody):
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
-    def sample_masks(self, tau: float, hard: bool, weights_only: bool = False) -> None:
-        """Gumbel-softmax masks for every slot. ``hard``: one-hot, no θ gradient (one op per
-        slot runs). ``weights_only``: a weight step; the op mask is the soft relaxation
-        without θ gradient (every op runs, weighted, as in FBNet's supernet training) and
-        the bit masks are hard (one bit width per step)."""
-        def draw(t, h):
-            m = F.gumbel_softmax(t, tau=tau, hard=h)
-            return m.detach() if h or weights_only else m
-        bits_hard = hard or weights_only
-        self.mix_ops = not hard
-        self.masks = [(draw(to, hard), draw(tw, bits_hard) if self.search_bits else None,
-                       draw(ta, bits_hard) if self.search_bits else None)
+    def sample_masks(self, tau: float, weights_only: bool = False) -> None:
+        """Soft Gumbel-softmax masks for every slot (every op runs, weighted: FBNet's
+        relaxation). θ steps: the masks carry θ's gradient. ``weights_only`` (a weight
+        step): no θ gradient, and the bit masks are hard (one bit width per step)."""
+        def draw(t, hard=False):
+            m = F.gumbel_softmax(t, tau=tau, hard=hard)
+            return m.detach() if weights_only else m
+        self.mix_ops = True
+        self.masks = [(draw(to), draw(tw, weights_only) if self.search_bits else None,
+                       draw(ta, weights_only) if self.search_bits else None)
                       for to, tw, ta in zip(self.theta_op, self.theta_w, self.theta_a)]
 
     def _set_mix(self, cand, m_w, m_a) -> None:
@@ -211,7 +209,7 @@ class StochasticSupernet(MobileNetBody):
 
     def clear_masks(self) -> None:
         """Drop the sampled masks (they hold graph tensors; needed before a deepcopy)."""
-        self.masks = None
+        self.masks, self.mix_ops = None, False
         for cand in self.cands:
             self._set_mix(cand, None, None)
 
@@ -329,7 +327,7 @@ class FBNetSearch:
         for g in opt.param_groups:
             g["lr"] = lr
         net.train()
-        net.sample_masks(tau, hard=False, weights_only=True)
+        net.sample_masks(tau, weights_only=True)
         x, y = (t.to(self.device) for t in batch)
         loss = F.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
@@ -366,7 +364,7 @@ class FBNetSearch:
                 self._w_step(net, w_opt, next(w_batches), tau,
                              0.5 * c.w_lr * (1 + math.cos(math.pi * k / total)))
             for _ in range(t_steps):
-                net.sample_masks(tau, hard=False)
+                net.sample_masks(tau)
                 x, y = (v.to(self.device) for v in next(t_batches))
                 ce = F.cross_entropy(net(x), y)
                 lat = net.expected_latency(self.tables, self.fixed)

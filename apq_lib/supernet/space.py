@@ -230,6 +230,23 @@ class SearchSpace:
                             [min(bl.mid_choices) for bl in self.blocks], [b] * n, [b] * n,
                             [b] * n, [b] * n)
 
+    def mobilenetv2(self, bits: Optional[int] = None) -> SubnetConfig:
+        """The space's MobileNetV2 point (Sandler et al. 2018, APQ's fixed network): every
+        kernel 3×3 (the smallest choice when 3 is not offered), expand ratio 6 (the middle
+        width nearest 6× the block's input), every stage at its largest depth."""
+        b = bits or max(self.bit_choices)
+        n = self.n_blocks
+        k = 3 if 3 in self.kernel_choices else min(self.kernel_choices)
+        mids = [min(bl.mid_choices, key=lambda m, c=bl.in_c: (abs(m - 6 * c), -m))
+                for bl in self.blocks]
+        return SubnetConfig([max(c) for c in self.depth_choices], [k] * n, mids,
+                            [b] * n, [b] * n, [b] * n, [b] * n)
+
+    def corners(self, bits: Optional[int] = None) -> dict[str, SubnetConfig]:
+        """The reference points every table names: smallest, MobileNetV2, largest."""
+        return {"smallest": self.smallest(bits), "MobileNetV2 (3×3, e6)": self.mobilenetv2(bits),
+                "largest": self.largest(bits)}
+
     def with_bits(self, cfg: SubnetConfig, pw_w: int, pw_a: int, dw_w: int,
                   dw_a: int) -> SubnetConfig:
         """Same architecture, uniform bits (fixed-precision policies)."""

@@ -4,9 +4,13 @@ Tibshirani 1993, percentile intervals).
 Every final model is evaluated on the same test images and keeps its per-image correctness
 (a bool vector). A comparison resamples *images* with replacement, the same resample for all
 models, and recomputes the statistic (an accuracy, a difference of accuracies, a cost ratio
-at matched accuracy) on each resample; the 95 % interval is the 2.5 / 97.5 percentiles. A
-claim ``holds`` when its interval excludes the null value (0 for a difference, 1 for a
-ratio), else it is ``within noise``.
+at matched accuracy) on each resample; the 95 % interval is the 2.5 / 97.5 percentiles.
+
+Verdicts name the winner: ``APQ better`` / ``APQ worse`` when the interval excludes the null
+value (0 for a difference, 1 for a ratio) on that side, ``inconclusive`` when it covers it,
+``not comparable`` when there is nothing to compare (no match, NaN, a degenerate interval of
+a ratio censored by the budget grid). Within a table, :func:`holm_verdicts` corrects for the
+number of comparisons (Holm 1979) with the bootstrap's two-sided p-values.
 """
 from __future__ import annotations
 
@@ -18,22 +22,76 @@ from .runtime import stream_rng
 
 __all__ = ["N_RESAMPLES", "LEVEL", "resample_counts", "resampled_accuracy", "accuracy_ci",
            "paired_difference", "mean_paired_difference", "matched_cost_ratio", "verdict",
-           "percentile_ci", "bootstrap_groups", "CI"]
+           "percentile_ci", "bootstrap_groups", "CI", "VERDICTS", "INCONCLUSIVE",
+           "NOT_COMPARABLE", "bootstrap_p", "holm", "holm_verdicts", "hierarchical_difference"]
 
 N_RESAMPLES = 2000
 LEVEL = 0.95
-HOLDS, NOISE = "holds", "within noise"
+INCONCLUSIVE, NOT_COMPARABLE = "inconclusive", "not comparable"
+VERDICTS = ("APQ better", "APQ worse", INCONCLUSIVE, NOT_COMPARABLE)
 
 
 class CI(dict):
     """``{"estimate", "ci_low", "ci_high", "verdict"}`` (a dict, so it drops into a table row)."""
 
 
-def verdict(lo: float, hi: float, null: float = 0.0) -> str:
-    """``holds`` when ``[lo, hi]`` excludes ``null``, else ``within noise`` (also for NaN)."""
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return NOISE
-    return HOLDS if lo > null or hi < null else NOISE
+def verdict(lo: float, hi: float, null: float = 0.0, who: str = "APQ",
+            higher_is_better: bool = True) -> str:
+    """``"{who} better"`` / ``"{who} worse"`` when ``[lo, hi]`` lies above / below ``null``
+    (reversed with ``higher_is_better=False``), ``inconclusive`` when it covers ``null``,
+    ``not comparable`` for NaN or a zero-width interval (a statistic that no resample moves:
+    censored, not measured)."""
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+        return NOT_COMPARABLE
+    if lo > null or hi < null:
+        up = lo > null
+        return f"{who} better" if up == higher_is_better else f"{who} worse"
+    return INCONCLUSIVE
+
+
+def bootstrap_p(samples: np.ndarray, null: float = 0.0) -> float:
+    """Two-sided bootstrap p-value of ``null``: twice the smaller tail share of the resampled
+    statistic at or beyond ``null`` ((k + 1) / (n + 1), so never 0); NaN with > 5 % NaN."""
+    s = np.asarray(samples, dtype=float)
+    ok = s[np.isfinite(s)]
+    if ok.size < 0.95 * s.size or ok.size == 0 or np.ptp(ok) == 0:
+        return float("nan")
+    tail = min((ok <= null).sum(), (ok >= null).sum())
+    return float(min(1.0, 2 * (tail + 1) / (ok.size + 1)))
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjusted p-values (NaN stays NaN and does not count)."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    order = idx[np.argsort(p[idx], kind="stable")]
+    m, running = len(order), 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (m - k) * p[i]))
+        out[i] = running
+    return out
+
+
+def holm_verdicts(rows, estimate: str = "estimate", p: str = "p_value", null: float = 0.0,
+                  who: str = "APQ", higher_is_better: bool = True,
+                  level: float = LEVEL) -> list[str]:
+    """Verdicts of the comparisons of one table, Holm-corrected: a side wins when its
+    adjusted p-value is below ``1 - level`` (the direction from the estimate); NaN p-values
+    (no match, censored) are ``not comparable``. ``rows``: a DataFrame or list of dicts."""
+    recs = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
+    adj = holm([r.get(p, np.nan) for r in recs])
+    out = []
+    for r, a in zip(recs, adj):
+        est = r.get(estimate, np.nan)
+        if not np.isfinite(a) or est is None or not np.isfinite(est):
+            out.append(NOT_COMPARABLE)
+        elif a >= 1 - level:
+            out.append(INCONCLUSIVE)
+        else:
+            up = est > null
+            out.append(f"{who} better" if up == higher_is_better else f"{who} worse")
+    return out
 
 
 def percentile_ci(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
@@ -83,7 +141,7 @@ def accuracy_ci(correct, n_resamples: int = N_RESAMPLES, seed: int = 0,
     """Top-1 of one model with its bootstrap interval (verdict: vs 0, i.e. always holds)."""
     c = np.asarray(correct)
     lo, hi = percentile_ci(resampled_accuracy(c, n_resamples, seed)[:, 0], level)
-    return CI(estimate=100.0 * float(c.mean()), ci_low=lo, ci_high=hi, verdict=verdict(lo, hi))
+    return CI(estimate=100.0 * float(c.mean()), ci_low=lo, ci_high=hi, verdict="")
 
 
 def paired_difference(correct_a, correct_b, n_resamples: int = N_RESAMPLES, seed: int = 0,
@@ -94,9 +152,11 @@ def paired_difference(correct_a, correct_b, n_resamples: int = N_RESAMPLES, seed
     if a.shape != b.shape:
         raise ValueError(f"paired comparison needs the same images: {a.shape} vs {b.shape}")
     acc = resampled_accuracy(np.stack([a, b]), n_resamples, seed)
-    lo, hi = percentile_ci(acc[:, 0] - acc[:, 1], level)
+    d = acc[:, 0] - acc[:, 1]
+    lo, hi = percentile_ci(d, level)
     est = 100.0 * float(a.mean() - b.mean())
-    return CI(estimate=est, ci_low=lo, ci_high=hi, verdict=verdict(lo, hi))
+    return CI(estimate=est, ci_low=lo, ci_high=hi, verdict=verdict(lo, hi),
+              p_value=bootstrap_p(d))
 
 
 def mean_paired_difference(correct_a, correct_b, n_resamples: int = N_RESAMPLES, seed: int = 0,
@@ -111,7 +171,8 @@ def mean_paired_difference(correct_a, correct_b, n_resamples: int = N_RESAMPLES,
     diff = (acc[:, :k] - acc[:, k:]).mean(axis=1)
     lo, hi = percentile_ci(diff, level)
     est = 100.0 * float((a.mean(axis=1) - b.mean(axis=1)).mean())
-    return CI(estimate=est, ci_low=lo, ci_high=hi, verdict=verdict(lo, hi))
+    return CI(estimate=est, ci_low=lo, ci_high=hi, verdict=verdict(lo, hi),
+              p_value=bootstrap_p(diff))
 
 
 def _cheapest_at_least(acc_cand: np.ndarray, cost_cand: np.ndarray, acc_ref: np.ndarray
@@ -140,7 +201,10 @@ def matched_cost_ratio(correct_ref, cost_ref: float, correct_cands, cost_cands: 
     full = 100.0 * allc.mean(axis=1)
     est = cost_ref / _cheapest_at_least(full[None, 1:], cost_c, full[:1])[0]
     lo, hi = percentile_ci(ratio, level)
-    return CI(estimate=float(est), ci_low=lo, ci_high=hi, verdict=verdict(lo, hi, null=1.0))
+    if not np.isfinite(est):
+        lo = hi = float("nan")
+    return CI(estimate=float(est), ci_low=lo, ci_high=hi, verdict=verdict(lo, hi, null=1.0),
+              p_value=bootstrap_p(ratio, 1.0) if np.isfinite(est) else float("nan"))
 
 
 def bootstrap_groups(groups: np.ndarray, stat: Callable[[np.ndarray], float],
@@ -159,4 +223,29 @@ def bootstrap_groups(groups: np.ndarray, stat: Callable[[np.ndarray], float],
     lo, hi = percentile_ci(samples, level)
     est = float(stat(np.arange(len(groups))))
     return CI(estimate=est, ci_low=lo, ci_high=hi,
-              verdict=verdict(lo, hi, null) if null is not None else "")
+              verdict=verdict(lo, hi, null) if null is not None else "",
+              p_value=bootstrap_p(samples, null) if null is not None else float("nan"))
+
+
+def hierarchical_difference(correct_a, correct_b, n_resamples: int = N_RESAMPLES,
+                            seed: int = 0, level: float = LEVEL) -> CI:
+    """Accuracy of A minus accuracy of B (points) when each arm was finetuned with several
+    seeds: ``correct_a`` ``[S_a, n_images]`` and ``correct_b`` ``[S_b, n_images]`` on the
+    same images. Two-level bootstrap: each resample draws seeds with replacement in each
+    arm, then one image resample shared by both arms (paired), so the interval covers the
+    seed-to-seed spread and the test images together. One seed per arm reduces to
+    :func:`paired_difference`."""
+    a, b = np.atleast_2d(correct_a), np.atleast_2d(correct_b)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"paired comparison needs the same images: {a.shape} vs {b.shape}")
+    rng = stream_rng(seed, "bootstrap", "seeds", a.shape[0], b.shape[0], n_resamples)
+    sa = rng.integers(0, a.shape[0], size=(n_resamples, a.shape[0]))
+    sb = rng.integers(0, b.shape[0], size=(n_resamples, b.shape[0]))
+    allc = np.concatenate([a, b])
+    acc = resampled_accuracy(allc, n_resamples, seed)          # [R, S_a + S_b]
+    r = np.arange(n_resamples)[:, None]
+    d = acc[r, sa].mean(axis=1) - acc[r, a.shape[0] + sb].mean(axis=1)
+    lo, hi = percentile_ci(d, level)
+    est = 100.0 * float(a.mean() - b.mean())
+    return CI(estimate=est, ci_low=lo, ci_high=hi, verdict=verdict(lo, hi),
+              p_value=bootstrap_p(d))

@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from ..stats import bootstrap_p, verdict
+
 __all__ = ["rmse", "kendall_tau", "pairwise_accuracy", "predictor_metrics", "label_noise",
-           "group_bootstrap_ci", "verdict", "variance_shares", "seeded_tau_table"]
+           "group_bootstrap_ci", "variance_shares"]
 
 
 def rmse(y_true, y_pred) -> float:
@@ -146,8 +148,9 @@ def group_bootstrap_ci(y_true, preds: dict, groups, stat=kendall_tau, reference=
 
     ``preds``: method -> predictions for ``y_true``. Returns method -> ``{"value",
     "ci_low", "ci_high"}``; with ``reference`` also ``delta`` = stat(reference) -
-    stat(method) with ``delta_ci_low`` / ``delta_ci_high`` and a ``verdict`` ("holds"
-    when the CI excludes 0, else "within noise")."""
+    stat(method) with ``delta_ci_low`` / ``delta_ci_high``, its two-sided bootstrap
+    ``p_value`` and a ``verdict`` naming the winner (:func:`apq_lib.stats.verdict`:
+    "<reference> better" / "<reference> worse" / "inconclusive")."""
     if n_resamples < 1:
         raise ValueError(f"n_resamples={n_resamples}: need >= 1")
     y = np.asarray(y_true, float)
@@ -166,11 +169,8 @@ def group_bootstrap_ci(y_true, preds: dict, groups, stat=kendall_tau, reference=
             r["delta"] = float(stat(y, P[reference]) - r["value"])
             r["delta_ci_low"] = float(np.nanpercentile(d, lo))
             r["delta_ci_high"] = float(np.nanpercentile(d, hi))
-            r["verdict"] = verdict(r["delta_ci_low"], r["delta_ci_high"])
+            r["p_value"] = bootstrap_p(d)
+            r["verdict"] = verdict(r["delta_ci_low"], r["delta_ci_high"], who=reference)
         out[k] = r
     return out
 
-
-def verdict(ci_low: float, ci_high: float) -> str:
-    """``"holds"`` when the CI of an effect excludes 0, else ``"within noise"``."""
-    return "holds" if (ci_low > 0 or ci_high < 0) else "within noise"

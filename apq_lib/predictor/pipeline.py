@@ -57,11 +57,13 @@ MODEL_STAGE = "predictor"
 _PAIRS_READ = ("seed", "space", "data", "predictor.eval_images", "predictor.recal_images")
 PAIR_KEYS = {
     "fp32": StageKey(PAIR_STAGES["fp32"], version=3, skip=("data.test_subset",),
-                     reads=_PAIRS_READ + ("predictor.fp32_pairs", "predictor.large_fraction")),
+                     reads=_PAIRS_READ + ("predictor.fp32_pairs",
+                                          "predictor.large_fraction")),
     "quant": StageKey(PAIR_STAGES["quant"], version=3, skip=("data.test_subset",),
                       reads=_PAIRS_READ + tuple(f"predictor.{k}" for k in (
                           "quant_pairs", "quant_eval_images", "policies_per_arch",
-                          "large_fraction", "bit_spread", "finetune_steps")) + tuple(f"finetune.{k}" for k in (
+                          "large_fraction", "bit_spread", "finetune_steps"))
+                      + tuple(f"finetune.{k}" for k in (
                           "lr", "batch_size", "optimizer", "momentum", "weight_decay",
                           "label_smoothing")) + ("quant.weight_calibration",
                                                  "quant.kl_below_bits")),

@@ -753,6 +753,22 @@ def test_crossval_controls_seeds_per_fold(small_space):
                           TrainSettings(epochs=1), 16, 2, progress=False, seeds=0)
 
 
+def test_early_stopping_split_takes_whole_architectures():
+    from apq_lib.predictor.train import _early_stopping_split
+    groups = np.repeat(np.arange(10), 5)
+    vi, ti = _early_stopping_split(50, 0.2, np.random.default_rng(0), groups)
+    assert len(vi) == 10 and len(vi) + len(ti) == 50
+    assert not set(groups[vi]) & set(groups[ti])            # no architecture on both sides
+    vi2, _ = _early_stopping_split(50, 0.2, np.random.default_rng(0), None)
+    assert len(vi2) == 10
+    vi3, ti3 = _early_stopping_split(6, 0.9, np.random.default_rng(0), [0, 0, 0, 1, 1, 1])
+    assert len(ti3) == 3 and len(vi3) == 3                   # one group always trains
+    x = np.random.default_rng(1).normal(size=(50, 4)).astype(np.float32)
+    r = train_predictor(AccuracyPredictor(4, 8, 1), x, x[:, 0] * 0.1 + 0.5,
+                        TrainSettings(epochs=2, patience=1), groups=groups)
+    assert r.epochs_run == 2
+
+
 def test_label_offset_t_interval():
     from scipy import stats
 

@@ -63,7 +63,8 @@ SEEDED = ("transfer", "scratch")            # the methods trained with several s
 def crossval_controls(fp32: AccuracyPredictor, x: np.ndarray, y_pct: np.ndarray,
                       idx: np.ndarray, space: SearchSpace, folds: list, settings: TrainSettings,
                       hidden: int, n_layers: int, branch_init: str = "zeros",
-                      progress: bool = True, seeds: int = 1) -> pd.DataFrame:
+                      progress: bool = True, seeds: int = 1,
+                      groups=None) -> pd.DataFrame:
     """Held-out predictions (percent) of every method in :data:`METHODS` for every pair,
     each from the fold in which its architecture was held out. ``x``: the pairs'
     encodings; ``y_pct``: their labels; ``folds``: from :func:`grouped_kfold`.
@@ -73,7 +74,8 @@ def crossval_controls(fp32: AccuracyPredictor, x: np.ndarray, y_pct: np.ndarray,
     ``pred_<m>_seed<k>`` hold each seed's predictions, ``pred_<m>`` their mean.
     ``fp32_predictor`` is the FP32 predictor on the architecture part, shifted by the
     mean gap to the fold's training labels; ``bits_linear`` is :func:`fit_linear` on
-    :func:`bit_features` + MACs; ``macs_linear`` a linear fit on log MACs."""
+    :func:`bit_features` + MACs; ``macs_linear`` a linear fit on log MACs. ``groups``
+    (architectures) makes the fits' early-stopping split grouped too."""
     if seeds < 1:
         raise ValueError(f"seeds={seeds}: need >= 1 training seed per fold")
     y = np.asarray(y_pct, float)
@@ -88,9 +90,11 @@ def crossval_controls(fp32: AccuracyPredictor, x: np.ndarray, y_pct: np.ndarray,
     for f, k in tqdm(jobs, desc="grouped CV", disable=not progress):
         tr, te = folds[f]
         st = replace(settings, seed=stream_seed(settings.seed, "predictor_fit", "cv", f, k))
+        g = None if groups is None else np.asarray(groups)[tr]
         t = PredictorTransfer(fp32, x.shape[1] - arch_dims, branch_init).fit(
-            x[tr], y[tr] / 100, st)
-        s = fit_quant_predictor(x[tr], y[tr] / 100, arch_dims, st, hidden, n_layers)
+            x[tr], y[tr] / 100, st, groups=g)
+        s = fit_quant_predictor(x[tr], y[tr] / 100, arch_dims, st, hidden, n_layers,
+                                groups=g)
         per_seed[f"transfer_seed{k}"][te] = 100 * predict_numpy(t.model, x[te])
         per_seed[f"scratch_seed{k}"][te] = 100 * predict_numpy(s.model, x[te])
         if k == 0:

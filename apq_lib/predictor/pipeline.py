@@ -247,10 +247,11 @@ def train_predictors(cfg: Profile, fp32_pairs: PairSet, quant_pairs: PairSet,
                                groups=quant_pairs.group)
     xq = encoder.encode_index(quant_pairs.index)
     yq = quant_pairs.acc / 100.0
+    gq = quant_pairs.group[q_tr]
     tr = PredictorTransfer(fp.model, encoder.quant_dims, p.transfer_branch_init) \
-        .fit(xq[q_tr], yq[q_tr], st, device)
+        .fit(xq[q_tr], yq[q_tr], st, device, groups=gq)
     sc = fit_quant_predictor(xq[q_tr], yq[q_tr], encoder.arch_dims, st, p.hidden,
-                             p.n_layers, device)
+                             p.n_layers, device, groups=gq)
     fp.model.cpu(), tr.model.cpu(), sc.model.cpu()
     metrics = {"fp32": evaluate_predictor(fp.model, xf[f_te], yf[f_te]),
                "transfer": evaluate_predictor(tr.model, xq[q_te], yq[q_te]),

@@ -105,7 +105,8 @@ def run_controls(trained: dict, fp32: PairSet, quant: PairSet, space: SearchSpac
                                    trained["settings"], pc.hidden, pc.n_layers).model
     cv = crossval_controls(model, trained["x"]["quant"], quant.acc, quant.index, space, folds,
                            trained["settings"], pc.hidden, pc.n_layers,
-                           pc.transfer_branch_init, progress=progress, seeds=pc.cv_seeds)
+                           pc.transfer_branch_init, progress=progress, seeds=pc.cv_seeds,
+                           groups=quant.group)
     cv.insert(0, "pair", np.arange(len(cv)))
     cv.insert(1, "architecture", quant.group)
     table = controls_table(cv, quant.group, "transfer", pc.bootstrap_resamples, seed)

@@ -24,10 +24,11 @@ def sample_efficiency(fp32: AccuracyPredictor, x_pool: np.ndarray, y_pool: np.nd
                       x_test: np.ndarray, y_test: np.ndarray, sizes: Sequence[int],
                       seeds: Sequence[int], settings: TrainSettings,
                       arch_dims: Optional[int] = None, progress: bool = True,
-                      **transfer_kw) -> pd.DataFrame:
+                      groups: Optional[Sequence] = None, **transfer_kw) -> pd.DataFrame:
     """One row per (size, seed, method ∈ {transfer, scratch}): the training subset is
     ``size`` pairs drawn from the pool with ``stream_rng(seed, "study_subset", size)`` (the
-    same subset for both methods); ``y`` are accuracy fractions; metrics are in accuracy percent."""
+    same subset for both methods); ``y`` are accuracy fractions; metrics are in accuracy percent.
+    ``groups``: the pool's architectures, for grouped early-stopping splits."""
     arch_dims = arch_dims or fp32.arch_dims
     quant_dims = x_pool.shape[1] - arch_dims
     rows = []
@@ -38,10 +39,11 @@ def sample_efficiency(fp32: AccuracyPredictor, x_pool: np.ndarray, y_pool: np.nd
                              f"lower predictor.study_sizes or raise predictor.quant_pairs")
         sel = np.sort(stream_rng(s, "study_subset", n).choice(len(y_pool), n, replace=False))
         st = replace(settings, seed=int(s))
+        g = None if groups is None else np.asarray(groups)[sel]
         fits = {"transfer": PredictorTransfer(fp32, quant_dims, **transfer_kw)
-                .fit(x_pool[sel], y_pool[sel], st),
+                .fit(x_pool[sel], y_pool[sel], st, groups=g),
                 "scratch": fit_quant_predictor(x_pool[sel], y_pool[sel], arch_dims, st,
-                                               fp32.hidden, fp32.n_layers)}
+                                               fp32.hidden, fp32.n_layers, groups=g)}
         for method, res in fits.items():
             m = evaluate_predictor(res.model, x_test, y_test)
             rows.append({"n_train": n, "seed": s, "method": method,

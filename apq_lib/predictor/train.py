@@ -99,22 +99,48 @@ def _rmse_pct(model, x, y) -> float:
         return float(100 * torch.sqrt(torch.mean((model(x) - y) ** 2)))
 
 
+def _early_stopping_split(n: int, fraction: float, rng: np.random.Generator,
+                          groups: Optional[Sequence] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(validation, training) indices: ``fraction`` of the pairs (at least 1 when n >= 5;
+    none below). With ``groups`` whole groups (architectures) are taken until the
+    fraction is reached, as long as one group stays for training, so early stopping
+    scores architectures the fit has not seen, as the held-out pairs are."""
+    n_val = max(int(round(fraction * n)), 1) if n >= 5 else 0
+    if groups is None or n_val == 0:
+        perm = rng.permutation(n)
+        return perm[:n_val], perm[n_val:]
+    groups = np.asarray(groups)
+    uniq = np.unique(groups)
+    if len(uniq) < 2:
+        perm = rng.permutation(n)
+        return perm[:n_val], perm[n_val:]
+    take, k = [], 0
+    for g in uniq[rng.permutation(len(uniq))][:-1]:
+        if k >= n_val:
+            break
+        take.append(g)
+        k += int((groups == g).sum())
+    val = np.isin(groups, take)
+    return rng.permutation(np.flatnonzero(val)), rng.permutation(np.flatnonzero(~val))
+
+
 def train_predictor(model: nn.Module, x: np.ndarray, y: np.ndarray,
                     settings: Optional[TrainSettings] = None, init_bias: bool = True,
-                    device: str | torch.device = "cpu") -> TrainResult:
+                    device: str | torch.device = "cpu",
+                    groups: Optional[Sequence] = None) -> TrainResult:
     """Fit ``model`` on encodings ``x [N, D]`` and accuracy fractions ``y [N]``.
 
     A ``val_fraction`` of the pairs (at least 1 when N >= 5) is held back for early stopping
-    with ``patience`` epochs; the best-validation weights are restored at the end."""
+    with ``patience`` epochs; the best-validation weights are restored at the end. With
+    ``groups`` (the architecture of each pair) the held-back pairs are whole architectures
+    (see :func:`_early_stopping_split`)."""
     s = settings or TrainSettings()
     t0 = time.perf_counter()
     torch.manual_seed(s.seed)
     n = len(y)
     rng = stream_rng(s.seed, "predictor_fit")
-    perm = rng.permutation(n)
-    n_val = int(round(s.val_fraction * n)) if n >= 5 else 0
-    n_val = max(n_val, 1) if n >= 5 else 0
-    vi, ti = perm[:n_val], perm[n_val:]
+    vi, ti = _early_stopping_split(n, s.val_fraction, rng, groups)
+    n_val = len(vi)
     dev = torch.device(device)
     X = torch.as_tensor(np.asarray(x, np.float32), device=dev)
     Y = torch.as_tensor(np.asarray(y, np.float32), device=dev)
@@ -172,8 +198,9 @@ def fit_fp32_predictor(x_arch: np.ndarray, y: np.ndarray, settings: TrainSetting
 
 def fit_quant_predictor(x: np.ndarray, y: np.ndarray, arch_dims: int,
                         settings: TrainSettings, hidden: int = 400, n_layers: int = 3,
-                        device="cpu") -> TrainResult:
-    """A :class:`QuantAwarePredictor` trained from scratch (the baseline to transfer)."""
+                        device="cpu", groups: Optional[Sequence] = None) -> TrainResult:
+    """A :class:`QuantAwarePredictor` trained from scratch (the baseline to transfer);
+    ``groups``: architectures, for a grouped early-stopping split."""
     torch.manual_seed(settings.seed)
     model = QuantAwarePredictor(arch_dims, x.shape[1] - arch_dims, hidden, n_layers)
-    return train_predictor(model, x, y, settings, device=device)
+    return train_predictor(model, x, y, settings, device=device, groups=groups)

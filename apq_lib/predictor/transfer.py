@@ -55,11 +55,13 @@ class PredictorTransfer:
         return transfer_from_fp32(self.fp32, self.quant_dims, self.branch_init)
 
     def fit(self, x: np.ndarray, y: np.ndarray, settings: Optional[TrainSettings] = None,
-            device="cpu") -> TrainResult:
+            device="cpu", groups=None) -> TrainResult:
+        """``groups``: the pairs' architectures, for a grouped early-stopping split."""
         torch.manual_seed((settings or TrainSettings()).seed)
         model = self.build()
         if self.recenter and len(y):
             gap = float(np.mean(y) - np.mean(predict_numpy(model, x)))
             with torch.no_grad():
                 model.head.bias.add_(gap)
-        return train_predictor(model, x, y, settings, init_bias=False, device=device)
+        return train_predictor(model, x, y, settings, init_bias=False, device=device,
+                               groups=groups)

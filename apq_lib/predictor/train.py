@@ -131,7 +131,8 @@ def train_predictor(model: nn.Module, x: np.ndarray, y: np.ndarray,
     """Fit ``model`` on encodings ``x [N, D]`` and accuracy fractions ``y [N]``.
 
     A ``val_fraction`` of the pairs (at least 1 when N >= 5) is held back for early stopping
-    with ``patience`` epochs; the best-validation weights are restored at the end. With
+    with ``patience`` epochs; the best-validation weights (the starting ones included,
+    ``best_epoch = -1``) are restored at the end. With
     ``groups`` (the architecture of each pair) the held-back pairs are whole architectures
     (see :func:`_early_stopping_split`)."""
     s = settings or TrainSettings()
@@ -152,6 +153,9 @@ def train_predictor(model: nn.Module, x: np.ndarray, y: np.ndarray,
     opt = torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     g = torch.Generator().manual_seed(s.seed)
     best, best_epoch, best_state, history = float("inf"), -1, None, []
+    if n_val:       # the starting weights are a candidate too (epoch -1): a transferred
+        model.eval()    # predictor that training only makes worse stays as it started
+        best, best_state = _rmse_pct(model, Xv, Yv), copy.deepcopy(model.state_dict())
     bs = min(s.batch_size, len(ti))
     epoch = -1
     for epoch in range(s.epochs):

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
 from .fields import (
     ConfigError,
     _build,
@@ -31,6 +29,7 @@ from .fields import (
     check_fields,
     field_rules,
     leaf_fields,
+    load_yaml,
     param,
 )
 
@@ -55,7 +54,7 @@ class DataConfig:
     root: Optional[str] = param(None, cache=False)  # dir; else APQ_DATA_DIR, Debian, download
     download: bool = param(True, cache=False)  # allow torchvision download as the last resort
     val_size: int = param(5000, gt=0)       # held out from train with a fixed seed
-    split_seed: int = param(0, ge=0)
+    split_seed: int = param(0, ge=0, le=2**31 - 1)
     train_subset: Optional[int] = param(None, gt=0)  # cap on training images (after val split)
     val_subset: Optional[int] = param(None, gt=0)
     test_subset: Optional[int] = param(None, gt=0)
@@ -92,7 +91,7 @@ class SpaceConfig:
     forbid_k7_a4: bool = False              # APQ's LUT had no 7x7 depthwise with 4-bit acts
     image_size: int = param(32, gt=0)
     in_channels: int = param(1, gt=0)
-    num_classes: int = param(10, gt=0)
+    num_classes: int = param(10, ge=2)      # checked against the dataset's labels
 
     def check(self, p: str) -> None:
         check_fields(self, p)            # the rules each field declares
@@ -287,6 +286,9 @@ class SearchConfig:
     sweep_quantiles: list[float] = param(default_factory=list, ge=0, le=1)  # their quantiles
                                             # of random subnets' cost (empty: (i + 0.5) / points)
     random_baseline: bool = True            # also run random search at the same budget
+    # costs at which APQ is also searched at the fixed baselines' costs (MobileNetV2 at each
+    # bit width, the largest corner at W8A8; notebook 04)
+    baseline_costs: list[str] = param(default_factory=lambda: list(_COSTS), choices=_COSTS)
 
     def check(self, p: str) -> None:
         check_fields(self, p)            # the rules each field declares
@@ -345,11 +347,11 @@ class FBNetConfig:
 @dataclass
 class BaselinesConfig:
     """Notebook 05: fixed-precision, HAQ, HAWQ-V2, multi-stage and pruning baselines."""
-    # fixed-architecture "MobileNetV2" (largest subnet, trained from scratch): "supernet"
-    # takes the supernet's full-network phase (the largest subnet trained alone from scratch
-    # on the labels, same recipe and data; no extra cost), "train" trains it here with
+    # the fixed network of Tables 1 and 3: the space's MobileNetV2 point (3x3, expand 6,
+    # largest depth). "inherit": exported from the final supernet (the weights APQ's models
+    # start from; then the one finetune recipe); "train": trained here from scratch with
     # scratch_epochs / scratch_images / scratch_lr
-    scratch_source: str = param("train", choices=("supernet", "train"))
+    scratch_source: str = param("inherit", choices=("inherit", "train"))
     scratch_epochs: int = param(5, gt=0)
     scratch_images: Optional[int] = param(None, gt=0)  # training images per epoch (None: all)
     scratch_lr: float = param(0.05, gt=0)
@@ -386,7 +388,7 @@ class BaselinesConfig:
     hawq_images: int = param(256, gt=0)
     # pruning
     prune_ratios: list[float] = param(default_factory=lambda: [0.5, 0.7, 0.8, 0.9, 0.95],
-                                      gt=0, lt=1)
+                                      gt=0, lt=1, nonempty=True)
     prune_scopes: list[str] = param(default_factory=lambda: ["global", "layer"],
                                     choices=("global", "layer"))
     prune_steps: int = param(100, ge=0)     # finetune steps with the gradual schedule
@@ -473,7 +475,7 @@ class SparsityConfig:
 @dataclass
 class Profile:
     name: str = param("default", cache=False)
-    seed: int = param(0, ge=0)
+    seed: int = param(0, ge=0, le=2**31 - 1)    # every seeding API takes 31 bits
     device: str = param("auto", choices=("auto", "cpu", "cuda"))
     data: DataConfig = field(default_factory=DataConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
@@ -523,10 +525,10 @@ def profile_path(name: str) -> Path:
 def load_profile(name: str = "default", overrides: Optional[dict] = None) -> Profile:
     """Load ``env/params_<name>.yaml`` (or a yaml path), apply dotted overrides, validate."""
     path = profile_path(name)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"profile: {path} is not valid YAML: {e}") from e
+    raw = load_yaml(path.read_text(), f"profile {path}") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"profile {path}: expected a mapping of sections, got "
+                          f"{type(raw).__name__}")
     raw = apply_overrides(raw, overrides)
     raw.setdefault("name", Path(name).stem.replace("params_", ""))
     prof = _build(Profile, raw, "")

@@ -323,6 +323,35 @@ def _cap(ds, n: Optional[int], seed: int):
         torch.utils.data.Subset(ds, sel.tolist())
 
 
+N_CLASSES = {"fashion_mnist": 10, "cifar10": 10}
+
+
+def check_labelled(name: str, x: torch.Tensor, y: torch.Tensor, n_classes: int,
+                   where: list) -> None:
+    """One label per image and every label a class of the dataset; else an error naming
+    the files and what is wrong (a corrupted or mismatched file, not a bigger dataset)."""
+    if len(x) != len(y):
+        raise ValueError(f"{name}: {len(x)} images but {len(y)} labels in {where}: the image "
+                         f"and label files do not belong together (e.g. test labels beside "
+                         f"train images); restore the original files")
+    bad = (y < 0) | (y >= n_classes)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{name}: label {int(y[i])} of image {i} is outside 0..{n_classes - 1} "
+                         f"({int(bad.sum())} such labels) in {where}: the label file is "
+                         f"corrupted; restore it (e.g. reinstall dataset-fashion-mnist)")
+
+
+def _image_loader(path: str):
+    """torchvision's image loader with the file named when it cannot be decoded."""
+    from torchvision.datasets.folder import default_loader
+    try:
+        return default_loader(path)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot be read as an image ({type(e).__name__}: {e}); "
+                         f"remove or replace the file") from e
+
+
 def _load_imagefolder(cfg: DataConfig, root: Optional[str]):
     import torchvision
     from torchvision.transforms import v2 as T
@@ -340,9 +369,10 @@ def _load_imagefolder(cfg: DataConfig, root: Optional[str]):
                           *common])
     eval_tf = T.Compose([T.Resize(int(round(s * 8 / 7)), antialias=True), T.CenterCrop(s),
                          *common])
-    tr_aug = torchvision.datasets.ImageFolder(str(Path(base) / "train"), transform=train_tf)
-    tr_eval = torchvision.datasets.ImageFolder(str(Path(base) / "train"), transform=eval_tf)
-    te = torchvision.datasets.ImageFolder(str(test_dir), transform=eval_tf)
+    folder = torchvision.datasets.ImageFolder
+    tr_aug = folder(str(Path(base) / "train"), transform=train_tf, loader=_image_loader)
+    tr_eval = folder(str(Path(base) / "train"), transform=eval_tf, loader=_image_loader)
+    te = folder(str(test_dir), transform=eval_tf, loader=_image_loader)
     return tr_aug, tr_eval, te, len(tr_aug.classes), [base]
 
 
@@ -360,6 +390,9 @@ def load_data(cfg: Optional[DataConfig] = None, root: Optional[str] = None) -> D
                           ncls, 3, cfg.image_size, cfg, src)
     loader = {"fashion_mnist": _load_fashion_mnist, "cifar10": _load_cifar10}[cfg.dataset]
     xtr, ytr, xte, yte, src = loader(cfg, root)
+    k = N_CLASSES[cfg.dataset]
+    check_labelled(f"{cfg.dataset} train", xtr, ytr, k, src)
+    check_labelled(f"{cfg.dataset} test", xte, yte, k, src)
     mean, std = _STATS[cfg.dataset]
     full = TensorImageSet(xtr, ytr, mean, std, cfg.image_size)
     test = TensorImageSet(xte, yte, mean, std, cfg.image_size)
@@ -368,7 +401,7 @@ def load_data(cfg: Optional[DataConfig] = None, root: Optional[str] = None) -> D
     return DataBundle(cfg.dataset, _cap(train, cfg.train_subset, cfg.split_seed),
                       _cap(val, cfg.val_subset, cfg.split_seed),
                       _cap(test, cfg.test_subset, cfg.split_seed),
-                      int(ytr.max()) + 1, xtr.shape[1], cfg.image_size, cfg, src)
+                      k, xtr.shape[1], cfg.image_size, cfg, src)
 
 
 def cycle(loader) -> Iterator:

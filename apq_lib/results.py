@@ -54,7 +54,11 @@ CONTRACTS = {c.notebook: c for c in (
     SummaryContract("04_search", {
         "n_searches": int, "search_seconds_total": NUM, "predicted_test_spearman": NUM,
         "predicted_minus_test_mean": NUM, "evolution_minus_random_test_mean": NUM,
-        "evolution_minus_random_test_ci": list}),
+        "evolution_minus_random_test_ci": list, "predicted_minus_test_raw": NUM,
+        "offset_source": str, "baseline_budgets": dict, "containment": list,
+        "cost_test_spearman": dict}, {
+        "predicted_minus_test_mean_ci": list, "predicted_test_spearman_ci": list,
+        "evolution_minus_random_verdict": str, "containment_ok": bool}),
     SummaryContract("05_baselines", {"search_cost": dict}),
 )}
 

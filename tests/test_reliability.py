@@ -516,3 +516,93 @@ def test_stage_key_rejects_a_skip_it_does_not_read():
         StageKey("t_bad_skip", 1, reads=("seed",), skip=("space.stem_width",)).fields(
             load_profile("smoke"))
     STAGE_KEYS.pop("t_bad_skip", None)
+
+
+# --------------------------------------------------------------------------- bad input
+def test_duplicate_key_in_a_profile_is_refused_naming_the_line(tmp_path):
+    p = tmp_path / "params_dup.yaml"
+    p.write_text("seed: 0\nseed: 7\n")
+    with pytest.raises(ConfigError, match=r"line 2: key 'seed' appears twice.*line 1"):
+        load_profile(str(p))
+
+
+def test_alias_bomb_is_refused_before_expanding(tmp_path):
+    """Billion laughs: nine levels of aliases, refused at the first alias, in bounded time
+    and memory (nothing is expanded)."""
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    p = tmp_path / "params_bomb.yaml"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"line 2: alias \*a0"):
+        load_profile(str(p))
+
+
+@pytest.mark.parametrize("override, key", [({"seed": 2 ** 70}, "seed"),
+                                           ({"baselines.prune_ratios": []},
+                                            "baselines.prune_ratios"),
+                                           ({"space.num_classes": 1}, "space.num_classes")])
+def test_out_of_range_values_are_named_up_front(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_profile("smoke", override)
+
+
+def _fmnist_files(tmp_path, train_labels=None, n_train=300):
+    import gzip
+
+    import numpy as np
+
+    def write(path, arr):
+        arr = np.asarray(arr, dtype=np.uint8)
+        header = bytes([0, 0, 8, arr.ndim]) + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+        with gzip.open(path, "wb") as f:
+            f.write(header + arr.tobytes())
+
+    rng = np.random.default_rng(0)
+    d = tmp_path / "fm"
+    d.mkdir()
+    write(d / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (n_train, 28, 28)))
+    write(d / "train-labels-idx1-ubyte.gz",
+          np.arange(300) % 10 if train_labels is None else train_labels)
+    write(d / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (50, 28, 28)))
+    write(d / "t10k-labels-idx1-ubyte.gz", np.arange(50) % 10)
+    return d
+
+
+def test_corrupted_label_byte_is_an_error_not_a_bigger_dataset(tmp_path):
+    import numpy as np
+
+    from apq_lib.config import DataConfig
+    from apq_lib.data import load_data
+    labels = np.arange(300) % 10
+    labels[17] = 255
+    d = _fmnist_files(tmp_path, labels)
+    with pytest.raises(ValueError, match=r"label 255 of image 17 is outside 0\.\.9"):
+        load_data(DataConfig(root=str(d), val_size=50, download=False))
+
+
+def test_labels_of_another_split_beside_the_images_are_refused(tmp_path):
+    from apq_lib.config import DataConfig
+    from apq_lib.data import load_data
+    d = _fmnist_files(tmp_path, n_train=200)         # 300 labels for 200 images
+    with pytest.raises(ValueError, match="200 images but 300 labels"):
+        load_data(DataConfig(root=str(d), val_size=50, download=False))
+
+
+def test_unreadable_image_in_an_imagefolder_is_named(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from apq_lib.config import DataConfig
+    from apq_lib.data import load_data
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(
+                    tmp_path / split / c / f"{i}.png")
+    bad = tmp_path / "train" / "a" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:20])            # truncated
+    b = load_data(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=2,
+                             image_size=8))
+    with pytest.raises(ValueError, match=r"1\.png: cannot be read as an image"):
+        [b.train.dataset[i] for i in range(len(b.train.dataset))]

@@ -110,6 +110,7 @@ def controls_table(cv: pd.DataFrame, groups, reference: str = "transfer",
                      f"tau_{reference}_minus_method": np.nan if ref else t["delta"],
                      "ci_low": np.nan if ref else t["delta_ci_low"],
                      "ci_high": np.nan if ref else t["delta_ci_high"],
+                     "p_value": np.nan if ref else t["p_value"],
                      "verdict": "reference" if ref else t["verdict"]})
     return pd.DataFrame(rows)
 

@@ -197,6 +197,10 @@ def _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs, 
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True)
+    if data.num_classes != cfg.space.num_classes:
+        raise ConfigError(f"space.num_classes={cfg.space.num_classes} but the dataset "
+                          f"{data.name} has {data.num_classes} classes: set space.num_classes: "
+                          f"{data.num_classes}")
     if cfg.data.batch_size % world:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must divide by the "
                           f"{world} ranks")
@@ -309,22 +313,6 @@ def _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs, 
 def phase_file(index: int, name: str) -> str:
     """File name of the weights at the end of phase ``index`` in the supernet artifact."""
     return f"phase{index}_{name}.safetensors"
-
-
-def full_network_phase(cfg: Profile) -> tuple[int, Phase]:
-    """The first phase that trains only the largest subnet on the labels (no distillation,
-    no elastic choice): its end-of-phase weights are that network trained from scratch."""
-    space = SearchSpace(cfg.space)
-    for i, d in enumerate(cfg.supernet.phases):
-        ph = Phase.from_dict(d, f"supernet.phases[{i}]")      # a Phase, or a mapping
-        plan = PhaseSampler(space, ph)
-        if ph.epochs > 0 and not ph.distill and not ph.sandwich and \
-                plan.largest() == plan.smallest() == space.largest():
-            return i, ph
-    raise ConfigError("supernet.phases: no phase trains the full network alone (kernels, "
-                      "depths and expands at their largest, distill false), so there is no "
-                      "from-scratch largest network to take; set baselines.scratch_source: "
-                      "train")
 
 
 def supernet_artifact_config(cfg: Profile) -> dict:

@@ -234,7 +234,12 @@ class PredictorConfig:
     """Predictor data (APQ §3.2) and training (see ``apq_lib.predictor``)."""
     fp32_pairs: int = param(2000, gt=0)
     quant_pairs: int = param(400, gt=0)
-    policies_per_arch: int = param(10, gt=0)  # APQ's second sampler
+    policies_per_arch: int = param(6, gt=0)   # quantized pairs per architecture: uniform
+                                              # lowest / middle / highest bits, then mixed
+    large_fraction: float = param(0.25, ge=0, le=1)  # architectures drawn large (max depth,
+                                              # upper-half widths); corners always included
+    bit_spread: float = param(0.75, ge=0)     # per-layer SD (bit-choice indices) of a mixed
+                                              # policy around its architecture's bit level
     finetune_steps: int = param(20, ge=0)   # QAT steps per quantized pair (of finetune:)
     eval_images: int = param(2000, gt=0)    # validation images per pair
     quant_eval_images: Optional[int] = param(None, gt=0)  # per quantized pair (None: eval_images)
@@ -255,6 +260,7 @@ class PredictorConfig:
     cv_folds: int = param(5, ge=2)          # grouped (by architecture) k-fold CV, Table 4
     bootstrap_resamples: int = param(2000, ge=1000)  # over held-out architectures (CIs)
     realised_pairs: int = param(8, ge=2)    # held-out pairs realised as in notebook 04
+    cv_seeds: int = param(3, ge=1)          # training seeds per fold of the grouped CV
 
     def check(self, p: str) -> None:
         check_fields(self, p)            # the rules each field declares

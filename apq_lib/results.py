@@ -50,7 +50,10 @@ CONTRACTS = {c.notebook: c for c in (
         "quant_kendall_tau_transfer": NUM, "quant_kendall_tau_transfer_ci": list,
         "label_noise_se": NUM, "label_sd": NUM, "heldout_architectures": int,
         "label_to_realised_offset": NUM, "seconds_per_fp32_pair": NUM,
-        "seconds_per_quant_pair": NUM}),
+        "seconds_per_quant_pair": NUM, "label_variance_shares": dict,
+        "bit_to_noise_variance": NUM, "pairs_at_baseline_cost_fraction": NUM,
+        "tau_transfer_minus_fp32": NUM, "tau_transfer_minus_fp32_ci": list,
+        "offset_source": str}),
     SummaryContract("04_search", {
         "n_searches": int, "search_seconds_total": NUM, "predicted_test_spearman": NUM,
         "predicted_minus_test_mean": NUM, "evolution_minus_random_test_mean": NUM,

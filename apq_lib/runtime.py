@@ -52,6 +52,8 @@ STREAMS = {
     "fbnet": "FBNet's weight / architecture steps and Gumbel noise",
     "sparsity": "notebook 08's training runs",
     "random_subnets": "the random subnets notebook 01 evaluates",
+    "pair_arch": "architectures (and their bit level) of the predictor's FP32 / quantized pairs",
+    "pair_policy": "per-layer bits of the predictor's mixed-precision quantized pairs",
 }
 
 

@@ -279,13 +279,127 @@ def test_collection_resumes_without_duplicates(tmp_path, small_space):
 
 
 def test_collection_samplers(small_space):
-    s = [sample_config(small_space, "quant", 0, i, 3) for i in range(12)]
-    assert [x[1] for x in s] == ["random"] * 3 + ["arch_policies"] * 3 + ["random"] * 3 + \
-        ["arch_policies"] * 3
-    a, b = s[3][0], s[4][0]                # the second sampler shares one architecture
-    assert (a.depths, a.kernels, a.mids) == (b.depths, b.kernels, b.mids) and s[3][2] == s[4][2]
-    assert (a.pw_w, a.dw_a) != (b.pw_w, b.dw_a)
-    assert sample_config(small_space, "quant", 0, 4, 3)[0].to_dict() == b.to_dict()
+    """Blocks of policies_per_arch share one architecture: uniform lowest / middle /
+    highest bits first, then mixed policies; corners come first."""
+    s = [sample_config(small_space, "quant", 0, i, 5) for i in range(40)]
+    assert [x[1].split("+")[1] for x in s[:5]] == ["uniform"] * 3 + ["mixed"] * 2
+    assert [x[1].split("+")[0] for x in s[:15:5]] == ["corner"] * 3
+    for b in range(8):
+        blk = [x for x in s[5 * b:5 * b + 5]]
+        a = blk[0][0]
+        assert all((c.depths, c.kernels, c.mids) == (a.depths, a.kernels, a.mids)
+                   for c, _, _ in blk)
+        assert len({g for _, _, g in blk}) == 1
+        for c, bits in zip([x[0] for x in blk[:3]], (4, 6, 8)):   # smoke bits [4, 6, 8]
+            assert {*c.pw_w, *c.pw_a, *c.dw_w, *c.dw_a} == {bits}
+    assert s[0][0].to_dict() == small_space.smallest(4).to_dict()
+    assert (s[5][0].kernels, s[5][0].mids) == (small_space.mobilenetv2().kernels,
+                                               small_space.mobilenetv2().mids)
+    assert s[10][0].mids == small_space.largest().mids
+    assert sample_config(small_space, "quant", 0, 4, 5)[0].to_dict() == s[4][0].to_dict()
+    f = [sample_config(small_space, "fp32", 0, i, 5) for i in range(3)]
+    assert [x[1] for x in f] == ["corner"] * 3
+
+
+def test_policy_sampler_spans_bits_within_and_between_architectures(small_space):
+    from apq_lib.predictor.policies import mean_bits, pair_config
+    rows = [pair_config(small_space, "quant", 0, i, 6, 0.25, 0.75) for i in range(6 * 40)]
+    idx = small_space.to_index_array([r[0] for r in rows])
+    mb, g = mean_bits(small_space, idx), np.array([r[2] for r in rows])
+    kinds = [r[1].split("+")[1] for r in rows]
+    uni = np.array([k == "uniform" for k in kinds])
+    assert sorted(set(mb[uni])) == [4.0, 6.0, 8.0]                # every uniform level
+    mixed = ~uni
+    # within an architecture the mixed policies differ (per-layer spread) ...
+    within = [np.ptp(mb[mixed & (g == k)]) for k in np.unique(g)]
+    assert np.mean(np.array(within) > 0) > 0.8
+    # ... and their levels differ between architectures (per-architecture level)
+    level = np.array([mb[mixed & (g == k)].mean() for k in np.unique(g)])
+    assert level.std() > 0.5 and level.min() < 5.5 and level.max() > 6.5
+    # per-layer spread 0: a mixed policy is uniform at the architecture's rounded level
+    flat = [pair_config(small_space, "quant", 0, i, 6, 0.25, 0.0)[0] for i in range(3, 6)]
+    assert all(len({*c.pw_w, *c.dw_a}) == 1 for c in flat)
+    # large architectures: deepest everywhere, middle widths from the upper half
+    large = [r[0] for r in rows if r[1].startswith("large")]
+    assert large and all(c.depths == [max(d) for d in small_space.depth_choices] for c in large)
+    # deterministic from (seed, i); another seed gives other draws
+    again = [pair_config(small_space, "quant", 0, i, 6, 0.25, 0.75)[0].to_dict()
+             for i in range(30, 60)]
+    assert again == [r[0].to_dict() for r in rows[30:60]]
+    other = [pair_config(small_space, "quant", 1, i, 6, 0.25, 0.75)[0].to_dict()
+             for i in range(30, 60)]
+    assert other != again
+    for r in rows:
+        small_space.validate(r[0])
+
+
+def test_variance_shares_recovers_known_components():
+    """Synthetic labels: architecture SD 2, bit effect SD 1, image noise SD 0.5 (the
+    halves carry the noise: label = mean of halves, each half with variance 2 σ²)."""
+    from apq_lib.predictor import variance_shares
+    rng = np.random.default_rng(0)
+    G, P = 400, 6
+    g = np.repeat(np.arange(G), P)
+    arch = rng.normal(0, 2.0, G)[g]
+    bits = rng.normal(0, 1.0, G * P)
+    common = rng.normal(0, 1.0)                          # shared by every label (same images)
+    half_noise = rng.normal(0, 0.5 * np.sqrt(2), (G * P, 2))
+    halves = 80 + (arch + bits)[:, None] + half_noise + np.array([common, -common])
+    acc = halves.mean(1)
+    out = variance_shares(acc, g, halves)
+    v = out["variance"]
+    assert v["noise"] == pytest.approx(0.25, rel=0.1)
+    assert v["bits"] == pytest.approx(1.0, rel=0.1)
+    assert v["architecture"] == pytest.approx(4.0, rel=0.15)
+    sh = out["shares"]
+    assert sum(sh.values()) == pytest.approx(1.0)
+    assert sh["noise"] == pytest.approx(0.25 / 5.25, abs=0.02)
+    assert out["bit_to_noise_variance"] == pytest.approx(4.0, rel=0.2)
+    # a hand-computed case: two architectures x two labels, exact arithmetic
+    acc = np.array([1.0, 3.0, 5.0, 7.0])
+    halves = np.array([[1.5, 0.5], [3.5, 2.5], [4.5, 5.5], [7.5, 6.5]])
+    out = variance_shares(acc, [0, 0, 1, 1], halves)
+    # total var 6.6667; within MS (1+1+1+1)/2 = 2; noise var([1, 1, -1, 1]) / 4 = 0.25
+    assert out["variance"]["total"] == pytest.approx(20 / 3)
+    assert out["variance"]["within_architecture"] == pytest.approx(2.0)
+    assert out["variance"]["noise"] == pytest.approx(0.25)
+    assert out["variance"]["bits"] == pytest.approx(1.75)
+    assert out["variance"]["architecture"] == pytest.approx(20 / 3 - 2)
+    with pytest.raises(ValueError, match="two labels"):
+        variance_shares([1.0, 2.0, 3.0], [0, 1, 2], np.ones((3, 2)))
+
+
+def test_coverage_fraction():
+    from apq_lib.predictor.policies import coverage_fraction
+    lat = np.array([0.1, 0.79, 0.8, 0.9, 2.0])
+    assert coverage_fraction(lat, 1.0) == pytest.approx(3 / 5)
+    assert coverage_fraction(lat, 1.0, factor=1.0) == pytest.approx(1 / 5)
+    assert coverage_fraction(lat, 10.0) == 0.0
+    with pytest.raises(ValueError):
+        coverage_fraction(lat, 0.0)
+    with pytest.raises(ValueError):
+        coverage_fraction([], 1.0)
+
+
+def test_coverage_of_the_sampled_pairs(small_space):
+    """The largest corner's W8A8 pair is among the quantized pairs, and the latency
+    fraction is computed on the pairs' own policies."""
+    from apq_lib.predictor.collect import PairSet
+    from apq_lib.predictor.report import coverage, pair_latency
+    rows = [sample_config(small_space, "quant", 0, i, 4) for i in range(24)]
+    idx = small_space.to_index_array([r[0] for r in rows])
+    fidx = small_space.to_index_array([sample_config(small_space, "fp32", 0, i)[0]
+                                       for i in range(6)])
+    z = np.zeros(24)
+    q = PairSet(idx, z, z, z, np.array([r[2] for r in rows]), z.astype(np.int8))
+    f = PairSet(fidx, z[:6], z[:6], z[:6], np.arange(6), z[:6].astype(np.int8))
+    cov = coverage(small_space, f, q)
+    lat = pair_latency(small_space, [r[0] for r in rows])
+    ref = pair_latency(small_space, [small_space.mobilenetv2(8)])[0]
+    assert cov["reference_ms"] == pytest.approx(ref)
+    assert cov["pairs_at_baseline_cost_fraction"] == pytest.approx(np.mean(lat >= 0.8 * ref))
+    assert cov["quant_max_latency_ms"] == pytest.approx(cov["largest_ms"])
+    assert 0 < cov["pairs_at_baseline_cost_fraction"] < 1
 
 
 def test_incomplete_merge_is_an_error(tmp_path, small_space):
@@ -593,6 +707,50 @@ def test_crossval_controls_predicts_every_pair(small_space):
     assert set(tab["verdict"]) <= {"reference", "transfer better", "transfer worse",
                                    "inconclusive", "not comparable"}
     assert (tab["tau_ci_low"] <= tab["kendall_tau"] + 1e-12).all()
+
+
+def test_crossval_controls_seeds_per_fold(small_space):
+    """cv_seeds fits per fold: per-seed columns, the mean, seed-aware intervals and
+    Holm-corrected verdicts; a method that predicts the labels wins."""
+    from apq_lib.predictor import controls_table, crossval_controls, grouped_kfold
+    enc = APQEncoder(small_space)
+    rows = [sample_config(small_space, "quant", 0, i, 3) for i in range(36)]
+    cfgs, groups = [r[0] for r in rows], np.array([r[2] for r in rows])
+    idx = small_space.to_index_array(cfgs)
+    y = 100 * _synthetic_accuracy(idx)
+    fp = AccuracyPredictor(enc.arch_dims, 16, 2)
+    folds = grouped_kfold(groups, 3, 0)
+    cv = crossval_controls(fp, enc.encode_index(idx), y, idx, small_space, folds,
+                           TrainSettings(epochs=3, patience=2), 16, 2, progress=False, seeds=3)
+    for m in ("transfer", "scratch"):
+        cols = [f"pred_{m}_seed{k}" for k in range(3)]
+        assert set(cols) <= set(cv.columns)
+        np.testing.assert_allclose(cv[f"pred_{m}"], cv[cols].mean(axis=1))
+        assert not np.allclose(cv[cols[0]], cv[cols[1]])          # seeds differ
+    assert "pred_fp32_predictor_seed0" not in cv.columns
+    # an oracle column that equals the labels beats every control (Holm, who=transfer)
+    cv2 = cv.copy()
+    for k in range(3):
+        cv2[f"pred_transfer_seed{k}"] = y + 1e-3 * k
+    cv2["pred_transfer"] = y
+    tab = controls_table(cv2, groups, n_resamples=1000).set_index("method")
+    assert (tab.loc[["transfer", "scratch"], "training_seeds"] == 3).all()
+    assert tab.loc["fp32_predictor", "training_seeds"] == 1
+    assert tab.loc["transfer", "kendall_tau"] == pytest.approx(1.0)
+    assert tab.loc["scratch", "verdict"] == "transfer better"
+    assert tab.loc["scratch", "ci_low"] > 0 and tab.loc["scratch", "p_value"] < 0.05
+    assert set(tab["verdict"]) <= {"reference", "transfer better", "transfer worse",
+                                   "inconclusive", "not comparable"}
+    # the seed draw is part of the interval: the same seed three times gives a narrower one
+    cv3 = cv.copy()
+    for k in range(3):
+        cv3[f"pred_scratch_seed{k}"] = cv["pred_scratch_seed0"]
+    t1 = controls_table(cv, groups, n_resamples=1000).set_index("method")
+    t3 = controls_table(cv3, groups, n_resamples=1000).set_index("method")
+    assert t3.loc["scratch", "tau_seed_sd"] == 0 < t1.loc["scratch", "tau_seed_sd"]
+    with pytest.raises(ValueError, match="seeds"):
+        crossval_controls(fp, enc.encode_index(idx), y, idx, small_space, folds,
+                          TrainSettings(epochs=1), 16, 2, progress=False, seeds=0)
 
 
 def test_label_offset_t_interval():

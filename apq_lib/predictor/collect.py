@@ -2,7 +2,8 @@
 ⟨architecture + policy, quantized accuracy⟩ pairs from short quantization-aware finetunes.
 
 Collection is resumable, shardable and mergeable. Sample ``i``'s configuration comes from
-``make_rng(seed, stream, i)`` alone, so it does not depend on order, shard or restarts.
+``(seed, i)`` alone (registered RNG streams, :mod:`apq_lib.predictor.policies`), so it
+does not depend on order, shard or restarts.
 Each finished sample is one line appended (and fsynced) to a JSONL shard file
 ``<kind>_shard<r>of<n>.jsonl`` in the work directory; a restarted run reads every shard
 file there, skips finished indices and continues. One process writes a shard at a time:
@@ -32,16 +33,15 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..artifacts import atomic_write, write_json
-from ..runtime import make_rng
 from ..supernet.space import SearchSpace, SubnetConfig
 from ..workers import LockBusy, exclusive, exit_with_parent
+from .policies import pair_config
 
 __all__ = ["KINDS", "CollectionError", "CorruptSampleError", "sample_config", "SampleStore",
            "collect_samples", "PairSet", "merge_pairs", "load_pairs", "parse_shard",
            "parse_shard_arg", "main"]
 
 KINDS = ("fp32", "quant")
-_STREAM = {"fp32": 11, "quant_random": 12, "quant_arch": 13, "quant_policy": 14}
 _REQUIRED = ("i", "kind", "sampler", "group", "config", "acc", "seconds")
 
 
@@ -55,25 +55,16 @@ class CorruptSampleError(CollectionError):
 
 # --------------------------------------------------------------------------- sampling
 def sample_config(space: SearchSpace, kind: str, seed: int, i: int,
-                  policies_per_arch: int = 10) -> tuple[SubnetConfig, str, int]:
-    """Configuration of sample ``i``: ``(config, sampler, group)``.
-
-    ``fp32``: a random architecture (8-bit placeholder bits). ``quant``: APQ's two samplers
-    interleaved in blocks of ``2 * policies_per_arch`` indices: the first half of a block
-    draws a random architecture + random policy each; the second half shares one random
-    architecture with ``policies_per_arch`` random policies. ``group`` identifies the
-    architecture (equal for samples sharing one), for group-aware held-out splits."""
-    if kind == "fp32":
-        return space.sample_arch(make_rng(seed, _STREAM["fp32"], i)), "arch", i
-    if kind != "quant":
+                  policies_per_arch: int = 6, large_fraction: float = 0.25,
+                  bit_spread: float = 0.75) -> tuple[SubnetConfig, str, int]:
+    """Configuration of sample ``i``: ``(config, sampler, group)``; see
+    :func:`apq_lib.predictor.policies.pair_config` (corners, a share of large
+    architectures; per quantized architecture the uniform lowest / middle / highest-bit
+    policies, then mixed policies around a per-architecture bit level). ``group``
+    identifies the architecture (equal for samples sharing one), for grouped splits."""
+    if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: use one of {KINDS}")
-    ppa = int(policies_per_arch)
-    block, r = divmod(i, 2 * ppa)
-    if r < ppa:
-        return space.sample(make_rng(seed, _STREAM["quant_random"], i)), "random", i
-    arch = space.sample_arch(make_rng(seed, _STREAM["quant_arch"], block))
-    cfg = space.sample_policy(arch, make_rng(seed, _STREAM["quant_policy"], i))
-    return cfg, "arch_policies", -(block + 1)
+    return pair_config(space, kind, seed, i, policies_per_arch, large_fraction, bit_spread)
 
 
 # --------------------------------------------------------------------------- storage
@@ -81,13 +72,22 @@ class SampleStore:
     """The JSONL shard files of one collection in ``workdir`` (see module docstring)."""
 
     def __init__(self, workdir: Path | str, kind: str, n: int, seed: int, space: SearchSpace,
-                 policies_per_arch: int = 10, spec: Optional[dict] = None):
+                 policies_per_arch: int = 6, spec: Optional[dict] = None,
+                 large_fraction: float = 0.25, bit_spread: float = 0.75):
         self.dir = Path(workdir)
         self.kind, self.n, self.seed, self.space = kind, int(n), int(seed), space
         self.ppa = int(policies_per_arch)
+        self.large_fraction, self.bit_spread = float(large_fraction), float(bit_spread)
         self.spec = {"kind": kind, "n": self.n, "seed": self.seed, "space": asdict(space.cfg),
-                     **({"policies_per_arch": self.ppa} if kind == "quant" else {}),
+                     "large_fraction": self.large_fraction,
+                     **({"policies_per_arch": self.ppa, "bit_spread": self.bit_spread}
+                        if kind == "quant" else {}),
                      **(spec or {})}             # fp32 samples do not depend on the policies
+
+    def config(self, i: int) -> tuple[SubnetConfig, str, int]:
+        """``(config, sampler, group)`` of sample ``i`` (:func:`sample_config`)."""
+        return sample_config(self.space, self.kind, self.seed, i, self.ppa,
+                             self.large_fraction, self.bit_spread)
 
     def shard_path(self, rank: int, world: int) -> Path:
         return self.dir / f"{self.kind}_shard{rank:03d}of{world:03d}.jsonl"
@@ -206,7 +206,7 @@ def _validate_record(rec, path, lineno, store: SampleStore) -> dict:
         raise CorruptSampleError(f"{loc}: accuracy {acc!r} is not a percentage in [0, 100]")
     if not isinstance(rec["seconds"], (int, float)) or rec["seconds"] < 0:
         raise CorruptSampleError(f"{loc}: seconds {rec['seconds']!r} is not >= 0")
-    cfg, sampler, group = sample_config(store.space, store.kind, store.seed, i, store.ppa)
+    cfg, sampler, group = store.config(i)
     if rec["config"] != cfg.to_dict() or rec["sampler"] != sampler or rec["group"] != group:
         raise CorruptSampleError(f"{loc}: sample {i}'s configuration is not the one its index "
                                  f"gives (edited file or different seed/space)")
@@ -248,8 +248,7 @@ def _collect_locked(evaluate_fn, store: SampleStore, path: Path, rank: int, worl
                desc=desc or f"{store.kind} pairs [{rank}/{world}]", dynamic_ncols=True)
     with open(path, "a", encoding="utf-8") as f:
         for i in todo:
-            cfg, sampler, group = sample_config(store.space, store.kind, store.seed, i,
-                                                store.ppa)
+            cfg, sampler, group = store.config(i)
             t0, c0 = time.perf_counter(), time.process_time()
             res = evaluate_fn(cfg, i)
             dt, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -272,7 +271,8 @@ def _collect_locked(evaluate_fn, store: SampleStore, path: Path, rank: int, worl
 class PairSet:
     """Merged pairs, sorted by index: ``index [N, B, 6]`` (int16, as
     :meth:`SearchSpace.to_index_array`), ``acc`` (percent), ``seconds`` (wall),
-    ``cpu_seconds``, ``group``, ``sampler`` (0 = arch/random, 1 = arch_policies).
+    ``cpu_seconds``, ``group``, ``sampler`` (1 = a mixed-precision policy around the
+    architecture's bit level, 0 = a uniform policy or an FP32 pair).
 
     Label noise (see :mod:`apq_lib.predictor.evaluators`; ``None`` for collections made
     before it was recorded): ``n_images`` / ``n_correct`` ``[N]``, ``acc_half [N, 2]``
@@ -350,7 +350,7 @@ def merge_pairs(store: SampleStore) -> PairSet:
                    np.array([r["seconds"] for r in rows], dtype=np.float64),
                    np.array([r.get("cpu_seconds", np.nan) for r in rows], dtype=np.float64),
                    np.array([r["group"] for r in rows], dtype=np.int64),
-                   np.array([r["sampler"] == "arch_policies" for r in rows], dtype=np.int8),
+                   np.array([r["sampler"].endswith("+mixed") for r in rows], dtype=np.int8),
                    *_noise_arrays(rows))
 
 

@@ -9,7 +9,7 @@ from scipy import stats
 from ..stats import bootstrap_p, verdict
 
 __all__ = ["rmse", "kendall_tau", "pairwise_accuracy", "predictor_metrics", "label_noise",
-           "group_bootstrap_ci"]
+           "group_bootstrap_ci", "variance_shares"]
 
 
 def rmse(y_true, y_pred) -> float:
@@ -80,6 +80,54 @@ def label_noise(correct: np.ndarray, max_pairs: int = 2000, n_splits: int = 100,
         se_d = 100 * d.std(1) / np.sqrt(n)
         out["se_paired_median"] = float(np.median(se_d) / np.sqrt(2))
     return out
+
+
+# --------------------------------------------------------------------------- decomposition
+def variance_shares(acc, groups, acc_half) -> dict:
+    """Architecture / bits / noise decomposition of labels (percent) measured on shared
+    images, with ``groups`` = architecture and ``acc_half [N, 2]`` the accuracies of the two
+    halves (even / odd images) of each label's images.
+
+    Method (one-way random-effects ANOVA with a measured noise term):
+
+    * total variance ``s²(y)`` (ddof 1);
+    * within-architecture mean square ``Σ (y - ȳ_group)² / (N - G)`` = bits + noise;
+    * noise variance from the paired halves: ``s²(a - b) / 4`` across labels (ddof 1).
+      ``a - b`` of one label has variance 4 × that of the label; taking the variance
+      *across labels* removes what every label shares (the same images are hard for all),
+      so this is the noise that moves labels relative to each other — the image-sampling
+      noise only; the finetune's batch noise, if any, counts as bits;
+    * bits = max(within − noise, 0); architecture = max(total − within, 0).
+
+    Returns the three ``shares`` (normalised to sum to 1), the variances (points²),
+    ``bit_to_noise_variance`` (bits / noise) and the counts."""
+    y = np.asarray(acc, float)
+    g = np.asarray(groups)
+    h = np.asarray(acc_half, float)
+    if y.ndim != 1 or len(g) != len(y) or h.shape != (len(y), 2):
+        raise ValueError(f"variance_shares: acc {y.shape}, groups {g.shape} and acc_half "
+                         f"{h.shape} must be [N], [N] and [N, 2]")
+    uniq, inv = np.unique(g, return_inverse=True)
+    n, k = len(y), len(uniq)
+    if n - k < 1 or n < 3:
+        raise ValueError(f"variance_shares: {n} labels in {k} architectures; need at least "
+                         f"one architecture with two labels")
+    means = np.bincount(inv, y) / np.bincount(inv)
+    total = float(np.var(y, ddof=1))
+    within = float(np.sum((y - means[inv]) ** 2) / (n - k))
+    noise = float(np.var(h[:, 0] - h[:, 1], ddof=1) / 4)
+    bits = max(within - noise, 0.0)
+    arch = max(total - within, 0.0)
+    s = arch + bits + noise
+    return {"shares": {"architecture": arch / s, "bits": bits / s, "noise": noise / s},
+            "variance": {"total": total, "within_architecture": within,
+                         "architecture": arch, "bits": bits, "noise": noise},
+            "bit_to_noise_variance": bits / noise if noise > 0 else float("inf"),
+            "n_labels": n, "n_architectures": k,
+            "method": "one-way random-effects ANOVA over architectures; noise = variance "
+                      "across labels of the even-minus-odd image halves / 4; bits = "
+                      "within-architecture mean square - noise; architecture = total "
+                      "variance - within-architecture mean square; shares normalised"}
 
 
 # --------------------------------------------------------------------------- bootstrap

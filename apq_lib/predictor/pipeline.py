@@ -56,12 +56,14 @@ MODEL_STAGE = "predictor"
 # The data section minus the test split, which no pair is measured on.
 _PAIRS_READ = ("seed", "space", "data", "predictor.eval_images", "predictor.recal_images")
 PAIR_KEYS = {
-    "fp32": StageKey(PAIR_STAGES["fp32"], version=2, skip=("data.test_subset",),
-                     reads=_PAIRS_READ + ("predictor.fp32_pairs",)),
-    "quant": StageKey(PAIR_STAGES["quant"], version=2, skip=("data.test_subset",),
+    "fp32": StageKey(PAIR_STAGES["fp32"], version=3, skip=("data.test_subset",),
+                     reads=_PAIRS_READ + ("predictor.fp32_pairs",
+                                          "predictor.large_fraction")),
+    "quant": StageKey(PAIR_STAGES["quant"], version=3, skip=("data.test_subset",),
                       reads=_PAIRS_READ + tuple(f"predictor.{k}" for k in (
                           "quant_pairs", "quant_eval_images", "policies_per_arch",
-                          "finetune_steps")) + tuple(f"finetune.{k}" for k in (
+                          "large_fraction", "bit_spread", "finetune_steps"))
+                      + tuple(f"finetune.{k}" for k in (
                           "lr", "batch_size", "optimizer", "momentum", "weight_decay",
                           "label_smoothing")) + ("quant.weight_calibration",
                                                  "quant.kl_below_bits")),
@@ -89,8 +91,10 @@ def _eval_images(cfg: Profile, kind: str) -> int:
 
 def sample_store(cfg: Profile, kind: str, workdir: Path) -> SampleStore:
     c = collection_config(cfg, kind)
+    p = cfg.predictor
     return SampleStore(workdir, kind, c["n"], cfg.seed, SearchSpace(cfg.space),
-                       cfg.predictor.policies_per_arch, spec=c)
+                       p.policies_per_arch, spec=c, large_fraction=p.large_fraction,
+                       bit_spread=p.bit_spread)
 
 
 def make_evaluator(cfg: Profile, kind: str, supernet, data, device=None):

@@ -25,13 +25,14 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
 from ..artifacts import atomic_write, write_json
+from ..fields import key_dict
 from ..runtime import make_rng
 from ..supernet.space import SearchSpace, SubnetConfig
 from ..workers import LockBusy, exclusive, exit_with_parent
@@ -85,7 +86,7 @@ class SampleStore:
         self.dir = Path(workdir)
         self.kind, self.n, self.seed, self.space = kind, int(n), int(seed), space
         self.ppa = int(policies_per_arch)
-        self.spec = {"kind": kind, "n": self.n, "seed": self.seed, "space": asdict(space.cfg),
+        self.spec = {"kind": kind, "n": self.n, "seed": self.seed, "space": key_dict(space.cfg),
                      **({"policies_per_arch": self.ppa} if kind == "quant" else {}),
                      **(spec or {})}             # fp32 samples do not depend on the policies
 

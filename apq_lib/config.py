@@ -1,4 +1,5 @@
-"""Typed experiment profiles (smoke / default / paper) loaded from ``env/params_*.yaml``.
+"""Typed experiment profiles (smoke / default / paper_counts / imagenet) loaded from
+``env/params_*.yaml``.
 
 A profile is a nested YAML mapping. Each section maps onto a dataclass below; the loader
 checks every key (unknown keys, wrong types and impossible values raise ``ConfigError``
@@ -44,7 +45,7 @@ __all__ = [
 ]
 
 ENV_DIR = Path(__file__).resolve().parent.parent / "env"
-PROFILES = ("smoke", "default", "paper")
+PROFILES = ("smoke", "default", "paper_counts", "imagenet")
 VALID_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
 _COSTS = ("latency", "energy", "bitops")
 

@@ -476,7 +476,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"[supernet] trained in {info['train_seconds']:.0f}s: {info['artifact']}")
     else:
         work = store.path(STAGE, key).with_name(key + ".partial")
-        net = APQSupernet(SearchSpace(cfg.space)).to(device)
+        if cfg.supernet.init_from is not None:     # finetune of an imported supernet
+            from .ofa_import import import_ofa_proxyless
+            net = import_ofa_proxyless(init_checkpoint(cfg), SearchSpace(cfg.space))
+        else:
+            net = APQSupernet(SearchSpace(cfg.space))
+        net = net.to(device)
         info = train_supernet(net, data, cfg, work, device, not a.no_progress)
         if rank == 0:   # publish: build() finds the finished files and only hashes them
             art = store.build(STAGE, conf, lambda w: train_supernet(net, data, cfg, w, device,

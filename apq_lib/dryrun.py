@@ -49,7 +49,7 @@ OVERRIDES = {
                   "haq_kmeans": False, "hawq_samples": 2, "hawq_images": 8,
                   "prune_ratios": [0.5], "prune_scopes": ["global"], "prune_steps": 1,
                   "fbnet": {"max_targets": 1, "variants": ["haq"], "train_images": 16,
-                            "batch_size": 8, "warmup_epochs": 1, "epochs": 1,
+                            "batch_size": 2, "warmup_epochs": 1, "epochs": 1,
                             "retrain_steps": 1, "mid_points": 1, "haq_episodes": 2,
                             "haq_warmup": 1}},
     "deploy": {"max_models": 1, "parity_images": 8, "batch_size": 8, "ort_images": 8,

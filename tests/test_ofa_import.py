@@ -196,3 +196,31 @@ def test_init_from_profile_field(tmp_path, ofa_net):
     assert ca == cb != supernet_artifact_config(base)
     assert "init_from" not in supernet_artifact_config(base)["supernet"]
     assert "bn_eps" not in supernet_artifact_config(base)["space"]
+
+
+def test_init_from_finetune_keeps_channel_order(tmp_path, monkeypatch):
+    """``supernet.init_from`` with a finetune phase: the supernet stage imports, then trains
+    without re-sorting the imported channels (the artifact records the checkpoint)."""
+    from apq_lib.artifacts import ArtifactStore
+    from apq_lib.data import load_data
+    from apq_lib.dryrun import make_imagefolder, make_ofa_checkpoint
+    from apq_lib.supernet.network import APQSupernet
+    from apq_lib.supernet.train import get_trained_supernet
+
+    def no_sort(self):
+        raise AssertionError("sort_channels() ran on imported weights")
+    monkeypatch.setattr(APQSupernet, "sort_channels", no_sort)
+    data_root = make_imagefolder(tmp_path / "data", classes=2, train_per_class=5,
+                                 val_per_class=2, size=32)
+    ckpt = make_ofa_checkpoint(tmp_path / "ofa.pth", classes=2)
+    phase = {"name": "finetune", "epochs": 1, "lr": 1e-3, "kernels": [3, 5, 7],
+             "depths": [2, 3, 4], "expands": [3, 4, 6], "subnets_per_step": 2}
+    cfg = load_profile("imagenet", {
+        "device": "cpu", "data.root": str(data_root), "data.image_size": 32,
+        "data.val_size": 2, "data.batch_size": 4, "data.num_workers": 0,
+        "supernet.init_from": str(ckpt), "supernet.phases": [phase],
+        "supernet.bn_recal_images": 4, "supernet.eval_images": 2})
+    net, info = get_trained_supernet(cfg, load_data(cfg.data), ArtifactStore(tmp_path / "a"),
+                                     progress=False)
+    assert info["init_sha256"] and len(info["history"]) == 1
+    assert {m.eps for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-3}

@@ -106,10 +106,13 @@ class StageKey:
         return [f for f in out if f not in self.skip]
 
     def config(self, cfg: Any) -> dict:
-        """``{"stage", "version", section: {field: value}}`` of the fields it reads."""
+        """``{"stage", "version", section: {field: value}}`` of the fields it reads (a field
+        declared ``cache="changed"`` only when it differs from its default)."""
         d: dict = {"stage": self.stage, "version": self.version}
         for name in self.fields(cfg):
             v = _dotted_get(cfg, name)
+            if _unchanged(cfg, name, v):
+                continue
             v = [dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x for x in v] \
                 if isinstance(v, list) else v
             head, _, leaf = name.rpartition(".")
@@ -118,6 +121,20 @@ class StageKey:
 
     def key(self, cfg: Any, inputs: Iterable[str] = ()) -> str:
         return config_key(self.config(cfg), inputs)
+
+
+def _unchanged(cfg: Any, dotted: str, value: Any) -> bool:
+    """True for a field declared ``cache="changed"`` that holds its default value."""
+    head, _, leaf = dotted.rpartition(".")
+    owner = _dotted_get(cfg, head) if head else cfg
+    if not dataclasses.is_dataclass(owner):
+        return False
+    f = {x.name: x for x in dataclasses.fields(owner)}.get(leaf)
+    if f is None or f.metadata.get("rules", {}).get("cache") != "changed":
+        return False
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
+        else f.default
+    return value == default
 
 
 def _dotted_get(obj: Any, dotted: str) -> Any:

@@ -1,4 +1,5 @@
-"""Typed experiment profiles (smoke / default / paper) loaded from ``env/params_*.yaml``.
+"""Typed experiment profiles (smoke / default / paper_counts / imagenet) loaded from
+``env/params_*.yaml``.
 
 A profile is a nested YAML mapping. Each section maps onto a dataclass below; the loader
 checks every key (unknown keys, wrong types and impossible values raise ``ConfigError``
@@ -28,6 +29,7 @@ from .fields import (
     apply_overrides,
     check_fields,
     field_rules,
+    key_dict,
     leaf_fields,
     load_yaml,
     param,
@@ -38,11 +40,11 @@ __all__ = [
     "HardwareConfig", "PredictorConfig", "SearchConfig", "BaselinesConfig", "Profile",
     "load_profile", "profile_path", "PROFILES", "ENV_DIR", "apply_overrides", "param",
     "Phase", "PHASE_KEYS", "check_fields", "field_rules", "leaf_fields", "FinetuneConfig",
-    "DeployConfig", "SparsityConfig", "FBNetConfig",
+    "DeployConfig", "SparsityConfig", "FBNetConfig", "key_dict",
 ]
 
 ENV_DIR = Path(__file__).resolve().parent.parent / "env"
-PROFILES = ("smoke", "default", "paper")
+PROFILES = ("smoke", "default", "paper_counts", "imagenet")
 VALID_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
 _COSTS = ("latency", "energy", "bitops")
 
@@ -92,6 +94,11 @@ class SpaceConfig:
     image_size: int = param(32, gt=0)
     in_channels: int = param(1, gt=0)
     num_classes: int = param(10, ge=2)      # checked against the dataset's labels
+    # BatchNorm of every layer of the supernet and of its exported subnets (eps is not in a
+    # state dict: imported once-for-all weights need OFA's 1e-3). In an artifact key only
+    # when changed from the default (keys of earlier profiles stay as they were).
+    bn_eps: float = param(1e-5, gt=0, lt=1, cache="changed")
+    bn_momentum: float = param(0.1, gt=0, le=1, cache="changed")
 
     def check(self, p: str) -> None:
         check_fields(self, p)            # the rules each field declares
@@ -164,6 +171,10 @@ class SupernetConfig:
     random_eval_images: Optional[int] = param(None, gt=0)  # val and test images per random
                                             # subnet in notebook 01 (None: whole splits)
     log_every: int = param(50, gt=0, cache=False)
+    # an official once-for-all ProxylessNAS checkpoint (apq_lib.supernet.ofa_import): the
+    # supernet is imported from it instead of trained; phases with epochs > 0 then finetune
+    # it (set every epochs to 0 for the import alone). Keyed by the file's sha256.
+    init_from: Optional[str] = param(None, cache="changed")
 
     PHASE_KEYS = PHASE_KEYS
 

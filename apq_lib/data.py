@@ -300,7 +300,8 @@ class DataBundle:
                 torch.utils.data.Subset(ds, sel.tolist())
         if isinstance(ds, TensorImageSet):
             return BatchLoader(ds, bs, shuffle, augment, seed, drop_last, rank, world_size)
-        return _torch_loader(ds, bs, shuffle, seed, self.cfg.num_workers, drop_last)
+        return _torch_loader(ds, bs, shuffle, seed, self.cfg.num_workers, drop_last, rank,
+                             world_size)
 
     def fixed_batches(self, split: str, n_images: int, batch_size: Optional[int] = None,
                       seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -309,10 +310,20 @@ class DataBundle:
                                 seed=seed, limit=n_images))
 
 
-def _torch_loader(ds, bs, shuffle, seed, workers, drop_last):
-    g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=shuffle, generator=g,
-                                       num_workers=workers, drop_last=drop_last)
+class _EpochLoader(torch.utils.data.DataLoader):
+    """A ``DataLoader`` with ``set_epoch`` (the order depends only on seed and epoch) and
+    this rank's share of the images, like :class:`BatchLoader` (ImageFolder data)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+
+def _torch_loader(ds, bs, shuffle, seed, workers, drop_last, rank=0, world_size=1):
+    from torch.utils.data.distributed import DistributedSampler
+    sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=shuffle,
+                                 seed=seed, drop_last=drop_last)
+    return _EpochLoader(ds, batch_size=bs, sampler=sampler, num_workers=workers,
+                        drop_last=drop_last)
 
 
 def _cap(ds, n: Optional[int], seed: int):

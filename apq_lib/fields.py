@@ -16,7 +16,7 @@ from typing import Any, Optional
 import yaml
 
 __all__ = ["ConfigError", "param", "field_rules", "check_fields", "leaf_fields",
-           "apply_overrides", "load_yaml"]
+           "apply_overrides", "load_yaml", "key_dict"]
 
 
 class ConfigError(ValueError):
@@ -35,8 +35,10 @@ _RULES = {"gt", "ge", "lt", "le", "choices", "nonempty", "length", "finite", "ca
 def param(default: Any = MISSING, *, default_factory: Any = MISSING, **rules: Any) -> Any:
     """A dataclass field with declared checks: ``gt/ge/lt/le`` (bounds), ``choices``
     (allowed values), ``nonempty``/``length`` (lists), ``finite`` (default True for
-    floats), ``cache`` (False: never part of an artifact key). For a list the value rules
-    apply to every element; ``None`` (an Optional field left out) passes."""
+    floats), ``cache`` (False: never part of an artifact key; ``"changed"``: part of it
+    only when the value differs from the default, so a new field keeps the keys of existing
+    profiles). For a list the value rules apply to every element; ``None`` (an Optional
+    field left out) passes."""
     bad = sorted(set(rules) - _RULES)
     if bad:
         raise TypeError(f"param(): unknown rule(s) {bad}; use {sorted(_RULES)}")
@@ -81,6 +83,18 @@ def check_fields(obj: Any, path: str = "") -> None:
                     _check_value(x, f"{key}[{j}]", r)
         else:
             _check_value(v, key, r)
+
+
+def key_dict(obj: Any) -> dict:
+    """``dataclasses.asdict(obj)`` without the fields declared ``cache="changed"`` that hold
+    their default (what a cache key or a stored spec records of a section)."""
+    out = dataclasses.asdict(obj)
+    for f in dataclasses.fields(obj):
+        if field_rules(f).get("cache") == "changed":
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            if getattr(obj, f.name) == default:
+                out.pop(f.name)
+    return out
 
 
 def leaf_fields(cls: type, path: str = "") -> list[str]:

@@ -315,7 +315,7 @@ def test_ddp_two_cpu_processes_run_a_step(tmp_path):
 
 def test_profiles_schedule_is_valid():
     from apq_lib.config import load_profile
-    for name in ("smoke", "default", "paper"):
+    for name in ("smoke", "default", "paper_counts", "imagenet"):
         cfg = load_profile(name)
         sp = SearchSpace(cfg.space)
         for ph in cfg.supernet.phases:

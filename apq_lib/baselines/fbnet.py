@@ -174,6 +174,7 @@ class StochasticSupernet(MobileNetBody):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        self.set_bn_params(space.cfg.bn_eps, space.cfg.bn_momentum)
         nb = len(self.bits)
         self.theta_op = nn.ParameterList(nn.Parameter(torch.zeros(len(c))) for c in ops)
         self.theta_w = nn.ParameterList(nn.Parameter(torch.zeros(nb)) for _ in ops)

@@ -37,10 +37,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..artifacts import (
+    REPO_ROOT,
     ArtifactStore,
     MissingInputError,
     StageKey,
     config_key,
+    file_sha256,
     load_state,
     save_state,
     write_json,
@@ -54,7 +56,7 @@ from .space import SearchSpace
 from .static import load_tensor_state, tensor_state
 
 __all__ = ["train_supernet", "get_trained_supernet", "load_supernet", "require_supernet",
-           "supernet_artifact_config", "main"]
+           "supernet_artifact_config", "init_checkpoint", "main"]
 
 STAGE = "supernet"
 # What the trained supernet depends on (its artifact key). Version 3: keys derived from the
@@ -221,8 +223,9 @@ def _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs, 
         opt = _make_optimizer(net, ph.lr, sn)
         if first > 0:
             _load_checkpoint(ckpt, net, opt)
-        elif sampler.elastic_width:
+        elif sampler.elastic_width and not getattr(net, "keep_channel_order", False):
             net.sort_channels()            # OFA: importance-sort before elastic width
+                                           # (never on imported weights: their order is OFA's)
         total = ph.epochs * steps
         warm = sn.warmup_epochs * steps if p == 0 else 0
         for e in range(first, ph.epochs):
@@ -302,7 +305,7 @@ def _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs, 
             "phases": [dataclasses.asdict(p) for p in phases], "world_size": world,
             "device": str(device), "threads": torch.get_num_threads()}
     if rank == 0:
-        save_state(tensor_state(net), final)
+        save_state(tensor_state(net), final, _bn_meta(space))
         write_json(info_p, info, sort_keys=False)
         ckpt.unlink(missing_ok=True)
     _barrier()
@@ -315,15 +318,55 @@ def phase_file(index: int, name: str) -> str:
     return f"phase{index}_{name}.safetensors"
 
 
+def init_checkpoint(cfg: Profile) -> Optional[Path]:
+    """``supernet.init_from`` as a path (relative paths from the repository root)."""
+    p = cfg.supernet.init_from
+    if p is None:
+        return None
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+_SHA: dict = {}
+
+
+def _checkpoint_sha256(path: Path) -> str:
+    if not path.is_file():
+        raise MissingInputError(f"supernet.init_from: {path} does not exist: put the "
+                                f"once-for-all checkpoint there (README: 'ImageNet from the "
+                                f"official OFA weights') or fix the profile")
+    st = path.stat()
+    tag = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if tag not in _SHA:
+        _SHA[tag] = file_sha256(path)
+    return _SHA[tag]
+
+
 def supernet_artifact_config(cfg: Profile) -> dict:
     """What the trained supernet depends on (the artifact key is its hash): the fields
-    :data:`SUPERNET_KEY` declares."""
-    return SUPERNET_KEY.config(cfg)
+    :data:`SUPERNET_KEY` declares; an imported supernet's ``init_from`` by the sha256 of
+    the checkpoint (not its path)."""
+    conf = SUPERNET_KEY.config(cfg)
+    ckpt = init_checkpoint(cfg)
+    if ckpt is not None:
+        conf["supernet"]["init_from"] = {"sha256": _checkpoint_sha256(ckpt)}
+    return conf
+
+
+def _bn_meta(space: SearchSpace) -> dict:
+    return {"bn_eps": space.cfg.bn_eps, "bn_momentum": space.cfg.bn_momentum}
 
 
 def load_supernet(path: Path | str, space: SearchSpace, device=None) -> APQSupernet:
+    """The supernet saved at ``path`` over ``space``; a file that records another BN eps
+    than the space's (eps is not in a state dict) is an error."""
     net = APQSupernet(space)
-    load_tensor_state(net, load_state(path)[0])
+    state, meta = load_state(path)
+    eps = meta.get("bn_eps")
+    if eps is not None and abs(float(eps) - space.cfg.bn_eps) > 1e-12:
+        raise ConfigError(f"space.bn_eps: {path} was saved with BN eps {eps:g}, the profile "
+                          f"has {space.cfg.bn_eps:g}; set space.bn_eps: {eps:g}")
+    load_tensor_state(net, state)
     return net.to(device or "cpu").eval()
 
 
@@ -360,7 +403,11 @@ def get_trained_supernet(cfg: Profile, data, store: Optional[ArtifactStore] = No
 
     def build(work: Path) -> None:
         seed_everything(cfg.seed)
-        train_supernet(APQSupernet(space).to(device), data, cfg, work, device, progress)
+        if cfg.supernet.init_from is not None:
+            from .ofa_import import import_supernet
+            import_supernet(cfg, work, data, device, progress)
+        else:
+            train_supernet(APQSupernet(space).to(device), data, cfg, work, device, progress)
 
     art = store.build(STAGE, supernet_artifact_config(cfg), build, force=force)
     net = load_supernet(art.file("supernet.safetensors"), space, device)
@@ -417,7 +464,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"[supernet] trained in {info['train_seconds']:.0f}s: {info['artifact']}")
     else:
         work = store.path(STAGE, key).with_name(key + ".partial")
-        net = APQSupernet(SearchSpace(cfg.space)).to(device)
+        if cfg.supernet.init_from is not None:     # finetune of an imported supernet
+            from .ofa_import import import_ofa_proxyless
+            net = import_ofa_proxyless(init_checkpoint(cfg), SearchSpace(cfg.space))
+        else:
+            net = APQSupernet(SearchSpace(cfg.space))
+        net = net.to(device)
         info = train_supernet(net, data, cfg, work, device, not a.no_progress)
         if rank == 0:   # publish: build() finds the finished files and only hashes them
             art = store.build(STAGE, conf, lambda w: train_supernet(net, data, cfg, w, device,

@@ -396,11 +396,6 @@ def predictor_transfer(r: Results) -> pd.DataFrame:
     if c is None or c.empty:
         return pd.DataFrame()
     out = c.copy()
-    delta = next((k for k in out if k.startswith("tau_") and k.endswith("_minus_method")), None)
-    if "p_value" in out and delta is not None:
-        ref = out["verdict"].eq("reference")
-        who = delta[len("tau_"):-len("_minus_method")]
-        out.loc[~ref, "verdict"] = stats.holm_verdicts(out[~ref], estimate=delta, who=who)
     out["paper quantized pairs (full)"] = r.paper["claims"]["predictor_transfer"]["quant_pairs"]
     return out
 

@@ -11,6 +11,10 @@ setup:
 reproduce: setup
 	$(PY) -m apq_lib.runner reproduce --profile $(PROFILE)
 
+# README's results block from results/ (summaries, tables, manifest); a test checks it.
+readme:
+	$(PY) -m apq_lib.readme
+
 # Unit tests (with the JupyterLab browser test, tests/test_lab_browser.py, skipped without
 # chromium), then every notebook under nbval on copies prepared with the smoke profile.
 # Smoke runs write to build/ so they never touch the committed results/.

@@ -3,7 +3,7 @@ PROFILE ?= default
 PY      := .venv/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: setup reproduce test unit nbcheck dryrun lab bench clean
+.PHONY: setup reproduce readme test unit nbcheck dryrun lab bench clean
 
 setup:
 	@bash env/setup.sh

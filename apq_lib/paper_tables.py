@@ -213,7 +213,8 @@ def _fixed_rows(r: Results) -> pd.DataFrame:
 def _equal_cost(r: Results, kind: str, bases: list, apq: pd.DataFrame) -> list[dict]:
     """For every baseline (a row with ``row_id``, ``baseline``, ``network``, ``test_acc`` and
     costs): APQ searched at that baseline's cost (the notebook-04 model whose budget is the
-    baseline's cost rounded up, or whose budget equals the baseline's target), the top-1
+    baseline's cost rounded up, or whose budget equals the baseline's target, else the one
+    of the largest budget not above the baseline's realised cost), the top-1
     difference APQ − baseline with a seeds × images bootstrap interval, and the cost ratio at
     equal accuracy (image bootstrap, matching redone per resample)."""
     col = COST_COLUMNS[kind]
@@ -224,6 +225,8 @@ def _equal_cost(r: Results, kind: str, bases: list, apq: pd.DataFrame) -> list[d
         a = kin[kin["budget_from"] == name] if name and "budget_from" in kin else kin.iloc[:0]
         if a.empty and np.isfinite(b.get("target", np.nan)):
             a = kin[np.isclose(kin["limit"], b["target"])]
+        if a.empty and len(kin):      # no search at this cost: APQ's at no more cost
+            a = kin[kin["limit"] <= b[col] * (1 + 1e-9)].nlargest(1, "limit")
         base = {"matched": kind, "baseline": b["baseline"], "network": b["network"],
                 "baseline top-1": b["test_acc"], f"baseline {col}": b[col]}
         ratio = stats.matched_cost_ratio(r.hits([b["row_id"]])[0], float(b[col]),

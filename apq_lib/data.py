@@ -24,7 +24,7 @@ from .config import DataConfig
 __all__ = [
     "DatasetNotFoundError", "TensorImageSet", "DataBundle", "BatchLoader", "load_data",
     "split_indices", "find_fashion_mnist", "DEBIAN_FMNIST_DIR", "read_idx", "cycle",
-    "CorruptDatasetError",
+    "CorruptDatasetError", "materialize",
 ]
 
 DEBIAN_FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -413,6 +413,30 @@ def load_data(cfg: Optional[DataConfig] = None, root: Optional[str] = None) -> D
                       _cap(val, cfg.val_subset, cfg.split_seed),
                       _cap(test, cfg.test_subset, cfg.split_seed),
                       k, xtr.shape[1], cfg.image_size, cfg, src)
+
+
+def materialize(ds, limit: Optional[int] = None) -> TensorImageSet:
+    """An ImageFolder split (a ``Subset`` of one, eval transforms) as a uint8
+    :class:`TensorImageSet` of its first ``limit`` images (resized, centre-cropped, not
+    normalised): integer-only inference and ONNX parity take raw pixels. A
+    ``TensorImageSet`` is returned as is (capped)."""
+    if isinstance(ds, TensorImageSet):
+        return ds if limit is None or limit >= len(ds) else ds.subset(torch.arange(limit))
+    base, idx = ds, None
+    if isinstance(ds, torch.utils.data.Subset):
+        base, idx = ds.dataset, list(ds.indices)
+    idx = list(range(len(base))) if idx is None else idx
+    idx = idx[:limit] if limit else idx
+    from torchvision.transforms import v2 as T
+    norm = [t for t in base.transform.transforms if isinstance(t, T.Normalize)]
+    if not norm:
+        raise TypeError(f"materialize: {type(base).__name__} has no Normalize transform")
+    raw = T.Compose([t for t in base.transform.transforms
+                     if not isinstance(t, (T.Normalize, T.ToDtype))])
+    imgs = torch.stack([raw(base.loader(base.samples[i][0])) for i in idx])
+    labels = torch.tensor([base.samples[i][1] for i in idx], dtype=torch.long)
+    return TensorImageSet(torch.as_tensor(imgs, dtype=torch.uint8), labels,
+                          tuple(norm[0].mean), tuple(norm[0].std), 0)
 
 
 def cycle(loader) -> Iterator:

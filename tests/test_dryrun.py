@@ -32,3 +32,20 @@ def test_dryrun_chain(tmp_path, monkeypatch):
     s01 = json.loads((res / "01_summary.json").read_text())
     assert s01["largest_macs"] > 9e8          # the w1.3 space at 224 px (1.0 GMAC)
     assert (tmp_path / "executed" / "01_supernet.ipynb").exists()
+
+
+def test_materialize_imagefolder_matches_its_loader(tmp_path):
+    """The uint8 copy of an ImageFolder split (notebook 07) normalises to the same tensors."""
+    import torch
+
+    from apq_lib.data import load_data, materialize
+    root = make_imagefolder(tmp_path / "data", classes=2, train_per_class=2, val_per_class=2,
+                            size=40)
+    cfg = load_profile("imagenet", {"data.root": str(root), "data.image_size": 32,
+                                    "data.val_size": 1, "data.num_workers": 0})
+    data = load_data(cfg.data)
+    ts = materialize(data.test)
+    x, y = next(iter(data.loader("test", batch_size=len(data.test), shuffle=False)))
+    assert ts.images.dtype == torch.uint8 and ts.images.shape == (4, 3, 32, 32)
+    assert torch.equal(ts.labels, y)
+    assert (ts.prepare(ts.images) - x).abs().max() < 1e-5

@@ -36,13 +36,16 @@ from .fields import (
 __all__ = [
     "ConfigError", "DataConfig", "SpaceConfig", "SupernetConfig", "QuantConfig",
     "HardwareConfig", "PredictorConfig", "SearchConfig", "BaselinesConfig", "Profile",
-    "load_profile", "profile_path", "PROFILES", "ENV_DIR", "apply_overrides", "param",
+    "load_profile", "profile_path", "PROFILES", "NOTEBOOKS", "ENV_DIR", "apply_overrides", "param",
     "Phase", "PHASE_KEYS", "check_fields", "field_rules", "leaf_fields", "FinetuneConfig",
     "DeployConfig", "SparsityConfig", "FBNetConfig",
 ]
 
 ENV_DIR = Path(__file__).resolve().parent.parent / "env"
 PROFILES = ("smoke", "default", "paper")
+# the chain, in order (``make reproduce``); every results file starts with its number
+NOTEBOOKS = ("01_supernet", "02_hardware", "03_predictor", "04_search", "05_baselines",
+             "06_paper_tables", "07_deploy", "08_sparsity")
 VALID_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
 _COSTS = ("latency", "energy", "bitops")
 

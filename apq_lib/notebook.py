@@ -67,15 +67,31 @@ class NotebookContext:
         """Atomic, strict JSON (NaN / inf become an explicit ``null``)."""
         return artifacts.write_json(self.out("data", name), obj)
 
-    def read_json(self, name: str, notebook: str) -> Any:
-        """Read ``results/data/<name>`` written by ``notebook``; missing or torn → names the
-        file and the notebook to rerun."""
+    def _input(self, name: str, notebook: str) -> tuple[Path, bytes]:
+        """``results/data/<name>`` written by ``notebook``: its path and bytes, checked
+        against the hash ``notebook`` recorded in the manifest (none: not checked)."""
         p = self.results / "data" / name
         if not p.exists():
             raise artifacts.MissingInputError(
                 f"results/data/{name} is missing: run notebook {notebook} first "
                 f"(make reproduce runs them in order)")
-        return artifacts.read_json_file(p, rerun=f"notebook {notebook}")
+        return p, artifacts.verified_bytes(p, self.results)
+
+    def read_json(self, name: str, notebook: str) -> Any:
+        """Read ``results/data/<name>`` written by ``notebook``; missing, torn or edited
+        after ``notebook`` recorded it → names the file and the notebook to rerun."""
+        p, data = self._input(name, notebook)
+        return artifacts.read_json_file(p, rerun=f"notebook {notebook}", data=data)
+
+    def read_csv(self, name: str, notebook: str, **kw):
+        """``pd.read_csv`` of a verified ``results/data/<name>`` (see :meth:`read_json`)."""
+        import pandas as pd
+        return pd.read_csv(io.BytesIO(self._input(name, notebook)[1]), **kw)
+
+    def load_npz(self, name: str, notebook: str):
+        """``np.load`` (no pickles) of a verified ``results/data/<name>.npz``."""
+        import numpy as np
+        return np.load(io.BytesIO(self._input(name, notebook)[1]), allow_pickle=False)
 
     def write_table(self, df, name: str, floatfmt: str = ".3g") -> Path:
         """Write ``df`` as ``results/tables/<name>.{csv,md,tex}`` (each atomically);

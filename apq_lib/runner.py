@@ -15,15 +15,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .config import ConfigError, load_profile
+from .config import NOTEBOOKS, ConfigError, load_profile
 
 __all__ = ["NOTEBOOKS", "notebook_parameters", "run_chain", "prepare_chain", "main",
            "check_parameters"]
 
 REPO = Path(__file__).resolve().parent.parent
 NB_DIR = REPO / "notebooks"
-NOTEBOOKS = ("01_supernet", "02_hardware", "03_predictor", "04_search", "05_baselines",
-             "06_paper_tables", "07_deploy", "08_sparsity")
 
 
 def check_parameters(notebook: str, params: dict, path: Optional[Path] = None) -> dict:

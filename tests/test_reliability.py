@@ -606,3 +606,68 @@ def test_unreadable_image_in_an_imagefolder_is_named(tmp_path):
                              image_size=8))
     with pytest.raises(ValueError, match=r"1\.png: cannot be read as an image"):
         [b.train.dataset[i] for i in range(len(b.train.dataset))]
+
+
+# --------------------------------------------------------------------------- 7. tampering
+def test_hand_edited_results_are_detected_and_not_laundered(tmp_results):
+    import numpy as np
+
+    from apq_lib.artifacts import ResultMismatchError
+    from apq_lib.notebook import start
+    from apq_lib.paper_tables import _csv
+    from apq_lib.results import read_summary, write_summary
+    ctx = start("01_supernet", "smoke", {}, False)
+    p = write_summary(ctx, {"largest_top1": 71.5, "smallest_top1": 60.0,
+                            "random_macs_spearman": 0.8, "train_seconds": 12.0})
+    ctx.finish()
+    assert read_summary(tmp_results, "01_supernet")["largest_top1"] == 71.5
+    recorded = json.loads((tmp_results / "manifest.json").read_text())["files"]
+    p.write_text(p.read_text().replace("71.5", "77.7777"))          # edited by hand
+    msg = (r"01_summary\.json differs from what notebook 01_supernet recorded in .*"
+           r"manifest\.json.*rerun notebook 01_supernet")
+    with pytest.raises(ResultMismatchError, match=msg):
+        read_summary(tmp_results, "01_supernet")
+    ctx2 = start("02_hardware", "smoke", {}, False)
+    with pytest.raises(ResultMismatchError, match=msg):
+        ctx2.read_json("01_summary.json", "01_supernet")
+    (tmp_results / "bench").mkdir()
+    (tmp_results / "bench" / "step.csv").write_text("a\n1\n")     # no notebook prefix
+    ctx2.write_json("02_summary.json", {"lut": {}})
+    ctx2.finish()                       # a later notebook does not re-record 01's file
+    after = json.loads((tmp_results / "manifest.json").read_text())["files"]
+    assert after["data/01_summary.json"] == recorded["data/01_summary.json"]
+    assert "data/02_summary.json" in after and "bench/step.csv" in after
+    with pytest.raises(ResultMismatchError, match=msg):
+        read_summary(tmp_results, "01_supernet")
+    # the CSV / npz readers of notebooks 05 and 06
+    ctx4 = start("04_search", "smoke", {}, False)
+    csv = ctx4.out("data", "04_search.csv")
+    atomic_write(csv, "method,top1\nAPQ,70.1\n")
+    np.savez(ctx4.out("data", "04_correct.npz"), m0=np.ones(4, bool))
+    ctx4.finish()
+    ctx5 = start("05_baselines", "smoke", {}, False)
+    assert ctx5.read_csv("04_search.csv", "04_search")["top1"].tolist() == [70.1]
+    assert ctx5.load_npz("04_correct.npz", "04_search")["m0"].all()
+    csv.write_text("method,top1\nAPQ,77.7777\n")
+    npz = tmp_results / "data" / "04_correct.npz"
+    np.savez(npz, m0=np.zeros(4, bool))
+    for read in (lambda: ctx5.read_csv("04_search.csv", "04_search"), lambda: _csv(csv)):
+        with pytest.raises(ResultMismatchError, match=r"04_search\.csv differs from what "
+                           r"notebook 04_search recorded.*rerun notebook 04_search"):
+            read()
+    with pytest.raises(ResultMismatchError, match=r"04_correct\.npz differs.*04_search"):
+        ctx5.load_npz("04_correct.npz", "04_search")
+    # a file its notebook never recorded (it did not finish) is refused too
+    ctx5.write_json("05_summary.json", {"search_cost": {}})
+    with pytest.raises(ResultMismatchError, match=r"05_summary\.json is not recorded.*"
+                       r"notebook 05_baselines did not finish"):
+        read_summary(tmp_results, "05_baselines")
+
+
+def test_no_manifest_means_no_check(tmp_results):
+    from apq_lib.notebook import start
+    from apq_lib.results import read_summary, write_summary
+    ctx = start("05_baselines", "smoke", {}, False)
+    write_summary(ctx, {"search_cost": {"APQ": 1.0}})
+    assert not (tmp_results / "manifest.json").exists()
+    assert read_summary(tmp_results, "05_baselines")["search_cost"] == {"APQ": 1.0}

@@ -532,8 +532,29 @@ def load_profile(name: str = "default", overrides: Optional[dict] = None) -> Pro
     if not isinstance(raw, dict):
         raise ConfigError(f"profile {path}: expected a mapping of sections, got "
                           f"{type(raw).__name__}")
-    raw = apply_overrides(raw, overrides)
     raw.setdefault("name", Path(name).stem.replace("params_", ""))
-    prof = _build(Profile, raw, "")
+    prof = _build(Profile, apply_overrides(raw, overrides), "")
     prof.check()
+    _check_notebooks(prof.notebooks, raw, path)
     return prof
+
+
+def _check_notebooks(notebooks: dict, raw: dict, path: Path) -> None:
+    """The ``notebooks:`` section up front: every name is a notebook of the chain, and
+    each notebook's ``overrides`` build a valid profile (so a bad one fails before 01
+    runs, not when its notebook starts). Other parameters are checked against the
+    notebooks' parameters cells by :func:`apq_lib.runner.check_parameters`."""
+    for nb, params in notebooks.items():
+        where = f"profile {path}: notebooks.{nb}"
+        if nb not in NOTEBOOKS:
+            raise ConfigError(f"{where}: no such notebook; the chain's notebooks are "
+                              f"{', '.join(NOTEBOOKS)}")
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of the notebook's parameters, "
+                              f"e.g. {{force: false}}, got {type(params).__name__}")
+        if params.get("overrides") is None:
+            continue
+        try:
+            _build(Profile, apply_overrides(raw, params["overrides"]), "").check()
+        except ConfigError as e:
+            raise ConfigError(f"{where}.overrides: {e}") from None

@@ -671,3 +671,57 @@ def test_no_manifest_means_no_check(tmp_results):
     write_summary(ctx, {"search_cost": {"APQ": 1.0}})
     assert not (tmp_results / "manifest.json").exists()
     assert read_summary(tmp_results, "05_baselines")["search_cost"] == {"APQ": 1.0}
+
+
+# --------------------------------------------------------------------------- 8. notebooks:
+def _profile_with(tmp_path, notebooks: str) -> Path:
+    text = (ROOT / "env" / "params_smoke.yaml").read_text()
+    assert "\nnotebooks: {}\n" in text
+    p = tmp_path / "params_nb.yaml"
+    p.write_text(text.replace("\nnotebooks: {}\n", f"\nnotebooks: {notebooks}\n"))
+    return p
+
+
+def test_misspelt_notebook_in_profile_is_refused_listing_the_names(tmp_path):
+    p = _profile_with(tmp_path, "{04_serach: {force: true}}")
+    with pytest.raises(ConfigError, match=r"notebooks\.04_serach: no such notebook; the "
+                       r"chain's notebooks are 01_supernet, .*04_search, .*08_sparsity"):
+        load_profile(str(p))
+
+
+def test_invalid_notebook_override_fails_at_load_naming_notebook_and_key(tmp_path,
+                                                                        tmp_results,
+                                                                        monkeypatch):
+    from apq_lib.runner import run_chain
+    monkeypatch.setenv("APQ_PROGRESS", "text")      # run_chain sets it for its kernels
+    p = _profile_with(tmp_path, "{04_search: {overrides: {search.population: -3}}}")
+    msg = r"notebooks\.04_search\.overrides: search\.population: .*-3"
+    with pytest.raises(ConfigError, match=msg):
+        load_profile(str(p))
+    with pytest.raises(SystemExit, match=msg):       # before notebook 01 starts
+        run_chain(str(p), tmp_path / "executed")
+    ok = _profile_with(tmp_path, "{04_search: {overrides: {search.population: 30}}}")
+    assert load_profile(str(ok)).notebooks["04_search"]["overrides"] == {
+        "search.population": 30}
+
+
+# --------------------------------------------------------------------------- 9. smaller ones
+def test_read_only_results_dir_fails_at_start_naming_it(tmp_results, monkeypatch):
+    from apq_lib.notebook import ResultsNotWritableError, start
+    (tmp_results / "data").mkdir(parents=True)
+    os.chmod(tmp_results / "data", 0o555)
+    if os.geteuid() == 0:               # root writes anyway: refuse as a read-only mount would
+        real_open = os.open
+
+        def read_only(path, flags, *a, **kw):
+            if str(path).startswith(str(tmp_results / "data")) and flags & (os.O_WRONLY | os.O_RDWR):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, flags, *a, **kw)
+        monkeypatch.setattr(os, "open", read_only)
+    try:
+        with pytest.raises(ResultsNotWritableError, match=rf"results dir {tmp_results} is not "
+                           rf"writable \(Permission denied: {tmp_results / 'data'}/.*"
+                           rf"APQ_RESULTS_DIR"):
+            start("02_hardware", "smoke", {}, False)
+    finally:
+        os.chmod(tmp_results / "data", 0o755)

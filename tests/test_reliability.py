@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -714,7 +715,8 @@ def test_read_only_results_dir_fails_at_start_naming_it(tmp_results, monkeypatch
         real_open = os.open
 
         def read_only(path, flags, *a, **kw):
-            if str(path).startswith(str(tmp_results / "data")) and flags & (os.O_WRONLY | os.O_RDWR):
+            writes = flags & (os.O_WRONLY | os.O_RDWR)
+            if writes and str(path).startswith(str(tmp_results / "data")):
                 raise PermissionError(13, "Permission denied", str(path))
             return real_open(path, flags, *a, **kw)
         monkeypatch.setattr(os, "open", read_only)
@@ -725,3 +727,78 @@ def test_read_only_results_dir_fails_at_start_naming_it(tmp_results, monkeypatch
             start("02_hardware", "smoke", {}, False)
     finally:
         os.chmod(tmp_results / "data", 0o755)
+
+
+def test_supernet_trainer_lock_is_an_flock(tmp_path, monkeypatch):
+    import fcntl
+    lock = tmp_path / "train.lock"
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)          # held, as by a live trainer that has not yet
+    os.write(fd, b"999999999")              # written its pid (here: a pid no process has)
+    monkeypatch.setattr(sn, "_train_phases", lambda *a: {"trained": True})
+    try:
+        with pytest.raises(RuntimeError, match=rf"{tmp_path} is being trained by process "
+                           rf"999999999"):
+            sn.train_supernet(None, None, None, tmp_path, device="cpu")
+    finally:
+        os.close(fd)                        # the holder exits: the lock goes with it
+    lock.write_text(str(os.getppid()))      # a live pid left in the file holds nothing
+    assert sn.train_supernet(None, None, None, tmp_path, device="cpu") == {"trained": True}
+    assert not lock.exists()                # not left in the published artifact
+
+
+def _fake_chain(monkeypatch, interrupt_at=None, kernel_side=False):
+    """papermill's execute_notebook replaced: records the notebooks, Ctrl-C in one."""
+    import papermill
+    ran = []
+
+    def execute(src, dst, **kw):
+        nb = Path(src).stem
+        if nb == interrupt_at:
+            if kernel_side:
+                raise papermill.PapermillExecutionError(3, 1, "train()", "KeyboardInterrupt",
+                                                        "", [])
+            raise KeyboardInterrupt
+        ran.append(nb)
+        Path(dst).write_text("{}")
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    monkeypatch.setenv("APQ_PROGRESS", "text")      # run_chain sets it for its kernels
+    return ran
+
+
+def test_second_chain_on_the_same_results_is_refused_naming_the_first(tmp_results,
+                                                                      monkeypatch):
+    import fcntl
+
+    from apq_lib.runner import run_chain
+    ran = _fake_chain(monkeypatch)
+    tmp_results.mkdir(parents=True)
+    fd = os.open(tmp_results / ".chain.lock", os.O_CREAT | os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)                  # a first chain, still running
+    os.write(fd, b"4242")
+    try:
+        with pytest.raises(SystemExit, match=rf"another chain \(process 4242\) is running on "
+                           rf"{tmp_results}: wait for it.*executed/ copies"):
+            run_chain("smoke", tmp_results / "executed", ["01"])
+        assert ran == []
+    finally:
+        os.close(fd)
+    run_chain("smoke", tmp_results / "executed", ["01"])    # the first one is gone
+    assert ran == ["01_supernet"]
+
+
+@pytest.mark.parametrize("kernel_side", [False, True])
+def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_results, monkeypatch, capsys,
+                                                     kernel_side):
+    from apq_lib.runner import main
+    ran = _fake_chain(monkeypatch, "03_predictor", kernel_side)
+    with pytest.raises(SystemExit) as e:
+        main(["reproduce", "--profile", "smoke", "--only", "01", "02", "03", "04"])
+    assert e.value.code == 130 and ran == ["01_supernet", "02_hardware"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert re.fullmatch(
+        r"\[reproduce\] interrupted in 03_predictor; kept: 01_supernet, 02_hardware finished "
+        r"\(results and manifest written\), every completed stage cached in .* \(reused, not "
+        r"recomputed\); resume with the same command: python -m apq_lib.runner reproduce "
+        r"--profile smoke --only 01 02 03 04", err[0]), err[0]

@@ -248,6 +248,8 @@ def test_nonfinite_loss_stops_supernet_training_naming_step_and_key(tmp_path):
     net = sn.APQSupernet(SearchSpace(cfg.space))
 
     class NaNData:
+        name, num_classes = "zeros", cfg.space.num_classes
+
         def loader(self, split, **kw):
             from apq_lib.data import BatchLoader, TensorImageSet
             imgs = torch.zeros(256, 1, 28, 28, dtype=torch.uint8)
@@ -793,7 +795,10 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_results, monkeypatch, c
     from apq_lib.runner import main
     ran = _fake_chain(monkeypatch, "03_predictor", kernel_side)
     with pytest.raises(SystemExit) as e:
-        main(["reproduce", "--profile", "smoke", "--only", "01", "02", "03", "04"])
+        try:
+            main(["reproduce", "--profile", "smoke", "--only", "01", "02", "03", "04"])
+        except KeyboardInterrupt:
+            pytest.fail("Ctrl-C escaped as a raw KeyboardInterrupt (a traceback)")
     assert e.value.code == 130 and ran == ["01_supernet", "02_hardware"]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0]

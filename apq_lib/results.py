@@ -98,13 +98,14 @@ class Summary:
 def _check(contract: SummaryContract, data: dict, action: str) -> None:
     for k, tp in contract.required.items():
         v = data.get(k)
-        if v is None or isinstance(v, bool) or not isinstance(v, tp):
+        if v is None or (isinstance(v, bool) and tp is not bool) or not isinstance(v, tp):
             got = "missing" if v is None else type(v).__name__
             raise SummaryError(f"{contract.file}: field {k!r} is {got} (expected "
                                f"{getattr(tp, '__name__', tp)}); {action}")
     for k, tp in contract.optional.items():
         v = data.get(k)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, tp)):
+        if v is not None and ((isinstance(v, bool) and tp is not bool)
+                              or not isinstance(v, tp)):
             raise SummaryError(f"{contract.file}: field {k!r} is {type(v).__name__} "
                                f"(expected {getattr(tp, '__name__', tp)}); {action}")
 

@@ -38,13 +38,16 @@ from .fields import (
 __all__ = [
     "ConfigError", "DataConfig", "SpaceConfig", "SupernetConfig", "QuantConfig",
     "HardwareConfig", "PredictorConfig", "SearchConfig", "BaselinesConfig", "Profile",
-    "load_profile", "profile_path", "PROFILES", "ENV_DIR", "apply_overrides", "param",
+    "load_profile", "profile_path", "PROFILES", "NOTEBOOKS", "ENV_DIR", "apply_overrides", "param",
     "Phase", "PHASE_KEYS", "check_fields", "field_rules", "leaf_fields", "FinetuneConfig",
     "DeployConfig", "SparsityConfig", "FBNetConfig", "key_dict",
 ]
 
 ENV_DIR = Path(__file__).resolve().parent.parent / "env"
 PROFILES = ("smoke", "default", "paper_counts", "imagenet")
+# the chain, in order (``make reproduce``); every results file starts with its number
+NOTEBOOKS = ("01_supernet", "02_hardware", "03_predictor", "04_search", "05_baselines",
+             "06_paper_tables", "07_deploy", "08_sparsity")
 VALID_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
 _COSTS = ("latency", "energy", "bitops")
 
@@ -546,8 +549,29 @@ def load_profile(name: str = "default", overrides: Optional[dict] = None) -> Pro
     if not isinstance(raw, dict):
         raise ConfigError(f"profile {path}: expected a mapping of sections, got "
                           f"{type(raw).__name__}")
-    raw = apply_overrides(raw, overrides)
     raw.setdefault("name", Path(name).stem.replace("params_", ""))
-    prof = _build(Profile, raw, "")
+    prof = _build(Profile, apply_overrides(raw, overrides), "")
     prof.check()
+    _check_notebooks(prof.notebooks, raw, path)
     return prof
+
+
+def _check_notebooks(notebooks: dict, raw: dict, path: Path) -> None:
+    """The ``notebooks:`` section up front: every name is a notebook of the chain, and
+    each notebook's ``overrides`` build a valid profile (so a bad one fails before 01
+    runs, not when its notebook starts). Other parameters are checked against the
+    notebooks' parameters cells by :func:`apq_lib.runner.check_parameters`."""
+    for nb, params in notebooks.items():
+        where = f"profile {path}: notebooks.{nb}"
+        if nb not in NOTEBOOKS:
+            raise ConfigError(f"{where}: no such notebook; the chain's notebooks are "
+                              f"{', '.join(NOTEBOOKS)}")
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of the notebook's parameters, "
+                              f"e.g. {{force: false}}, got {type(params).__name__}")
+        if params.get("overrides") is None:
+            continue
+        try:
+            _build(Profile, apply_overrides(raw, params["overrides"]), "").check()
+        except ConfigError as e:
+            raise ConfigError(f"{where}.overrides: {e}") from None

@@ -6,6 +6,7 @@ such numbers; :func:`check_provenance` verifies that for the built tables.
 """
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import pandas as pd
 import yaml
 
 from . import stats
-from .artifacts import MissingInputError
+from .artifacts import MissingInputError, verified_bytes
 from .baselines.cost import cost_curve
 from .baselines.suite import LARGEST, MBV2
 from .config import ENV_DIR
@@ -104,10 +105,15 @@ class Results:
         return arr[np.isfinite(arr)]
 
 
+def _csv(path: Path) -> pd.DataFrame:
+    """A results CSV as its notebook recorded it in the manifest (see ``verified_bytes``)."""
+    return pd.read_csv(io.BytesIO(verified_bytes(path)))
+
+
 def _load_correct(data: Path) -> dict:
     out = {}
     for name in ("04_correct.npz", "05_correct.npz"):
-        with np.load(data / name, allow_pickle=False) as z:
+        with np.load(io.BytesIO(verified_bytes(data / name)), allow_pickle=False) as z:
             out.update({k: z[k].astype(bool) for k in z.files})
     sizes = {v.size for v in out.values()}
     if len(sizes) > 1:
@@ -119,7 +125,9 @@ def _load_correct(data: Path) -> dict:
 
 def load_results(results_dir: Path, paper_file: Optional[Path] = None,
                  seed: int = 0) -> Results:
-    """Read the inputs; a missing one names the notebook that writes it."""
+    """Read the inputs; a missing one names the notebook that writes it, and one that
+    differs from the hash its notebook recorded in ``manifest.json`` (edited by hand) is an
+    error naming the notebook to rerun (:func:`apq_lib.artifacts.verified_bytes`)."""
     data = Path(results_dir) / "data"
     for name, nb in _SOURCES.items():
         if not (data / name).exists():
@@ -131,12 +139,12 @@ def load_results(results_dir: Path, paper_file: Optional[Path] = None,
                                                           "03_predictor", "04_search",
                                                           "05_baselines")]
     return Results(*sums,
-                   pd.read_csv(data / "03_sample_efficiency.csv"),
-                   pd.read_csv(data / "04_search.csv"), pd.read_csv(data / "05_baselines.csv"),
-                   pd.read_csv(data / "05_pruning_sweep.csv"),
+                   _csv(data / "03_sample_efficiency.csv"),
+                   _csv(data / "04_search.csv"), _csv(data / "05_baselines.csv"),
+                   _csv(data / "05_pruning_sweep.csv"),
                    json.loads(man.read_text()) if man.exists() else {}, paper,
                    _load_correct(data), seed,
-                   pd.read_csv(data / "03_predictor_baselines.csv"))
+                   _csv(data / "03_predictor_baselines.csv"))
 
 
 def _constraint_kind(s: str) -> str:

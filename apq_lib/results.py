@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .artifacts import MissingInputError
+from .artifacts import MissingInputError, verified_bytes
 
 __all__ = ["SummaryContract", "CONTRACTS", "Summary", "to_strict_json", "write_summary",
            "read_summary", "SummaryError"]
@@ -130,14 +130,16 @@ def write_summary(ctx, data: dict) -> Path:
 
 def read_summary(results_dir: Path | str, notebook: str) -> Summary:
     """Read and validate a notebook's summary; missing, torn or stale → an error naming the
-    notebook to rerun."""
+    notebook to rerun; different from the hash its notebook recorded in the manifest →
+    :class:`~apq_lib.artifacts.ResultMismatchError` (no manifest: not checked)."""
     contract = CONTRACTS[notebook]
     p = Path(results_dir) / "data" / contract.file
     rerun = f"run notebook {notebook} first (make reproduce runs them in order)"
     if not p.exists():
         raise MissingInputError(f"results/data/{contract.file} is missing: {rerun}")
+    raw = verified_bytes(p, results_dir)     # as its notebook recorded it (if a manifest)
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(raw)
     except ValueError as e:
         raise MissingInputError(f"{p} is not valid JSON ({e}): rerun notebook {notebook}") from e
     if not isinstance(data, dict):

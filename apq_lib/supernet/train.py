@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -154,30 +155,31 @@ def train_supernet(net: APQSupernet, data, cfg: Profile, workdir: Path | str,
     if final.exists() and info_p.exists():
         load_tensor_state(net, load_state(final)[0])
         return json.loads(info_p.read_text())
-    lock = workdir / "train.lock"
-    if rank == 0:
-        _acquire(lock)
+    lock_fd = _acquire(workdir / "train.lock") if rank == 0 else None
     try:
         return _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs,
                              on_step, rank, world)
     finally:
-        if rank == 0:
-            lock.unlink(missing_ok=True)
+        if lock_fd is not None:             # not left in the published artifact
+            (workdir / "train.lock").unlink(missing_ok=True)
+            os.close(lock_fd)               # releases the flock
 
 
-def _acquire(lock: Path) -> None:
-    """One trainer per work directory: refuse while another live process holds it."""
-    if lock.exists():
-        try:
-            pid = int(lock.read_text().strip() or 0)
-            os.kill(pid, 0)
-            alive = pid != os.getpid()
-        except (ValueError, ProcessLookupError, PermissionError):
-            alive = False
-        if alive:
-            raise RuntimeError(f"{lock.parent} is being trained by process {pid}; wait for "
-                               f"it (or end it) before training here")
-    lock.write_text(str(os.getpid()))
+def _acquire(lock: Path) -> int:
+    """One trainer per work directory: an exclusive ``flock`` on ``lock`` (released by the
+    kernel when the holder exits or dies), refused while another process holds it. The
+    file holds the holder's pid, for the message only. Returns the fd to close."""
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RuntimeError(f"{lock.parent} is being trained by process {pid}; wait for "
+                           f"it (or end it) before training here") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
 
 
 def _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs, on_step,

@@ -201,10 +201,10 @@ def _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs, 
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True)
-    if data.num_classes != cfg.space.num_classes:
+    if data.num_classes > cfg.space.num_classes:
         raise ConfigError(f"space.num_classes={cfg.space.num_classes} but the dataset "
-                          f"{data.name} has {data.num_classes} classes: set space.num_classes: "
-                          f"{data.num_classes}")
+                          f"{data.name} has {data.num_classes} classes: the head cannot "
+                          f"predict them all; set space.num_classes: {data.num_classes}")
     if cfg.data.batch_size % world:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must divide by the "
                           f"{world} ranks")

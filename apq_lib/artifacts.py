@@ -343,7 +343,8 @@ def record_chain(info: dict, results_dir: Path = RESULTS_DIR) -> dict:
 
 def _read_manifest(results_dir: Path) -> dict:
     """The manifest; a corrupted one is moved aside (``manifest.json.corrupt``) with a
-    warning and a new one started (its ``files`` hashes are recomputed on every write)."""
+    warning and a new one started, recording no file (each notebook records its own files
+    when it runs again)."""
     mpath = results_dir / "manifest.json"
     if not mpath.exists():
         return {}
@@ -357,7 +358,7 @@ def _read_manifest(results_dir: Path) -> dict:
         os.replace(mpath, bad)
         warnings.warn(f"{mpath} is corrupted ({e}); moved to {bad.name} and started anew: "
                       f"rerun the notebooks whose entries you need", stacklevel=3)
-        return {}
+        return {"files": {}}        # no file vouched for: readers refuse until rerun
 
 
 def _write_manifest(manifest: dict, results_dir: Path) -> dict:
@@ -410,8 +411,10 @@ def _record_files(notebook: str, old: Any, start: _dt.datetime, results_dir: Pat
     rehashed when written since ``start`` (or not recorded yet), every other recorded hash
     kept as it was (so a file edited by hand keeps the hash its writer recorded and is
     caught by :func:`verified_bytes`), a file with no notebook prefix recorded when new;
-    another notebook's file that it never recorded stays unrecorded. ``executed/``, temp,
-    lock and ``.corrupt`` files are not recorded."""
+    another notebook's file that it never recorded stays unrecorded. A manifest that never
+    recorded files (no ``files`` key: a new results dir) adopts every file present.
+    ``executed/``, temp, lock and ``.corrupt`` files are not recorded."""
+    adopt = old is None
     old = old if isinstance(old, dict) else {}
     mine, since = notebook[:2], start.timestamp() - 2.0
     files = {}
@@ -425,7 +428,7 @@ def _record_files(notebook: str, old: Any, start: _dt.datetime, results_dir: Pat
             files[key] = file_sha256(p)
         elif key in old:
             files[key] = old[key]
-        elif owner is None:
+        elif owner is None or adopt:
             files[key] = file_sha256(p)
     return files
 
@@ -435,9 +438,9 @@ def verified_bytes(path: Path | str, results_dir: Optional[Path | str] = None) -
     ``<results_dir>/manifest.json`` (``results_dir`` defaults to the path's grandparent:
     ``results/data/04_search.csv`` -> ``results``). A file that differs, or that the
     manifest does not list, raises :class:`ResultMismatchError` naming the file and the
-    notebook to rerun. Without a manifest (unit tests writing into a tmp dir, a results dir
-    no notebook finished in) nothing is checked. Reading the bytes once and hashing those
-    leaves no window between the check and the use."""
+    notebook to rerun. Without a manifest, or one with no ``files`` record (unit tests
+    writing into a tmp dir, a results dir no notebook finished in), nothing is checked.
+    Reading the bytes once and hashing those leaves no window between check and use."""
     path = Path(path)
     root = Path(results_dir) if results_dir is not None else path.parent.parent
     data = path.read_bytes()
@@ -449,10 +452,15 @@ def verified_bytes(path: Path | str, results_dir: Optional[Path | str] = None) -
     except ValueError:
         return data                             # not a results file
     try:
-        recorded = json.loads(mpath.read_text()).get("files")
+        manifest = json.loads(mpath.read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError(f"a JSON {type(manifest).__name__}, not an object")
+        if "files" not in manifest:
+            return data                         # it records no file (no notebook finished)
+        recorded = manifest["files"]
         if not isinstance(recorded, dict):
-            raise ValueError("no 'files' mapping")
-    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+            raise ValueError("'files' is not a mapping")
+    except (ValueError, UnicodeDecodeError) as e:
         raise CorruptResultError(f"{mpath} is corrupted ({e}), so {path} cannot be "
                                  f"verified: rerun the notebooks (make reproduce)") from e
     num = result_owner(rel)

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+import pandas as pd
+
 from . import artifacts
 from .config import ConfigError, Profile, load_profile
 from .runtime import get_device, seed_everything
@@ -105,12 +108,10 @@ class NotebookContext:
 
     def read_csv(self, name: str, notebook: str, **kw):
         """``pd.read_csv`` of a verified ``results/data/<name>`` (see :meth:`read_json`)."""
-        import pandas as pd
         return pd.read_csv(io.BytesIO(self._input(name, notebook)[1]), **kw)
 
     def load_npz(self, name: str, notebook: str):
         """``np.load`` (no pickles) of a verified ``results/data/<name>.npz``."""
-        import numpy as np
         return np.load(io.BytesIO(self._input(name, notebook)[1]), allow_pickle=False)
 
     def write_table(self, df, name: str, floatfmt: str = ".3g") -> Path:

@@ -103,8 +103,9 @@ def _interrupted(nb: str, done: list[str], profile: str, only: Optional[list[str
     """The one line Ctrl-C prints (what was kept, how to resume); exit code 130."""
     cmd = f"python -m apq_lib.runner reproduce --profile {profile}" + (
         f" --only {' '.join(only)}" if only else "")
-    print(f"[reproduce] interrupted in {nb}; kept: {', '.join(done) or 'no notebook'} "
-          f"finished (results and manifest written), every completed stage cached in "
+    kept = (f"{', '.join(done)} finished (results and manifest written)" if done else
+            "no notebook had finished")
+    print(f"[reproduce] interrupted in {nb}; kept: {kept}, every completed stage cached in "
           f"{store_root} (reused, not recomputed); resume with the same command: {cmd}",
           file=sys.stderr, flush=True)
     return SystemExit(130)

@@ -807,3 +807,19 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_results, monkeypatch, c
         r"\(results and manifest written\), every completed stage cached in .* \(reused, not "
         r"recomputed\); resume with the same command: python -m apq_lib.runner reproduce "
         r"--profile smoke --only 01 02 03 04", err[0]), err[0]
+
+
+def test_after_a_torn_manifest_no_file_is_vouched_for(tmp_results):
+    from apq_lib.artifacts import ResultMismatchError
+    from apq_lib.notebook import start
+    from apq_lib.results import read_summary, write_summary
+    ctx = start("05_baselines", "smoke", {}, False)
+    write_summary(ctx, {"search_cost": {"APQ": 1.0}})
+    ctx.finish()
+    (tmp_results / "manifest.json").write_text('{"files": {"data/05_su')
+    ctx6 = start("06_paper_tables", "smoke", {}, False)
+    with pytest.warns(UserWarning, match="manifest.json is corrupted"):
+        ctx6.finish()
+    with pytest.raises(ResultMismatchError, match=r"05_summary\.json is not recorded.*rerun "
+                       r"notebook 05_baselines"):
+        read_summary(tmp_results, "05_baselines")

@@ -3,13 +3,17 @@ PROFILE ?= default
 PY      := .venv/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: setup reproduce test unit nbcheck lab bench clean
+.PHONY: setup reproduce readme test unit nbcheck dryrun lab bench clean
 
 setup:
 	@bash env/setup.sh
 
 reproduce: setup
 	$(PY) -m apq_lib.runner reproduce --profile $(PROFILE)
+
+# README's results block from results/ (summaries, tables, manifest); a test checks it.
+readme:
+	$(PY) -m apq_lib.readme
 
 # Unit tests (with the JupyterLab browser test, tests/test_lab_browser.py, skipped without
 # chromium), then every notebook under nbval on copies prepared with the smoke profile.
@@ -26,6 +30,12 @@ nbcheck:
 	APQ_RESULTS_DIR=$(CURDIR)/build/smoke_results APQ_ARTIFACTS=$(CURDIR)/build/smoke_artifacts \
 	  APQ_PROGRESS=text $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 	  --nbval-sanitize-with env/nbval_sanitize.cfg build/nbval
+
+# The imagenet profile's chain on CPU in minutes: synthetic 224-px ImageFolder, a random OFA
+# w1.3 supernet imported with apq-import-ofa, every notebook shrunk to seconds (build/dryrun).
+dryrun: setup
+	rm -rf build/dryrun
+	$(PY) -m apq_lib.dryrun --out build/dryrun
 
 # JupyterLab on notebooks/ with the `apq` kernel (as root too: containers run as root).
 # Runs write to the scratch dir build/lab/results, never results/; to write the committed

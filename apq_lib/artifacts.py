@@ -33,12 +33,14 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 
 from .atomic import CorruptResultError, atomic_write, dumps_strict, read_json_file, write_json
+from .config import NOTEBOOKS
 
 __all__ = [
     "ArtifactStore", "Artifact", "ArtifactError", "config_key", "file_sha256",
     "save_state", "load_state", "update_manifest", "REPO_ROOT", "RESULTS_DIR",
     "MissingInputError", "require_results", "StageKey", "STAGE_KEYS", "atomic_write",
     "write_json", "dumps_strict", "env_path", "read_json_file", "CorruptResultError",
+    "ResultMismatchError", "verified_bytes", "result_owner",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +61,11 @@ class ArtifactError(RuntimeError):
 
 class MissingInputError(FileNotFoundError):
     """A notebook's input from an earlier notebook is missing."""
+
+
+class ResultMismatchError(CorruptResultError):
+    """A results file differs from the sha256 its notebook recorded in the manifest (edited
+    by hand, or rewritten by a run that did not finish); the message names the notebook."""
 
 
 # --------------------------------------------------------------------------- keys
@@ -106,10 +113,13 @@ class StageKey:
         return [f for f in out if f not in self.skip]
 
     def config(self, cfg: Any) -> dict:
-        """``{"stage", "version", section: {field: value}}`` of the fields it reads."""
+        """``{"stage", "version", section: {field: value}}`` of the fields it reads (a field
+        declared ``cache="changed"`` only when it differs from its default)."""
         d: dict = {"stage": self.stage, "version": self.version}
         for name in self.fields(cfg):
             v = _dotted_get(cfg, name)
+            if _unchanged(cfg, name, v):
+                continue
             v = [dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x for x in v] \
                 if isinstance(v, list) else v
             head, _, leaf = name.rpartition(".")
@@ -118,6 +128,20 @@ class StageKey:
 
     def key(self, cfg: Any, inputs: Iterable[str] = ()) -> str:
         return config_key(self.config(cfg), inputs)
+
+
+def _unchanged(cfg: Any, dotted: str, value: Any) -> bool:
+    """True for a field declared ``cache="changed"`` that holds its default value."""
+    head, _, leaf = dotted.rpartition(".")
+    owner = _dotted_get(cfg, head) if head else cfg
+    if not dataclasses.is_dataclass(owner):
+        return False
+    f = {x.name: x for x in dataclasses.fields(owner)}.get(leaf)
+    if f is None or f.metadata.get("rules", {}).get("cache") != "changed":
+        return False
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
+        else f.default
+    return value == default
 
 
 def _dotted_get(obj: Any, dotted: str) -> Any:
@@ -319,7 +343,8 @@ def record_chain(info: dict, results_dir: Path = RESULTS_DIR) -> dict:
 
 def _read_manifest(results_dir: Path) -> dict:
     """The manifest; a corrupted one is moved aside (``manifest.json.corrupt``) with a
-    warning and a new one started (its ``files`` hashes are recomputed on every write)."""
+    warning and a new one started, recording no file (each notebook records its own files
+    when it runs again)."""
     mpath = results_dir / "manifest.json"
     if not mpath.exists():
         return {}
@@ -333,7 +358,7 @@ def _read_manifest(results_dir: Path) -> dict:
         os.replace(mpath, bad)
         warnings.warn(f"{mpath} is corrupted ({e}); moved to {bad.name} and started anew: "
                       f"rerun the notebooks whose entries you need", stacklevel=3)
-        return {}
+        return {"files": {}}        # no file vouched for: readers refuse until rerun
 
 
 def _write_manifest(manifest: dict, results_dir: Path) -> dict:
@@ -344,7 +369,8 @@ def _write_manifest(manifest: dict, results_dir: Path) -> dict:
 def update_manifest(notebook: str, profile: Any, start: _dt.datetime,
                     end: Optional[_dt.datetime] = None, seeds: Optional[dict] = None,
                     results_dir: Path = RESULTS_DIR, extra: Optional[dict] = None) -> dict:
-    """Record one notebook run in ``results/manifest.json`` and rehash every results file."""
+    """Record one notebook run in ``results/manifest.json`` and the sha256 of the results
+    files it wrote (see :func:`_record_files`); other notebooks' recorded hashes are kept."""
     end = end or _dt.datetime.now()
     manifest = _read_manifest(results_dir)
     prof = profile.to_dict() if hasattr(profile, "to_dict") else dict(profile)
@@ -363,9 +389,89 @@ def update_manifest(notebook: str, profile: Any, start: _dt.datetime,
                      "end": end.isoformat(timespec="seconds"),
                      "seconds": round((end - start).total_seconds(), 1),
                      "seeds": seeds or {"seed": prof.get("seed")}, **(extra or {})}
-    manifest["files"] = {
-        str(p.relative_to(results_dir)): file_sha256(p)
-        for p in sorted(results_dir.rglob("*"))
-        if p.is_file() and p.name != "manifest.json" and "executed" not in p.parts
-        and not p.name.endswith((".tmp", ".corrupt"))}
+    manifest["files"] = _record_files(notebook, manifest.get("files"), start, results_dir)
     return _write_manifest(manifest, results_dir)
+
+
+# --------------------------------------------------------------------------- integrity
+def result_owner(rel: str | Path) -> Optional[str]:
+    """The number (``"04"``) of the notebook that writes a results file: every file is named
+    after it (``data/04_search.csv``, ``figures/05_fronts.png``); ``None`` for others
+    (``bench/*.csv``)."""
+    name = Path(rel).name
+    return name[:2] if name[:2].isdigit() and name[2:3] == "_" else None
+
+
+def _notebook_named(num: Optional[str]) -> str:
+    return next((n for n in NOTEBOOKS if n[:2] == num), f"{num}_*") if num else "that wrote it"
+
+
+def _record_files(notebook: str, old: Any, start: _dt.datetime, results_dir: Path) -> dict:
+    """``files`` of the manifest after ``notebook`` ran: its own files (named ``NN_...``)
+    rehashed when written since ``start`` (or not recorded yet), every other recorded hash
+    kept as it was (so a file edited by hand keeps the hash its writer recorded and is
+    caught by :func:`verified_bytes`), a file with no notebook prefix recorded when new;
+    another notebook's file that it never recorded stays unrecorded. A manifest that never
+    recorded files (no ``files`` key: a new results dir) adopts every file present.
+    ``executed/``, temp, lock and ``.corrupt`` files are not recorded."""
+    adopt = old is None
+    old = old if isinstance(old, dict) else {}
+    mine, since = notebook[:2], start.timestamp() - 2.0
+    files = {}
+    for p in sorted(results_dir.rglob("*")):
+        rel = p.relative_to(results_dir)
+        if (not p.is_file() or p.name == "manifest.json" or "executed" in rel.parts
+                or p.name.endswith((".tmp", ".corrupt", ".lock"))):
+            continue
+        key, owner = str(rel), result_owner(rel)
+        if owner == mine and (key not in old or p.stat().st_mtime >= since):
+            files[key] = file_sha256(p)
+        elif key in old:
+            files[key] = old[key]
+        elif owner is None or adopt:
+            files[key] = file_sha256(p)
+    return files
+
+
+def verified_bytes(path: Path | str, results_dir: Optional[Path | str] = None) -> bytes:
+    """The bytes of a results file, checked against the sha256 its notebook recorded in
+    ``<results_dir>/manifest.json`` (``results_dir`` defaults to the path's grandparent:
+    ``results/data/04_search.csv`` -> ``results``). A file that differs, or that the
+    manifest does not list, raises :class:`ResultMismatchError` naming the file and the
+    notebook to rerun. Without a manifest, or one with no ``files`` record (unit tests
+    writing into a tmp dir, a results dir no notebook finished in), nothing is checked.
+    Reading the bytes once and hashing those leaves no window between check and use."""
+    path = Path(path)
+    root = Path(results_dir) if results_dir is not None else path.parent.parent
+    data = path.read_bytes()
+    mpath = root / "manifest.json"
+    if not mpath.is_file():
+        return data
+    try:
+        rel = str(path.absolute().relative_to(root.absolute()))
+    except ValueError:
+        return data                             # not a results file
+    try:
+        manifest = json.loads(mpath.read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError(f"a JSON {type(manifest).__name__}, not an object")
+        if "files" not in manifest:
+            return data                         # it records no file (no notebook finished)
+        recorded = manifest["files"]
+        if not isinstance(recorded, dict):
+            raise ValueError("'files' is not a mapping")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptResultError(f"{mpath} is corrupted ({e}), so {path} cannot be "
+                                 f"verified: rerun the notebooks (make reproduce)") from e
+    num = result_owner(rel)
+    nb = _notebook_named(num)
+    rerun = (f"rerun notebook {nb} (python -m apq_lib.runner reproduce --only {num})"
+             if num else "rerun the notebook that wrote it")
+    if rel not in recorded:
+        raise ResultMismatchError(f"{path} is not recorded in {mpath}: notebook {nb} did not "
+                                  f"finish after writing it, or it was added by hand; {rerun}")
+    if hashlib.sha256(data).hexdigest() != recorded[rel]:
+        raise ResultMismatchError(f"{path} differs from what notebook {nb} recorded in {mpath} "
+                                  f"(edited by hand, or rewritten by a run that did not "
+                                  f"finish): {rerun} to rewrite it")
+    return data

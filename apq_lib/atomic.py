@@ -74,12 +74,13 @@ def write_json(path: Path | str, obj: Any, nonfinite: str = "null", indent: int 
     return atomic_write(path, text)
 
 
-def read_json_file(path: Path | str, rerun: str = "the stage that wrote it") -> Any:
-    """Parse a JSON file; a torn or corrupted one raises :class:`CorruptResultError` that
-    names the file and what to rerun."""
+def read_json_file(path: Path | str, rerun: str = "the stage that wrote it",
+                   data: bytes | None = None) -> Any:
+    """Parse a JSON file (or its ``data``, already read); a torn or corrupted one raises
+    :class:`CorruptResultError` that names the file and what to rerun."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes() if data is None else data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorruptResultError(f"{path} is corrupted or incomplete ({e}); rerun {rerun} "
                                  f"to rewrite it") from e

@@ -1,4 +1,5 @@
-"""Typed experiment profiles (smoke / default / paper) loaded from ``env/params_*.yaml``.
+"""Typed experiment profiles (smoke / default / paper_counts / imagenet) loaded from
+``env/params_*.yaml``.
 
 A profile is a nested YAML mapping. Each section maps onto a dataclass below; the loader
 checks every key (unknown keys, wrong types and impossible values raise ``ConfigError``
@@ -21,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
 from .fields import (
     ConfigError,
     _build,
@@ -30,20 +29,25 @@ from .fields import (
     apply_overrides,
     check_fields,
     field_rules,
+    key_dict,
     leaf_fields,
+    load_yaml,
     param,
 )
 
 __all__ = [
     "ConfigError", "DataConfig", "SpaceConfig", "SupernetConfig", "QuantConfig",
     "HardwareConfig", "PredictorConfig", "SearchConfig", "BaselinesConfig", "Profile",
-    "load_profile", "profile_path", "PROFILES", "ENV_DIR", "apply_overrides", "param",
+    "load_profile", "profile_path", "PROFILES", "NOTEBOOKS", "ENV_DIR", "apply_overrides", "param",
     "Phase", "PHASE_KEYS", "check_fields", "field_rules", "leaf_fields", "FinetuneConfig",
-    "DeployConfig", "SparsityConfig", "FBNetConfig",
+    "DeployConfig", "SparsityConfig", "FBNetConfig", "key_dict",
 ]
 
 ENV_DIR = Path(__file__).resolve().parent.parent / "env"
-PROFILES = ("smoke", "default", "paper")
+PROFILES = ("smoke", "default", "paper_counts", "imagenet")
+# the chain, in order (``make reproduce``); every results file starts with its number
+NOTEBOOKS = ("01_supernet", "02_hardware", "03_predictor", "04_search", "05_baselines",
+             "06_paper_tables", "07_deploy", "08_sparsity")
 VALID_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
 _COSTS = ("latency", "energy", "bitops")
 
@@ -55,7 +59,7 @@ class DataConfig:
     root: Optional[str] = param(None, cache=False)  # dir; else APQ_DATA_DIR, Debian, download
     download: bool = param(True, cache=False)  # allow torchvision download as the last resort
     val_size: int = param(5000, gt=0)       # held out from train with a fixed seed
-    split_seed: int = param(0, ge=0)
+    split_seed: int = param(0, ge=0, le=2**31 - 1)
     train_subset: Optional[int] = param(None, gt=0)  # cap on training images (after val split)
     val_subset: Optional[int] = param(None, gt=0)
     test_subset: Optional[int] = param(None, gt=0)
@@ -92,7 +96,12 @@ class SpaceConfig:
     forbid_k7_a4: bool = False              # APQ's LUT had no 7x7 depthwise with 4-bit acts
     image_size: int = param(32, gt=0)
     in_channels: int = param(1, gt=0)
-    num_classes: int = param(10, gt=0)
+    num_classes: int = param(10, ge=2)      # checked against the dataset's labels
+    # BatchNorm of every layer of the supernet and of its exported subnets (eps is not in a
+    # state dict: imported once-for-all weights need OFA's 1e-3). In an artifact key only
+    # when changed from the default (keys of earlier profiles stay as they were).
+    bn_eps: float = param(1e-5, gt=0, lt=1, cache="changed")
+    bn_momentum: float = param(0.1, gt=0, le=1, cache="changed")
 
     def check(self, p: str) -> None:
         check_fields(self, p)            # the rules each field declares
@@ -165,6 +174,10 @@ class SupernetConfig:
     random_eval_images: Optional[int] = param(None, gt=0)  # val and test images per random
                                             # subnet in notebook 01 (None: whole splits)
     log_every: int = param(50, gt=0, cache=False)
+    # an official once-for-all ProxylessNAS checkpoint (apq_lib.supernet.ofa_import): the
+    # supernet is imported from it instead of trained; phases with epochs > 0 then finetune
+    # it (set every epochs to 0 for the import alone). Keyed by the file's sha256.
+    init_from: Optional[str] = param(None, cache="changed")
 
     PHASE_KEYS = PHASE_KEYS
 
@@ -293,6 +306,9 @@ class SearchConfig:
     sweep_quantiles: list[float] = param(default_factory=list, ge=0, le=1)  # their quantiles
                                             # of random subnets' cost (empty: (i + 0.5) / points)
     random_baseline: bool = True            # also run random search at the same budget
+    # costs at which APQ is also searched at the fixed baselines' costs (MobileNetV2 at each
+    # bit width, the largest corner at W8A8; notebook 04)
+    baseline_costs: list[str] = param(default_factory=lambda: list(_COSTS), choices=_COSTS)
 
     def check(self, p: str) -> None:
         check_fields(self, p)            # the rules each field declares
@@ -351,11 +367,11 @@ class FBNetConfig:
 @dataclass
 class BaselinesConfig:
     """Notebook 05: fixed-precision, HAQ, HAWQ-V2, multi-stage and pruning baselines."""
-    # fixed-architecture "MobileNetV2" (largest subnet, trained from scratch): "supernet"
-    # takes the supernet's full-network phase (the largest subnet trained alone from scratch
-    # on the labels, same recipe and data; no extra cost), "train" trains it here with
+    # the fixed network of Tables 1 and 3: the space's MobileNetV2 point (3x3, expand 6,
+    # largest depth). "inherit": exported from the final supernet (the weights APQ's models
+    # start from; then the one finetune recipe); "train": trained here from scratch with
     # scratch_epochs / scratch_images / scratch_lr
-    scratch_source: str = param("train", choices=("supernet", "train"))
+    scratch_source: str = param("inherit", choices=("inherit", "train"))
     scratch_epochs: int = param(5, gt=0)
     scratch_images: Optional[int] = param(None, gt=0)  # training images per epoch (None: all)
     scratch_lr: float = param(0.05, gt=0)
@@ -392,7 +408,7 @@ class BaselinesConfig:
     hawq_images: int = param(256, gt=0)
     # pruning
     prune_ratios: list[float] = param(default_factory=lambda: [0.5, 0.7, 0.8, 0.9, 0.95],
-                                      gt=0, lt=1)
+                                      gt=0, lt=1, nonempty=True)
     prune_scopes: list[str] = param(default_factory=lambda: ["global", "layer"],
                                     choices=("global", "layer"))
     prune_steps: int = param(100, ge=0)     # finetune steps with the gradual schedule
@@ -479,7 +495,7 @@ class SparsityConfig:
 @dataclass
 class Profile:
     name: str = param("default", cache=False)
-    seed: int = param(0, ge=0)
+    seed: int = param(0, ge=0, le=2**31 - 1)    # every seeding API takes 31 bits
     device: str = param("auto", choices=("auto", "cpu", "cuda"))
     data: DataConfig = field(default_factory=DataConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
@@ -529,12 +545,33 @@ def profile_path(name: str) -> Path:
 def load_profile(name: str = "default", overrides: Optional[dict] = None) -> Profile:
     """Load ``env/params_<name>.yaml`` (or a yaml path), apply dotted overrides, validate."""
     path = profile_path(name)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"profile: {path} is not valid YAML: {e}") from e
-    raw = apply_overrides(raw, overrides)
+    raw = load_yaml(path.read_text(), f"profile {path}") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"profile {path}: expected a mapping of sections, got "
+                          f"{type(raw).__name__}")
     raw.setdefault("name", Path(name).stem.replace("params_", ""))
-    prof = _build(Profile, raw, "")
+    prof = _build(Profile, apply_overrides(raw, overrides), "")
     prof.check()
+    _check_notebooks(prof.notebooks, raw, path)
     return prof
+
+
+def _check_notebooks(notebooks: dict, raw: dict, path: Path) -> None:
+    """The ``notebooks:`` section up front: every name is a notebook of the chain, and
+    each notebook's ``overrides`` build a valid profile (so a bad one fails before 01
+    runs, not when its notebook starts). Other parameters are checked against the
+    notebooks' parameters cells by :func:`apq_lib.runner.check_parameters`."""
+    for nb, params in notebooks.items():
+        where = f"profile {path}: notebooks.{nb}"
+        if nb not in NOTEBOOKS:
+            raise ConfigError(f"{where}: no such notebook; the chain's notebooks are "
+                              f"{', '.join(NOTEBOOKS)}")
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of the notebook's parameters, "
+                              f"e.g. {{force: false}}, got {type(params).__name__}")
+        if params.get("overrides") is None:
+            continue
+        try:
+            _build(Profile, apply_overrides(raw, params["overrides"]), "").check()
+        except ConfigError as e:
+            raise ConfigError(f"{where}.overrides: {e}") from None

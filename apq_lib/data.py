@@ -24,7 +24,7 @@ from .config import DataConfig
 __all__ = [
     "DatasetNotFoundError", "TensorImageSet", "DataBundle", "BatchLoader", "load_data",
     "split_indices", "find_fashion_mnist", "DEBIAN_FMNIST_DIR", "read_idx", "cycle",
-    "CorruptDatasetError",
+    "CorruptDatasetError", "materialize",
 ]
 
 DEBIAN_FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -300,7 +300,8 @@ class DataBundle:
                 torch.utils.data.Subset(ds, sel.tolist())
         if isinstance(ds, TensorImageSet):
             return BatchLoader(ds, bs, shuffle, augment, seed, drop_last, rank, world_size)
-        return _torch_loader(ds, bs, shuffle, seed, self.cfg.num_workers, drop_last)
+        return _torch_loader(ds, bs, shuffle, seed, self.cfg.num_workers, drop_last, rank,
+                             world_size)
 
     def fixed_batches(self, split: str, n_images: int, batch_size: Optional[int] = None,
                       seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -309,10 +310,20 @@ class DataBundle:
                                 seed=seed, limit=n_images))
 
 
-def _torch_loader(ds, bs, shuffle, seed, workers, drop_last):
-    g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=shuffle, generator=g,
-                                       num_workers=workers, drop_last=drop_last)
+class _EpochLoader(torch.utils.data.DataLoader):
+    """A ``DataLoader`` with ``set_epoch`` (the order depends only on seed and epoch) and
+    this rank's share of the images, like :class:`BatchLoader` (ImageFolder data)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+
+def _torch_loader(ds, bs, shuffle, seed, workers, drop_last, rank=0, world_size=1):
+    from torch.utils.data.distributed import DistributedSampler
+    sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=shuffle,
+                                 seed=seed, drop_last=drop_last)
+    return _EpochLoader(ds, batch_size=bs, sampler=sampler, num_workers=workers,
+                        drop_last=drop_last)
 
 
 def _cap(ds, n: Optional[int], seed: int):
@@ -321,6 +332,35 @@ def _cap(ds, n: Optional[int], seed: int):
     sel = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     return ds.subset(sel) if isinstance(ds, TensorImageSet) else \
         torch.utils.data.Subset(ds, sel.tolist())
+
+
+N_CLASSES = {"fashion_mnist": 10, "cifar10": 10}
+
+
+def check_labelled(name: str, x: torch.Tensor, y: torch.Tensor, n_classes: int,
+                   where: list) -> None:
+    """One label per image and every label a class of the dataset; else an error naming
+    the files and what is wrong (a corrupted or mismatched file, not a bigger dataset)."""
+    if len(x) != len(y):
+        raise ValueError(f"{name}: {len(x)} images but {len(y)} labels in {where}: the image "
+                         f"and label files do not belong together (e.g. test labels beside "
+                         f"train images); restore the original files")
+    bad = (y < 0) | (y >= n_classes)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{name}: label {int(y[i])} of image {i} is outside 0..{n_classes - 1} "
+                         f"({int(bad.sum())} such labels) in {where}: the label file is "
+                         f"corrupted; restore it (e.g. reinstall dataset-fashion-mnist)")
+
+
+def _image_loader(path: str):
+    """torchvision's image loader with the file named when it cannot be decoded."""
+    from torchvision.datasets.folder import default_loader
+    try:
+        return default_loader(path)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot be read as an image ({type(e).__name__}: {e}); "
+                         f"remove or replace the file") from e
 
 
 def _load_imagefolder(cfg: DataConfig, root: Optional[str]):
@@ -340,9 +380,10 @@ def _load_imagefolder(cfg: DataConfig, root: Optional[str]):
                           *common])
     eval_tf = T.Compose([T.Resize(int(round(s * 8 / 7)), antialias=True), T.CenterCrop(s),
                          *common])
-    tr_aug = torchvision.datasets.ImageFolder(str(Path(base) / "train"), transform=train_tf)
-    tr_eval = torchvision.datasets.ImageFolder(str(Path(base) / "train"), transform=eval_tf)
-    te = torchvision.datasets.ImageFolder(str(test_dir), transform=eval_tf)
+    folder = torchvision.datasets.ImageFolder
+    tr_aug = folder(str(Path(base) / "train"), transform=train_tf, loader=_image_loader)
+    tr_eval = folder(str(Path(base) / "train"), transform=eval_tf, loader=_image_loader)
+    te = folder(str(test_dir), transform=eval_tf, loader=_image_loader)
     return tr_aug, tr_eval, te, len(tr_aug.classes), [base]
 
 
@@ -360,6 +401,9 @@ def load_data(cfg: Optional[DataConfig] = None, root: Optional[str] = None) -> D
                           ncls, 3, cfg.image_size, cfg, src)
     loader = {"fashion_mnist": _load_fashion_mnist, "cifar10": _load_cifar10}[cfg.dataset]
     xtr, ytr, xte, yte, src = loader(cfg, root)
+    k = N_CLASSES[cfg.dataset]
+    check_labelled(f"{cfg.dataset} train", xtr, ytr, k, src)
+    check_labelled(f"{cfg.dataset} test", xte, yte, k, src)
     mean, std = _STATS[cfg.dataset]
     full = TensorImageSet(xtr, ytr, mean, std, cfg.image_size)
     test = TensorImageSet(xte, yte, mean, std, cfg.image_size)
@@ -368,7 +412,31 @@ def load_data(cfg: Optional[DataConfig] = None, root: Optional[str] = None) -> D
     return DataBundle(cfg.dataset, _cap(train, cfg.train_subset, cfg.split_seed),
                       _cap(val, cfg.val_subset, cfg.split_seed),
                       _cap(test, cfg.test_subset, cfg.split_seed),
-                      int(ytr.max()) + 1, xtr.shape[1], cfg.image_size, cfg, src)
+                      k, xtr.shape[1], cfg.image_size, cfg, src)
+
+
+def materialize(ds, limit: Optional[int] = None) -> TensorImageSet:
+    """An ImageFolder split (a ``Subset`` of one, eval transforms) as a uint8
+    :class:`TensorImageSet` of its first ``limit`` images (resized, centre-cropped, not
+    normalised): integer-only inference and ONNX parity take raw pixels. A
+    ``TensorImageSet`` is returned as is (capped)."""
+    if isinstance(ds, TensorImageSet):
+        return ds if limit is None or limit >= len(ds) else ds.subset(torch.arange(limit))
+    base, idx = ds, None
+    if isinstance(ds, torch.utils.data.Subset):
+        base, idx = ds.dataset, list(ds.indices)
+    idx = list(range(len(base))) if idx is None else idx
+    idx = idx[:limit] if limit else idx
+    from torchvision.transforms import v2 as T
+    norm = [t for t in base.transform.transforms if isinstance(t, T.Normalize)]
+    if not norm:
+        raise TypeError(f"materialize: {type(base).__name__} has no Normalize transform")
+    raw = T.Compose([t for t in base.transform.transforms
+                     if not isinstance(t, (T.Normalize, T.ToDtype))])
+    imgs = torch.stack([raw(base.loader(base.samples[i][0])) for i in idx])
+    labels = torch.tensor([base.samples[i][1] for i in idx], dtype=torch.long)
+    return TensorImageSet(torch.as_tensor(imgs, dtype=torch.uint8), labels,
+                          tuple(norm[0].mean), tuple(norm[0].std), 0)
 
 
 def cycle(loader) -> Iterator:

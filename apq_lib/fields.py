@@ -13,8 +13,10 @@ from collections.abc import Mapping
 from dataclasses import MISSING, field
 from typing import Any, Optional
 
+import yaml
+
 __all__ = ["ConfigError", "param", "field_rules", "check_fields", "leaf_fields",
-           "apply_overrides"]
+           "apply_overrides", "load_yaml", "key_dict"]
 
 
 class ConfigError(ValueError):
@@ -33,8 +35,10 @@ _RULES = {"gt", "ge", "lt", "le", "choices", "nonempty", "length", "finite", "ca
 def param(default: Any = MISSING, *, default_factory: Any = MISSING, **rules: Any) -> Any:
     """A dataclass field with declared checks: ``gt/ge/lt/le`` (bounds), ``choices``
     (allowed values), ``nonempty``/``length`` (lists), ``finite`` (default True for
-    floats), ``cache`` (False: never part of an artifact key). For a list the value rules
-    apply to every element; ``None`` (an Optional field left out) passes."""
+    floats), ``cache`` (False: never part of an artifact key; ``"changed"``: part of it
+    only when the value differs from the default, so a new field keeps the keys of existing
+    profiles). For a list the value rules apply to every element; ``None`` (an Optional
+    field left out) passes."""
     bad = sorted(set(rules) - _RULES)
     if bad:
         raise TypeError(f"param(): unknown rule(s) {bad}; use {sorted(_RULES)}")
@@ -79,6 +83,18 @@ def check_fields(obj: Any, path: str = "") -> None:
                     _check_value(x, f"{key}[{j}]", r)
         else:
             _check_value(v, key, r)
+
+
+def key_dict(obj: Any) -> dict:
+    """``dataclasses.asdict(obj)`` without the fields declared ``cache="changed"`` that hold
+    their default (what a cache key or a stored spec records of a section)."""
+    out = dataclasses.asdict(obj)
+    for f in dataclasses.fields(obj):
+        if field_rules(f).get("cache") == "changed":
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            if getattr(obj, f.name) == default:
+                out.pop(f.name)
+    return out
 
 
 def leaf_fields(cls: type, path: str = "") -> list[str]:
@@ -172,6 +188,41 @@ def _set_dotted(d: dict, dotted: str, value: Any) -> None:
         if not isinstance(cur, dict):
             raise ConfigError(f"{dotted}: {p} is not a section")
     cur[parts[-1]] = value
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML without the two ways a profile can silently mean something else or blow
+    up: a key given twice in one mapping (YAML keeps the last) and aliases (``*name``:
+    a few lines of nested aliases expand to gigabytes). Both are refused at parse time,
+    naming the line, before anything is expanded."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            ev = self.peek_event()
+            raise ConfigError(f"line {ev.start_mark.line + 1}: alias *{ev.anchor} — profiles "
+                              f"do not use YAML anchors or aliases; write the value out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} appears "
+                                  f"twice in one section (first on line {seen[key]}); keep one")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str, where: str = "profile") -> Any:
+    """Parse a profile's YAML strictly (:class:`_StrictLoader`); errors name ``where`` and
+    the line."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where} is not valid YAML: {e}") from e
 
 
 def apply_overrides(raw: dict, overrides: Optional[Mapping]) -> dict:

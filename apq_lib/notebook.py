@@ -10,15 +10,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+import pandas as pd
+
 from . import artifacts
 from .config import ConfigError, Profile, load_profile
 from .runtime import get_device, seed_everything
 
-__all__ = ["NotebookContext", "start", "ParameterError"]
+__all__ = ["NotebookContext", "start", "ParameterError", "ResultsNotWritableError"]
 
 
 class ParameterError(ConfigError):
     """A notebook parameter (papermill ``-p``) has the wrong type; the message names it."""
+
+
+class ResultsNotWritableError(PermissionError):
+    """The results dir (or a folder in it) cannot be written; raised by :func:`start`."""
+
+
+def check_writable(results: Path) -> None:
+    """Create (if needed) and write-probe the results dir and every folder in it, so that a
+    read-only one fails when the notebook starts, naming it, not at its first write."""
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+        for d in [results, *sorted(p for p in results.iterdir() if p.is_dir())]:
+            probe = d / f".write-test-{os.getpid()}.tmp"
+            os.close(os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
+            os.unlink(probe)
+    except OSError as e:
+        raise ResultsNotWritableError(
+            f"results dir {results} is not writable ({e.strerror or e}: "
+            f"{e.filename or results}); make it writable (e.g. chmod -R u+w {results}) or "
+            f"set APQ_RESULTS_DIR to a writable dir, then run the notebook again") from None
 
 
 @dataclass
@@ -67,15 +90,29 @@ class NotebookContext:
         """Atomic, strict JSON (NaN / inf become an explicit ``null``)."""
         return artifacts.write_json(self.out("data", name), obj)
 
-    def read_json(self, name: str, notebook: str) -> Any:
-        """Read ``results/data/<name>`` written by ``notebook``; missing or torn → names the
-        file and the notebook to rerun."""
+    def _input(self, name: str, notebook: str) -> tuple[Path, bytes]:
+        """``results/data/<name>`` written by ``notebook``: its path and bytes, checked
+        against the hash ``notebook`` recorded in the manifest (none: not checked)."""
         p = self.results / "data" / name
         if not p.exists():
             raise artifacts.MissingInputError(
                 f"results/data/{name} is missing: run notebook {notebook} first "
                 f"(make reproduce runs them in order)")
-        return artifacts.read_json_file(p, rerun=f"notebook {notebook}")
+        return p, artifacts.verified_bytes(p, self.results)
+
+    def read_json(self, name: str, notebook: str) -> Any:
+        """Read ``results/data/<name>`` written by ``notebook``; missing, torn or edited
+        after ``notebook`` recorded it → names the file and the notebook to rerun."""
+        p, data = self._input(name, notebook)
+        return artifacts.read_json_file(p, rerun=f"notebook {notebook}", data=data)
+
+    def read_csv(self, name: str, notebook: str, **kw):
+        """``pd.read_csv`` of a verified ``results/data/<name>`` (see :meth:`read_json`)."""
+        return pd.read_csv(io.BytesIO(self._input(name, notebook)[1]), **kw)
+
+    def load_npz(self, name: str, notebook: str):
+        """``np.load`` (no pickles) of a verified ``results/data/<name>.npz``."""
+        return np.load(io.BytesIO(self._input(name, notebook)[1]), allow_pickle=False)
 
     def write_table(self, df, name: str, floatfmt: str = ".3g") -> Path:
         """Write ``df`` as ``results/tables/<name>.{csv,md,tex}`` (each atomically);
@@ -125,4 +162,6 @@ def start(notebook: str, profile: str = "default", overrides: Optional[dict] = N
     seed_everything(cfg.seed)
     from .quant import set_triton_mode
     set_triton_mode(cfg.quant.use_triton)   # fused kernels on CUDA unless "never"
-    return NotebookContext(notebook, cfg, force, _dt.datetime.now())
+    ctx = NotebookContext(notebook, cfg, force, _dt.datetime.now())
+    check_writable(ctx.results)
+    return ctx

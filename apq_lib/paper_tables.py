@@ -6,6 +6,7 @@ such numbers; :func:`check_provenance` verifies that for the built tables.
 """
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,9 @@ import pandas as pd
 import yaml
 
 from . import stats
-from .artifacts import MissingInputError
+from .artifacts import MissingInputError, verified_bytes
 from .baselines.cost import cost_curve
+from .baselines.suite import LARGEST, MBV2
 from .config import ENV_DIR
 from .results import read_summary
 
@@ -25,7 +27,8 @@ __all__ = ["Results", "load_results", "joint_vs_fixed_haq", "joint_vs_multistage
            "search_cost_curve", "N_DEPLOYMENTS", "limited_bitops", "predictor_transfer",
            "predictor_sample_efficiency",
            "run_summary", "check_provenance", "missed_budgets",
-           "CO2_KG_PER_KWH", "DEVICE_WATTS", "COST_COLUMNS", "DERIVED", "CI_COLUMNS"]
+           "CO2_KG_PER_KWH", "DEVICE_WATTS", "COST_COLUMNS", "DERIVED", "CI_COLUMNS",
+           "with_accuracy_ci", "MBV2", "stats"]
 
 # CO2 estimate: energy = seconds x device power; intensity = world-average grid 2019
 # (IEA, 0.475 kg CO2e / kWh). Power: typical sustained draw, stated in the table.
@@ -45,9 +48,9 @@ _SOURCES = {
 CI_COLUMNS = ("ci_low", "ci_high", "verdict")
 # columns computed here from the per-image correctness (bootstrap intervals, paired gains,
 # matched ratios): exempt from the provenance check, which covers the numbers they rest on
-DERIVED = ("ratio (baseline/APQ)", "ci_low", "ci_high", "top-1 gain", "gain ci_low", "gain ci_high",
-           "top-1 ci_low", "top-1 ci_high", "BitOps ratio (baseline/APQ)",
-           "APQ top-1 (matched)", "APQ BitOps (G, matched)")
+DERIVED = ("top-1 gain", "ci_low", "ci_high", "p_value", "APQ top-1", "seeds",
+           "baseline seeds", "ratio at equal top-1 (baseline/APQ)", "ratio ci_low",
+           "ratio ci_high", "multi-stage top-1", "multi-stage seeds")
 
 
 @dataclass
@@ -102,10 +105,15 @@ class Results:
         return arr[np.isfinite(arr)]
 
 
+def _csv(path: Path) -> pd.DataFrame:
+    """A results CSV as its notebook recorded it in the manifest (see ``verified_bytes``)."""
+    return pd.read_csv(io.BytesIO(verified_bytes(path)))
+
+
 def _load_correct(data: Path) -> dict:
     out = {}
     for name in ("04_correct.npz", "05_correct.npz"):
-        with np.load(data / name, allow_pickle=False) as z:
+        with np.load(io.BytesIO(verified_bytes(data / name)), allow_pickle=False) as z:
             out.update({k: z[k].astype(bool) for k in z.files})
     sizes = {v.size for v in out.values()}
     if len(sizes) > 1:
@@ -117,7 +125,9 @@ def _load_correct(data: Path) -> dict:
 
 def load_results(results_dir: Path, paper_file: Optional[Path] = None,
                  seed: int = 0) -> Results:
-    """Read the inputs; a missing one names the notebook that writes it."""
+    """Read the inputs; a missing one names the notebook that writes it, and one that
+    differs from the hash its notebook recorded in ``manifest.json`` (edited by hand) is an
+    error naming the notebook to rerun (:func:`apq_lib.artifacts.verified_bytes`)."""
     data = Path(results_dir) / "data"
     for name, nb in _SOURCES.items():
         if not (data / name).exists():
@@ -129,12 +139,12 @@ def load_results(results_dir: Path, paper_file: Optional[Path] = None,
                                                           "03_predictor", "04_search",
                                                           "05_baselines")]
     return Results(*sums,
-                   pd.read_csv(data / "03_sample_efficiency.csv"),
-                   pd.read_csv(data / "04_search.csv"), pd.read_csv(data / "05_baselines.csv"),
-                   pd.read_csv(data / "05_pruning_sweep.csv"),
+                   _csv(data / "03_sample_efficiency.csv"),
+                   _csv(data / "04_search.csv"), _csv(data / "05_baselines.csv"),
+                   _csv(data / "05_pruning_sweep.csv"),
                    json.loads(man.read_text()) if man.exists() else {}, paper,
                    _load_correct(data), seed,
-                   pd.read_csv(data / "03_predictor_baselines.csv"))
+                   _csv(data / "03_predictor_baselines.csv"))
 
 
 def _constraint_kind(s: str) -> str:
@@ -171,69 +181,130 @@ def _apq(r: Results) -> pd.DataFrame:
     return d[d["method"] == "APQ"] if "method" in d else d
 
 
-def _cheapest_at_least(apq: pd.DataFrame, col: str, acc: float) -> Optional[pd.Series]:
-    """The APQ model with the lowest ``col`` among those at least as accurate as ``acc``."""
-    d = apq[apq["test_acc"] >= acc]
-    return None if d.empty else d.loc[d[col].idxmin()]
+def _seeds(r: Results, model_id: str) -> np.ndarray:
+    """``[seeds, n_images]`` correctness of one model: its own id, then ``#seed1``, … ."""
+    out, k = [r.hits([model_id])[0]], 1
+    while f"{model_id}#seed{k}" in r.correct:
+        out.append(r.correct[f"{model_id}#seed{k}"])
+        k += 1
+    return np.stack(out)
 
 
-def _matched(r: Results, base: pd.Series, apq: pd.DataFrame, col: str) -> dict:
-    """Cost ratio baseline / cheapest APQ at equal or better accuracy, with the paired
-    bootstrap interval of the whole matching (images resampled) and the accuracy gap."""
-    a = _cheapest_at_least(apq, col, base["test_acc"])
-    ratio = stats.matched_cost_ratio(r.hits([base["row_id"]])[0], float(base[col]),
-                                     r.hits(list(apq["model_id"])), apq[col].to_numpy(float),
-                                     seed=r.seed)
-    out = {"APQ top-1": np.nan, "APQ cost": np.nan, "top-1 gain": np.nan,
-           "gain ci_low": np.nan, "gain ci_high": np.nan,
-           "ratio (baseline/APQ)": ratio["estimate"], "ci_low": ratio["ci_low"],
-           "ci_high": ratio["ci_high"], "verdict": ratio["verdict"]}
-    if a is not None:
-        g = stats.paired_difference(r.hits([a["model_id"]])[0], r.hits([base["row_id"]])[0],
-                                    seed=r.seed)
-        out.update({"APQ top-1": a["test_acc"], "APQ cost": a[col], "top-1 gain": g["estimate"],
-                    "gain ci_low": g["ci_low"], "gain ci_high": g["ci_high"]})
+def with_accuracy_ci(df: pd.DataFrame, r: Results) -> pd.DataFrame:
+    """``df`` with ``y_lo`` / ``y_hi``: each row's top-1 interval (image bootstrap of its
+    ``row_id``'s correctness, the seed its ``test_acc`` comes from), for error bars."""
+    lo, hi = [], []
+    for rid in df["row_id"]:
+        if rid not in r.correct:
+            lo.append(np.nan)
+            hi.append(np.nan)
+            continue
+        ci = stats.accuracy_ci(r.correct[rid], seed=r.seed)
+        lo.append(ci["ci_low"])
+        hi.append(ci["ci_high"])
+    return df.assign(y_lo=lo, y_hi=hi)
+
+
+def _fixed_rows(r: Results) -> pd.DataFrame:
+    """The fixed-architecture baselines realised on APQ's path in notebook 04: the space's
+    MobileNetV2 and largest corner at every uniform bit width (``Corner`` rows)."""
+    d = r.search
+    if "method" not in d:
+        return d.iloc[:0]
+    d = d[d["method"] == "Corner"].copy()
+    d["baseline"] = "Fixed " + d["model"].str.extract(r"(W\d+A\d+)$")[0]
+    d["network"] = d["model"].str.replace(r" W\d+A\d+$", "", regex=True)
+    d["row_id"] = d["model_id"]
+    return d
+
+
+def _equal_cost(r: Results, kind: str, bases: list, apq: pd.DataFrame) -> list[dict]:
+    """For every baseline (a row with ``row_id``, ``baseline``, ``network``, ``test_acc`` and
+    costs): APQ searched at that baseline's cost (the notebook-04 model whose budget is the
+    baseline's cost rounded up, or whose budget equals the baseline's target, else the one
+    of the largest budget not above the baseline's realised cost), the top-1
+    difference APQ − baseline with a seeds × images bootstrap interval, and the cost ratio at
+    equal accuracy (image bootstrap, matching redone per resample)."""
+    col = COST_COLUMNS[kind]
+    kin = apq[apq["constraint"] == kind]
+    rows = []
+    for b in bases:
+        name = b.get("source") or ""
+        a = kin[kin["budget_from"] == name] if name and "budget_from" in kin else kin.iloc[:0]
+        if a.empty and np.isfinite(b.get("target", np.nan)):
+            a = kin[np.isclose(kin["limit"], b["target"])]
+        if a.empty and len(kin):      # no search at this cost: APQ's at no more cost
+            a = kin[kin["limit"] <= b[col] * (1 + 1e-9)].nlargest(1, "limit")
+        base = {"matched": kind, "baseline": b["baseline"], "network": b["network"],
+                "baseline top-1": b["test_acc"], f"baseline {col}": b[col]}
+        ratio = stats.matched_cost_ratio(r.hits([b["row_id"]])[0], float(b[col]),
+                                         r.hits(list(apq["model_id"])),
+                                         apq[col].to_numpy(float), seed=r.seed)
+        tail = {"ratio at equal top-1 (baseline/APQ)": ratio["estimate"],
+                "ratio ci_low": ratio["ci_low"], "ratio ci_high": ratio["ci_high"]}
+        if a.empty:
+            rows.append({**base, "APQ budget": np.nan, "APQ top-1": np.nan,
+                         f"APQ {col}": np.nan, "seeds": 0, "baseline seeds": 0,
+                         "top-1 gain": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+                         "p_value": np.nan, **tail})
+            continue
+        a = a.iloc[0]
+        sa, sb = _seeds(r, a["model_id"]), _seeds(r, b["row_id"])
+        g = stats.hierarchical_difference(sa, sb, seed=r.seed)
+        rows.append({**base, "APQ budget": a["limit"], "APQ top-1": 100 * float(sa.mean()),
+                     f"APQ {col}": a[col], "seeds": int(sa.shape[0]),
+                     "baseline seeds": int(sb.shape[0]), "top-1 gain": g["estimate"],
+                     "ci_low": g["ci_low"], "ci_high": g["ci_high"], "p_value": g["p_value"],
+                     **tail})
+    return rows
+
+
+def _with_holm(rows: list[dict], cols: list[str]) -> pd.DataFrame:
+    out = pd.DataFrame(rows, columns=cols)
+    if len(out):
+        out["verdict"] = stats.holm_verdicts(out, estimate="top-1 gain")
     return out
 
 
-TABLE1_BASELINES = ("HAQ", "HAWQ-V2", "Fixed W8A8", "Fixed W6A6")
+TABLE1_SEARCHED = ("HAQ", "HAWQ-V2")
 
 
 def joint_vs_fixed_haq(r: Results) -> pd.DataFrame:
-    """Table 1: APQ vs the fixed-architecture (MobileNetV2-style) network quantized by HAQ,
-    HAWQ-V2, or at fixed W8A8 / W6A6, matched on latency and energy.
+    """Table 1: APQ against the fixed network, MobileNetV2 (the space's 3×3 / expand-6
+    point), at fixed W8A8 / W6A6 / W4A4 (notebook 04: the same export → calibrate →
+    finetune → BN recal path and seeds as APQ's models) and quantized by HAQ and HAWQ-V2
+    (notebook 05), matched on latency and energy.
 
-    For each baseline model: the cheapest APQ model (any budget of notebook 04) at least as
-    accurate, and the cost ratio baseline / APQ at equal or better accuracy, with its 95 %
-    paired bootstrap interval (test images resampled; the matching is redone on every
-    resample) and verdict (``holds``: the interval excludes 1). HAQ / HAWQ-V2 models searched
-    under this cost are compared on it; when there are none (the cost was not searched),
-    every model of the method is. Fixed-precision models are compared on both costs."""
+    Each row compares the baseline with APQ *searched at its cost* (the fixed network's cost,
+    or the budget HAQ / HAWQ-V2 searched under): top-1 gain APQ − baseline with a seeds ×
+    images bootstrap interval, verdicts Holm-corrected over the table; beside it the cost
+    ratio at equal accuracy (paper's reading). The space's largest corner at W8A8 is a
+    labelled reference row (``network``)."""
     apq = _apq(r)
-    rows = []
-    claims = r.paper["claims"]["joint_vs_fixed_haq"]
+    fixed = _fixed_rows(r)
     b = _met(r.baselines)
-    b = b[b["model"].astype(str) == "MobileNetV2"] if "model" in b else b
     b = b[b["variant"] != "PTQ"] if "variant" in b else b
-    for kind, paper_ratio in (("latency", claims["latency_ratio"]),
-                              ("energy", claims["energy_ratio"])):
-        col = COST_COLUMNS[kind]
-        for method in TABLE1_BASELINES:
-            d = b[b["method"] == method]
-            same = d[d["constraint"].map(_constraint_kind) == kind]
-            if method in ("HAQ", "HAWQ-V2") and len(same):
-                d = same             # searched under this cost: compared on it
-            for _, h in d.iterrows():
-                rows.append({"matched": kind, "baseline": method,
-                             "baseline budget": h["constraint"] if isinstance(
-                                 h["constraint"], str) and h["constraint"] else "fixed bits",
-                             "baseline top-1": h["test_acc"], "baseline cost": h[col],
-                             **_matched(r, h, apq, col), "paper ratio": paper_ratio})
-    cols = ["matched", "baseline", "baseline budget", "baseline top-1", "baseline cost",
-            "APQ top-1", "APQ cost", "top-1 gain", "gain ci_low", "gain ci_high",
-            "ratio (baseline/APQ)",
-            "ci_low", "ci_high", "verdict", "paper ratio"]
-    return pd.DataFrame(rows, columns=cols)
+    rows = []
+    for kind in ("latency", "energy"):
+        bases = [{**x, "source": x["model"]} for _, x in fixed.iterrows()
+                 if x["network"] == MBV2 or x["model"] == f"{LARGEST} W8A8"]
+        for method in TABLE1_SEARCHED:
+            d = b[(b["method"] == method) & (b["model"].astype(str) == MBV2)] \
+                if "model" in b else b[b["method"] == method]
+            d = d[d["constraint"].map(_constraint_kind) == kind]
+            bases += [{**x, "baseline": method, "network": MBV2, "source": ""}
+                      for _, x in d.iterrows()]
+        rows += _equal_cost(r, kind, bases, apq)
+    cols = ["matched", "baseline", "network", "baseline top-1", "baseline latency_ms",
+            "baseline energy_mj", "APQ budget", "APQ top-1", "APQ latency_ms", "APQ energy_mj",
+            "seeds", "baseline seeds", "top-1 gain", "ci_low", "ci_high", "p_value",
+            "ratio at equal top-1 (baseline/APQ)", "ratio ci_low", "ratio ci_high"]
+    out = _with_holm(rows, cols)
+    claims = r.paper["claims"]["joint_vs_fixed_haq"]
+    if len(out):
+        out["paper ratio"] = np.where(out["matched"] == "latency", claims["latency_ratio"],
+                                      claims["energy_ratio"])
+    return out
 
 
 def _co2_kg(seconds: float, device: str) -> float:
@@ -257,16 +328,20 @@ def joint_vs_multistage(r: Results) -> pd.DataFrame:
         if col is None or a.empty:
             continue
         a = a.iloc[0]
-        g = stats.paired_difference(r.hits([a["model_id"]])[0], r.hits([m["row_id"]])[0],
-                                    seed=r.seed)
-        rows.append({"budget": m["constraint"], "APQ top-1": a["test_acc"],
-                     "multi-stage top-1": m["test_acc"],
+        sa, sm = _seeds(r, a["model_id"]), _seeds(r, m["row_id"])
+        g = stats.hierarchical_difference(sa, sm, seed=r.seed)
+        rows.append({"budget": m["constraint"], "APQ top-1": 100 * float(sa.mean()),
+                     "multi-stage top-1": 100 * float(sm.mean()), "seeds": int(sa.shape[0]),
+                     "multi-stage seeds": int(sm.shape[0]),
                      "top-1 gain": g["estimate"], "ci_low": g["ci_low"],
-                     "ci_high": g["ci_high"], "verdict": g["verdict"],
+                     "ci_high": g["ci_high"], "p_value": g["p_value"],
                      "APQ latency_ms": a["latency_ms"], "multi-stage latency_ms": m["latency_ms"],
                      "APQ energy_mj": a["energy_mj"], "multi-stage energy_mj": m["energy_mj"],
                      "paper top-1 gain": claims["top1_gain"]})
     out = pd.DataFrame(rows)
+    if len(out):
+        out.insert(out.columns.get_loc("p_value") + 1, "verdict",
+                   stats.holm_verdicts(out, estimate="top-1 gain"))
     curve = search_cost_curve(r, (1, N_DEPLOYMENTS))
     for method in ("APQ", "Multi-stage"):
         for n in (1, N_DEPLOYMENTS):
@@ -299,44 +374,27 @@ def search_cost_curve(r: Results, ns=(1, 2, 5, 10, 20, 50)) -> pd.DataFrame:
 
 
 def limited_bitops(r: Results) -> pd.DataFrame:
-    """Table 3: under BitOps budgets, APQ vs the fixed-precision models and HAWQ-V2, matched
-    at equal accuracy: for every baseline, the cheapest APQ model (any budget) at least as
-    accurate and the BitOps ratio baseline / APQ with its paired bootstrap interval; every
-    model's top-1 with its interval."""
+    """Table 3: under BitOps budgets, APQ searched at the BitOps of MobileNetV2 (the space's
+    3×3 / expand-6 point) at W8A8 / W6A6 / W4A4 and of the largest corner at W8A8 (the
+    reference), each against that network (same path and seeds, notebook 04); HAWQ-V2 rows
+    searched under BitOps, if any, at their budget. Columns as Table 1."""
     apq = _apq(r)
-    rows = []
-    for _, a in apq[apq["constraint"] == "bitops"].iterrows():
-        ci = stats.accuracy_ci(r.hits([a["model_id"]])[0], seed=r.seed)
-        rows.append({"method": "APQ", "budget (G BitOps)": a["limit"], "top-1": a["test_acc"],
-                     "top-1 ci_low": ci["ci_low"], "top-1 ci_high": ci["ci_high"],
-                     "BitOps (G)": a["bitops_g"], "latency_ms": a["latency_ms"],
-                     "energy_mj": a["energy_mj"], "verdict": "reference (APQ)"})
+    fixed = _fixed_rows(r)
+    bases = [{**x, "source": x["model"]} for _, x in fixed.iterrows()
+             if x["network"] == MBV2 or x["model"] == f"{LARGEST} W8A8"]
     b = _met(r.baselines)
-    for method in sorted(set(b["method"])):
-        if not (method.startswith("Fixed") or method.startswith("HAWQ")):
-            continue
-        d = b[b["method"] == method]
-        if "variant" in d:
-            d = d[d["variant"] != "PTQ"]
-        if method.startswith("HAWQ"):
-            d = d[d["constraint"].map(_constraint_kind) == "bitops"]
-        for _, x in d.iterrows():
-            ci = stats.accuracy_ci(r.hits([x["row_id"]])[0], seed=r.seed)
-            m = _matched(r, x, apq, "bitops_g")
-            rows.append({"method": method + ("" if "model" not in x else f" ({x['model']})"),
-                         "budget (G BitOps)": x.get("target", np.nan), "top-1": x["test_acc"],
-                         "top-1 ci_low": ci["ci_low"], "top-1 ci_high": ci["ci_high"],
-                         "BitOps (G)": x["bitops_g"], "latency_ms": x["latency_ms"],
-                         "energy_mj": x["energy_mj"], "APQ top-1 (matched)": m["APQ top-1"],
-                         "APQ BitOps (G, matched)": m["APQ cost"],
-                         "BitOps ratio (baseline/APQ)": m["ratio (baseline/APQ)"],
-                         "ci_low": m["ci_low"],
-                         "ci_high": m["ci_high"], "verdict": m["verdict"]})
-    out = pd.DataFrame(rows)
+    if "constraint" in b:
+        h = b[(b["method"] == "HAWQ-V2") & (b["constraint"].map(_constraint_kind) == "bitops")]
+        bases += [{**x, "baseline": "HAWQ-V2", "network": MBV2, "source": ""}
+                  for _, x in h.iterrows()]
+    cols = ["matched", "baseline", "network", "baseline top-1", "baseline bitops_g",
+            "APQ budget", "APQ top-1", "APQ bitops_g", "seeds", "baseline seeds",
+            "top-1 gain", "ci_low", "ci_high", "p_value",
+            "ratio at equal top-1 (baseline/APQ)", "ratio ci_low", "ratio ci_high"]
+    out = _with_holm(_equal_cost(r, "bitops", bases, apq), cols)
     if len(out):
-        out["paper BitOps ratio (APQ vs W8 ResNet-34)"] = np.where(
-            out["method"] == "APQ",
-            r.paper["claims"]["limited_bitops"]["bitops_ratio_vs_resnet34_w8"], np.nan)
+        out["paper BitOps ratio (APQ vs W8 ResNet-34)"] = \
+            r.paper["claims"]["limited_bitops"]["bitops_ratio_vs_resnet34_w8"]
     return out
 
 

@@ -34,17 +34,28 @@ def pareto_mask(cost: Sequence[float], acc: Sequence[float]) -> np.ndarray:
     return mask
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
+
+
 def plot_front(ax, df: pd.DataFrame, x: str, y: str, hue: str = "method",
                xlabel: Optional[str] = None, ylabel: str = "top-1 (%)") -> None:
-    """Scatter every method's points and connect each method's Pareto front."""
+    """Scatter every method's points and connect each method's Pareto front. Every method
+    has its own colour *and* marker (no repeats up to 20 methods); points with ``y_lo`` /
+    ``y_hi`` columns (a CI of ``y``) get error bars."""
     hues = [m for m in METHOD_ORDER if m in set(df[hue])] + \
         sorted(set(df[hue]) - set(METHOD_ORDER))
-    pal = dict(zip(hues, sns.color_palette("colorblind", len(hues))))
+    colours = sns.color_palette("colorblind" if len(hues) <= 10 else "tab20", len(hues))
+    pal = dict(zip(hues, colours))
+    marks = dict(zip(hues, [MARKERS[i % len(MARKERS)] for i in range(len(hues))]))
     for m in hues:
         d = df[df[hue] == m].dropna(subset=[x, y])
         if d.empty:
             continue
-        ax.scatter(d[x], d[y], label=m, color=pal[m], s=36, alpha=0.85)
+        ax.scatter(d[x], d[y], label=m, color=pal[m], marker=marks[m], s=36, alpha=0.85)
+        if {"y_lo", "y_hi"} <= set(d):
+            e = d.dropna(subset=["y_lo", "y_hi"])
+            ax.errorbar(e[x], e[y], yerr=[e[y] - e["y_lo"], e["y_hi"] - e[y]], fmt="none",
+                        ecolor=pal[m], elinewidth=0.8, capsize=2, alpha=0.8)
         f = d[pareto_mask(d[x], d[y])].sort_values(x)
         if len(f) > 1:
             ax.plot(f[x], f[y], color=pal[m], lw=1.2, alpha=0.8)

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .artifacts import MissingInputError
+from .artifacts import MissingInputError, verified_bytes
 
 __all__ = ["SummaryContract", "CONTRACTS", "Summary", "to_strict_json", "write_summary",
            "read_summary", "SummaryError"]
@@ -57,7 +57,11 @@ CONTRACTS = {c.notebook: c for c in (
     SummaryContract("04_search", {
         "n_searches": int, "search_seconds_total": NUM, "predicted_test_spearman": NUM,
         "predicted_minus_test_mean": NUM, "evolution_minus_random_test_mean": NUM,
-        "evolution_minus_random_test_ci": list}),
+        "evolution_minus_random_test_ci": list, "predicted_minus_test_raw": NUM,
+        "offset_source": str, "baseline_budgets": dict, "containment": list,
+        "cost_test_spearman": dict}, {
+        "predicted_minus_test_mean_ci": list, "predicted_test_spearman_ci": list,
+        "evolution_minus_random_verdict": str, "containment_ok": bool}),
     SummaryContract("05_baselines", {"search_cost": dict}),
 )}
 
@@ -97,13 +101,14 @@ class Summary:
 def _check(contract: SummaryContract, data: dict, action: str) -> None:
     for k, tp in contract.required.items():
         v = data.get(k)
-        if v is None or isinstance(v, bool) or not isinstance(v, tp):
+        if v is None or (isinstance(v, bool) and tp is not bool) or not isinstance(v, tp):
             got = "missing" if v is None else type(v).__name__
             raise SummaryError(f"{contract.file}: field {k!r} is {got} (expected "
                                f"{getattr(tp, '__name__', tp)}); {action}")
     for k, tp in contract.optional.items():
         v = data.get(k)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, tp)):
+        if v is not None and ((isinstance(v, bool) and tp is not bool)
+                              or not isinstance(v, tp)):
             raise SummaryError(f"{contract.file}: field {k!r} is {type(v).__name__} "
                                f"(expected {getattr(tp, '__name__', tp)}); {action}")
 
@@ -125,14 +130,16 @@ def write_summary(ctx, data: dict) -> Path:
 
 def read_summary(results_dir: Path | str, notebook: str) -> Summary:
     """Read and validate a notebook's summary; missing, torn or stale → an error naming the
-    notebook to rerun."""
+    notebook to rerun; different from the hash its notebook recorded in the manifest →
+    :class:`~apq_lib.artifacts.ResultMismatchError` (no manifest: not checked)."""
     contract = CONTRACTS[notebook]
     p = Path(results_dir) / "data" / contract.file
     rerun = f"run notebook {notebook} first (make reproduce runs them in order)"
     if not p.exists():
         raise MissingInputError(f"results/data/{contract.file} is missing: {rerun}")
+    raw = verified_bytes(p, results_dir)     # as its notebook recorded it (if a manifest)
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(raw)
     except ValueError as e:
         raise MissingInputError(f"{p} is not valid JSON ({e}): rerun notebook {notebook}") from e
     if not isinstance(data, dict):

@@ -4,26 +4,31 @@ nbval (``make test``). ``python -m apq_lib.runner {reproduce,prepare} --profile 
 Parameters are checked against each notebook's ``parameters`` cell
 (``papermill.inspect_notebook``) before it runs: an unknown name or a value of another type
 than the cell's default (e.g. the string ``'false'`` for ``force``) is an error, where
-plain papermill only warns and runs."""
+plain papermill only warns and runs.
+
+One chain per results dir: a second one is refused, naming the first's pid (an ``flock`` on
+``<results>/.chain.lock``, released by the kernel when the chain ends or dies), so two chains
+never overwrite each other's results or ``executed/`` copies. Ctrl-C stops the chain with one
+line saying what was kept and how to resume (exit code 130)."""
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import fcntl
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
-from .config import ConfigError, load_profile
+from .config import NOTEBOOKS, ConfigError, load_profile
 
 __all__ = ["NOTEBOOKS", "notebook_parameters", "run_chain", "prepare_chain", "main",
            "check_parameters"]
 
 REPO = Path(__file__).resolve().parent.parent
 NB_DIR = REPO / "notebooks"
-NOTEBOOKS = ("01_supernet", "02_hardware", "03_predictor", "04_search", "05_baselines",
-             "06_paper_tables", "07_deploy", "08_sparsity")
 
 
 def check_parameters(notebook: str, params: dict, path: Optional[Path] = None) -> dict:
@@ -71,9 +76,45 @@ def results_dir() -> Path:
     return Path(os.environ.get("APQ_RESULTS_DIR", REPO / "results"))
 
 
+@contextlib.contextmanager
+def chain_lock(results: Path) -> Iterator[None]:
+    """Hold ``<results>/.chain.lock`` (an ``flock`` holding this pid) for the chain; another
+    chain on the same results dir is refused, naming its pid."""
+    results.mkdir(parents=True, exist_ok=True)
+    fd = os.open(results / ".chain.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise SystemExit(f"[reproduce] another chain (process {pid}) is running on "
+                             f"{results}: wait for it to finish or end it (kill {pid}); two "
+                             f"chains on one results dir would overwrite each other's results "
+                             f"and executed/ copies") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)                    # releases the flock
+
+
+def _interrupted(nb: str, done: list[str], profile: str, only: Optional[list[str]],
+                 store_root: Path) -> SystemExit:
+    """The one line Ctrl-C prints (what was kept, how to resume); exit code 130."""
+    cmd = f"python -m apq_lib.runner reproduce --profile {profile}" + (
+        f" --only {' '.join(only)}" if only else "")
+    kept = (f"{', '.join(done)} finished (results and manifest written)" if done else
+            "no notebook had finished")
+    print(f"[reproduce] interrupted in {nb}; kept: {kept}, every completed stage cached in "
+          f"{store_root} (reused, not recomputed); resume with the same command: {cmd}",
+          file=sys.stderr, flush=True)
+    return SystemExit(130)
+
+
 def run_chain(profile: str, out_dir: Path, only: Optional[list[str]] = None,
               kernel: str = "apq") -> None:
-    """Execute notebooks in order; stop at the first failure, naming it."""
+    """Execute notebooks in order; stop at the first failure, naming it; Ctrl-C stops with
+    one line (what was kept, how to resume) and exit code 130."""
     import datetime as dt
 
     import papermill as pm
@@ -84,35 +125,50 @@ def run_chain(profile: str, out_dir: Path, only: Optional[list[str]] = None,
     # interactively write a scratch dir instead) and draws text progress bars.
     os.environ.setdefault("APQ_RESULTS_DIR", str(results_dir()))
     os.environ.setdefault("APQ_PROGRESS", "text")
-    reused = ArtifactStore().completed()
+    store = ArtifactStore()
+    reused = store.completed()
     start, t_chain, done = dt.datetime.now(), time.time(), []
-    try:                        # every notebook's parameters, before the first one runs
-        all_params = {nb: notebook_parameters(profile, nb) for nb in _select(only)}
-    except ConfigError as e:
-        raise SystemExit(f"[reproduce] {e}") from e
-    for nb, params in all_params.items():
-        t0 = time.time()
-        print(f"[reproduce] {nb} (profile {profile}) ...", flush=True)
-        try:
-            pm.execute_notebook(str(NB_DIR / f"{nb}.ipynb"), str(out_dir / f"{nb}.ipynb"),
-                                parameters=params, kernel_name=kernel, cwd=str(NB_DIR),
-                                progress_bar=False, log_output=bool(os.environ.get("APQ_LOG")))
-        except Exception as e:
-            print(f"[reproduce] FAILED in notebook {nb}: {type(e).__name__}: "
-                  f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}\n"
-                  f"[reproduce] executed copy with the traceback: {out_dir / (nb + '.ipynb')}",
-                  file=sys.stderr, flush=True)
-            raise SystemExit(1)
-        print(f"[reproduce] {nb} done in {time.time() - t0:.0f}s", flush=True)
-        done.append(nb)
-    seconds = time.time() - t_chain
-    record_chain({"profile": profile, "notebooks": done,
-                  "start": start.isoformat(timespec="seconds"),
-                  "end": dt.datetime.now().isoformat(timespec="seconds"),
-                  "seconds": round(seconds, 1),
-                  "artifacts_before": reused, "from_scratch": not reused}, results_dir())
+    nb = "the chain's set-up"
+    try:
+        try:                    # every notebook's parameters, before the first one runs
+            all_params = {n: notebook_parameters(profile, n) for n in _select(only)}
+        except ConfigError as e:
+            raise SystemExit(f"[reproduce] {e}") from e
+        with chain_lock(results_dir()):
+            for nb, params in all_params.items():
+                _run_one(pm, nb, params, out_dir, kernel)
+                done.append(nb)
+            seconds = time.time() - t_chain
+            record_chain({"profile": profile, "notebooks": done,
+                          "start": start.isoformat(timespec="seconds"),
+                          "end": dt.datetime.now().isoformat(timespec="seconds"),
+                          "seconds": round(seconds, 1),
+                          "artifacts_before": reused, "from_scratch": not reused},
+                         results_dir())
+    except KeyboardInterrupt:
+        raise _interrupted(nb, done, profile, only, store.root) from None
     print(f"[reproduce] {len(done)} notebooks in {seconds:.0f}s"
           f"{' (from scratch: no artifacts before)' if not reused else ''}", flush=True)
+
+
+def _run_one(pm, nb: str, params: dict, out_dir: Path, kernel: str) -> None:
+    """Execute one notebook; a failure prints its last line and where the traceback is
+    and exits 1; Ctrl-C (in this process or the kernel) raises ``KeyboardInterrupt``."""
+    t0 = time.time()
+    print(f"[reproduce] {nb} (profile {params.get('profile')}) ...", flush=True)
+    try:
+        pm.execute_notebook(str(NB_DIR / f"{nb}.ipynb"), str(out_dir / f"{nb}.ipynb"),
+                            parameters=params, kernel_name=kernel, cwd=str(NB_DIR),
+                            progress_bar=False, log_output=bool(os.environ.get("APQ_LOG")))
+    except Exception as e:
+        if getattr(e, "ename", None) == "KeyboardInterrupt":    # the kernel got the Ctrl-C
+            raise KeyboardInterrupt from None
+        print(f"[reproduce] FAILED in notebook {nb}: {type(e).__name__}: "
+              f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}\n"
+              f"[reproduce] executed copy with the traceback: {out_dir / (nb + '.ipynb')}",
+              file=sys.stderr, flush=True)
+        raise SystemExit(1)
+    print(f"[reproduce] {nb} done in {time.time() - t0:.0f}s", flush=True)
 
 
 def prepare_chain(profile: str, out_dir: Path, only: Optional[list[str]] = None) -> list[Path]:

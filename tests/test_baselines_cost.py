@@ -43,7 +43,9 @@ def _summaries(d, **over):
                 "predictor_artifact": "predictor/abc"},
          "04": {"n_searches": 4, "search_seconds_total": 12.0, "predicted_test_spearman": 0.5,
                 "predicted_minus_test_mean": 0.1, "evolution_minus_random_test_mean": 0.2,
-                "evolution_minus_random_test_ci": [-0.1, 0.5]}}
+                "evolution_minus_random_test_ci": [-0.1, 0.5], "predicted_minus_test_raw": 0.1,
+                "offset_source": "none", "baseline_budgets": {}, "containment": [],
+                "cost_test_spearman": {"latency": 0.4}}}
     for k, v in over.items():
         s[k[1:]].update(v) if v is not None else s.pop(k[1:])
     for nb, v in s.items():

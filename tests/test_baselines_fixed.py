@@ -44,7 +44,7 @@ def test_cost_table_matches_lut_sum(space, mbv2):
     sim = get_simulator("bitfusion")
     for b in (8, 4):
         got = tab.summary(tab.bits_of(uniform_policy(tab.names, b, b)))
-        ref = subnet_cost(space, space.largest(b), sim.cost)
+        ref = subnet_cost(space, space.mobilenetv2(b), sim.cost)
         assert got["latency_ms"] == pytest.approx(ref["latency"], rel=1e-9)
         assert got["energy_mj"] == pytest.approx(ref["energy"], rel=1e-9)
     bits = [(8, 8)] * len(tab.names)

@@ -16,8 +16,11 @@ def fake_repo(tmp_path, monkeypatch):
     committed = tmp_path / "results"
     (committed / "data").mkdir(parents=True)
     (committed / "data" / "01_summary.json").write_text(json.dumps({"largest_top1": 91.5}))
+    files = {"data/01_summary.json": artifacts.file_sha256(committed / "data" /
+                                                           "01_summary.json")}
     (committed / "manifest.json").write_text(json.dumps({"profile": "default",
-                                                         "notebooks": {"01_supernet": {}}}))
+                                                         "notebooks": {"01_supernet": {}},
+                                                         "files": files}))
     monkeypatch.setattr(artifacts, "REPO_ROOT", tmp_path)
     monkeypatch.delenv("APQ_RESULTS_DIR", raising=False)
     monkeypatch.setenv("APQ_ARTIFACTS", str(tmp_path / "artifacts"))

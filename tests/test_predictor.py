@@ -467,7 +467,7 @@ def test_shard_arg(monkeypatch):
 def test_profile_study_sizes_checked():
     with pytest.raises(ConfigError, match="predictor.study_sizes"):
         load_profile("smoke", {"predictor.study_sizes": [100]})
-    for p in ("default", "paper"):
+    for p in ("default", "paper_counts", "imagenet"):
         pc = load_profile(p).predictor
         assert len(pc.study_sizes) >= 5 and len(pc.study_seeds) >= 3
 

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -247,6 +248,8 @@ def test_nonfinite_loss_stops_supernet_training_naming_step_and_key(tmp_path):
     net = sn.APQSupernet(SearchSpace(cfg.space))
 
     class NaNData:
+        name, num_classes = "zeros", cfg.space.num_classes
+
         def loader(self, split, **kw):
             from apq_lib.data import BatchLoader, TensorImageSet
             imgs = torch.zeros(256, 1, 28, 28, dtype=torch.uint8)
@@ -516,3 +519,307 @@ def test_stage_key_rejects_a_skip_it_does_not_read():
         StageKey("t_bad_skip", 1, reads=("seed",), skip=("space.stem_width",)).fields(
             load_profile("smoke"))
     STAGE_KEYS.pop("t_bad_skip", None)
+
+
+# --------------------------------------------------------------------------- bad input
+def test_duplicate_key_in_a_profile_is_refused_naming_the_line(tmp_path):
+    p = tmp_path / "params_dup.yaml"
+    p.write_text("seed: 0\nseed: 7\n")
+    with pytest.raises(ConfigError, match=r"line 2: key 'seed' appears twice.*line 1"):
+        load_profile(str(p))
+
+
+def test_alias_bomb_is_refused_before_expanding(tmp_path):
+    """Billion laughs: nine levels of aliases, refused at the first alias, in bounded time
+    and memory (nothing is expanded)."""
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    p = tmp_path / "params_bomb.yaml"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"line 2: alias \*a0"):
+        load_profile(str(p))
+
+
+@pytest.mark.parametrize("override, key", [({"seed": 2 ** 70}, "seed"),
+                                           ({"baselines.prune_ratios": []},
+                                            "baselines.prune_ratios"),
+                                           ({"space.num_classes": 1}, "space.num_classes")])
+def test_out_of_range_values_are_named_up_front(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_profile("smoke", override)
+
+
+def _fmnist_files(tmp_path, train_labels=None, n_train=300):
+    import gzip
+
+    import numpy as np
+
+    def write(path, arr):
+        arr = np.asarray(arr, dtype=np.uint8)
+        header = bytes([0, 0, 8, arr.ndim]) + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+        with gzip.open(path, "wb") as f:
+            f.write(header + arr.tobytes())
+
+    rng = np.random.default_rng(0)
+    d = tmp_path / "fm"
+    d.mkdir()
+    write(d / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (n_train, 28, 28)))
+    write(d / "train-labels-idx1-ubyte.gz",
+          np.arange(300) % 10 if train_labels is None else train_labels)
+    write(d / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (50, 28, 28)))
+    write(d / "t10k-labels-idx1-ubyte.gz", np.arange(50) % 10)
+    return d
+
+
+def test_corrupted_label_byte_is_an_error_not_a_bigger_dataset(tmp_path):
+    import numpy as np
+
+    from apq_lib.config import DataConfig
+    from apq_lib.data import load_data
+    labels = np.arange(300) % 10
+    labels[17] = 255
+    d = _fmnist_files(tmp_path, labels)
+    with pytest.raises(ValueError, match=r"label 255 of image 17 is outside 0\.\.9"):
+        load_data(DataConfig(root=str(d), val_size=50, download=False))
+
+
+def test_labels_of_another_split_beside_the_images_are_refused(tmp_path):
+    from apq_lib.config import DataConfig
+    from apq_lib.data import load_data
+    d = _fmnist_files(tmp_path, n_train=200)         # 300 labels for 200 images
+    with pytest.raises(ValueError, match="200 images but 300 labels"):
+        load_data(DataConfig(root=str(d), val_size=50, download=False))
+
+
+def test_unreadable_image_in_an_imagefolder_is_named(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from apq_lib.config import DataConfig
+    from apq_lib.data import load_data
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(
+                    tmp_path / split / c / f"{i}.png")
+    bad = tmp_path / "train" / "a" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:20])            # truncated
+    b = load_data(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=2,
+                             image_size=8))
+    with pytest.raises(ValueError, match=r"1\.png: cannot be read as an image"):
+        [b.train.dataset[i] for i in range(len(b.train.dataset))]
+
+
+# --------------------------------------------------------------------------- 7. tampering
+def test_hand_edited_results_are_detected_and_not_laundered(tmp_results):
+    import numpy as np
+
+    from apq_lib.artifacts import ResultMismatchError
+    from apq_lib.notebook import start
+    from apq_lib.paper_tables import _csv
+    from apq_lib.results import read_summary, write_summary
+    ctx = start("01_supernet", "smoke", {}, False)
+    p = write_summary(ctx, {"largest_top1": 71.5, "smallest_top1": 60.0,
+                            "random_macs_spearman": 0.8, "train_seconds": 12.0})
+    ctx.finish()
+    assert read_summary(tmp_results, "01_supernet")["largest_top1"] == 71.5
+    recorded = json.loads((tmp_results / "manifest.json").read_text())["files"]
+    p.write_text(p.read_text().replace("71.5", "77.7777"))          # edited by hand
+    msg = (r"01_summary\.json differs from what notebook 01_supernet recorded in .*"
+           r"manifest\.json.*rerun notebook 01_supernet")
+    with pytest.raises(ResultMismatchError, match=msg):
+        read_summary(tmp_results, "01_supernet")
+    ctx2 = start("02_hardware", "smoke", {}, False)
+    with pytest.raises(ResultMismatchError, match=msg):
+        ctx2.read_json("01_summary.json", "01_supernet")
+    (tmp_results / "bench").mkdir()
+    (tmp_results / "bench" / "step.csv").write_text("a\n1\n")     # no notebook prefix
+    ctx2.write_json("02_summary.json", {"lut": {}})
+    ctx2.finish()                       # a later notebook does not re-record 01's file
+    after = json.loads((tmp_results / "manifest.json").read_text())["files"]
+    assert after["data/01_summary.json"] == recorded["data/01_summary.json"]
+    assert "data/02_summary.json" in after and "bench/step.csv" in after
+    with pytest.raises(ResultMismatchError, match=msg):
+        read_summary(tmp_results, "01_supernet")
+    # the CSV / npz readers of notebooks 05 and 06
+    ctx4 = start("04_search", "smoke", {}, False)
+    csv = ctx4.out("data", "04_search.csv")
+    atomic_write(csv, "method,top1\nAPQ,70.1\n")
+    np.savez(ctx4.out("data", "04_correct.npz"), m0=np.ones(4, bool))
+    ctx4.finish()
+    ctx5 = start("05_baselines", "smoke", {}, False)
+    assert ctx5.read_csv("04_search.csv", "04_search")["top1"].tolist() == [70.1]
+    assert ctx5.load_npz("04_correct.npz", "04_search")["m0"].all()
+    csv.write_text("method,top1\nAPQ,77.7777\n")
+    npz = tmp_results / "data" / "04_correct.npz"
+    np.savez(npz, m0=np.zeros(4, bool))
+    for read in (lambda: ctx5.read_csv("04_search.csv", "04_search"), lambda: _csv(csv)):
+        with pytest.raises(ResultMismatchError, match=r"04_search\.csv differs from what "
+                           r"notebook 04_search recorded.*rerun notebook 04_search"):
+            read()
+    with pytest.raises(ResultMismatchError, match=r"04_correct\.npz differs.*04_search"):
+        ctx5.load_npz("04_correct.npz", "04_search")
+    # a file its notebook never recorded (it did not finish) is refused too
+    ctx5.write_json("05_summary.json", {"search_cost": {}})
+    with pytest.raises(ResultMismatchError, match=r"05_summary\.json is not recorded.*"
+                       r"notebook 05_baselines did not finish"):
+        read_summary(tmp_results, "05_baselines")
+
+
+def test_no_manifest_means_no_check(tmp_results):
+    from apq_lib.notebook import start
+    from apq_lib.results import read_summary, write_summary
+    ctx = start("05_baselines", "smoke", {}, False)
+    write_summary(ctx, {"search_cost": {"APQ": 1.0}})
+    assert not (tmp_results / "manifest.json").exists()
+    assert read_summary(tmp_results, "05_baselines")["search_cost"] == {"APQ": 1.0}
+
+
+# --------------------------------------------------------------------------- 8. notebooks:
+def _profile_with(tmp_path, notebooks: str) -> Path:
+    text = (ROOT / "env" / "params_smoke.yaml").read_text()
+    assert "\nnotebooks: {}\n" in text
+    p = tmp_path / "params_nb.yaml"
+    p.write_text(text.replace("\nnotebooks: {}\n", f"\nnotebooks: {notebooks}\n"))
+    return p
+
+
+def test_misspelt_notebook_in_profile_is_refused_listing_the_names(tmp_path):
+    p = _profile_with(tmp_path, "{04_serach: {force: true}}")
+    with pytest.raises(ConfigError, match=r"notebooks\.04_serach: no such notebook; the "
+                       r"chain's notebooks are 01_supernet, .*04_search, .*08_sparsity"):
+        load_profile(str(p))
+
+
+def test_invalid_notebook_override_fails_at_load_naming_notebook_and_key(tmp_path,
+                                                                        tmp_results,
+                                                                        monkeypatch):
+    from apq_lib.runner import run_chain
+    monkeypatch.setenv("APQ_PROGRESS", "text")      # run_chain sets it for its kernels
+    p = _profile_with(tmp_path, "{04_search: {overrides: {search.population: -3}}}")
+    msg = r"notebooks\.04_search\.overrides: search\.population: .*-3"
+    with pytest.raises(ConfigError, match=msg):
+        load_profile(str(p))
+    with pytest.raises(SystemExit, match=msg):       # before notebook 01 starts
+        run_chain(str(p), tmp_path / "executed")
+    ok = _profile_with(tmp_path, "{04_search: {overrides: {search.population: 30}}}")
+    assert load_profile(str(ok)).notebooks["04_search"]["overrides"] == {
+        "search.population": 30}
+
+
+# --------------------------------------------------------------------------- 9. smaller ones
+def test_read_only_results_dir_fails_at_start_naming_it(tmp_results, monkeypatch):
+    from apq_lib.notebook import ResultsNotWritableError, start
+    (tmp_results / "data").mkdir(parents=True)
+    os.chmod(tmp_results / "data", 0o555)
+    if os.geteuid() == 0:               # root writes anyway: refuse as a read-only mount would
+        real_open = os.open
+
+        def read_only(path, flags, *a, **kw):
+            writes = flags & (os.O_WRONLY | os.O_RDWR)
+            if writes and str(path).startswith(str(tmp_results / "data")):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, flags, *a, **kw)
+        monkeypatch.setattr(os, "open", read_only)
+    try:
+        with pytest.raises(ResultsNotWritableError, match=rf"results dir {tmp_results} is not "
+                           rf"writable \(Permission denied: {tmp_results / 'data'}/.*"
+                           rf"APQ_RESULTS_DIR"):
+            start("02_hardware", "smoke", {}, False)
+    finally:
+        os.chmod(tmp_results / "data", 0o755)
+
+
+def test_supernet_trainer_lock_is_an_flock(tmp_path, monkeypatch):
+    import fcntl
+    lock = tmp_path / "train.lock"
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)          # held, as by a live trainer that has not yet
+    os.write(fd, b"999999999")              # written its pid (here: a pid no process has)
+    monkeypatch.setattr(sn, "_train_phases", lambda *a: {"trained": True})
+    try:
+        with pytest.raises(RuntimeError, match=rf"{tmp_path} is being trained by process "
+                           rf"999999999"):
+            sn.train_supernet(None, None, None, tmp_path, device="cpu")
+    finally:
+        os.close(fd)                        # the holder exits: the lock goes with it
+    lock.write_text(str(os.getppid()))      # a live pid left in the file holds nothing
+    assert sn.train_supernet(None, None, None, tmp_path, device="cpu") == {"trained": True}
+    assert not lock.exists()                # not left in the published artifact
+
+
+def _fake_chain(monkeypatch, interrupt_at=None, kernel_side=False):
+    """papermill's execute_notebook replaced: records the notebooks, Ctrl-C in one."""
+    import papermill
+    ran = []
+
+    def execute(src, dst, **kw):
+        nb = Path(src).stem
+        if nb == interrupt_at:
+            if kernel_side:
+                raise papermill.PapermillExecutionError(3, 1, "train()", "KeyboardInterrupt",
+                                                        "", [])
+            raise KeyboardInterrupt
+        ran.append(nb)
+        Path(dst).write_text("{}")
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    monkeypatch.setenv("APQ_PROGRESS", "text")      # run_chain sets it for its kernels
+    return ran
+
+
+def test_second_chain_on_the_same_results_is_refused_naming_the_first(tmp_results,
+                                                                      monkeypatch):
+    import fcntl
+
+    from apq_lib.runner import run_chain
+    ran = _fake_chain(monkeypatch)
+    tmp_results.mkdir(parents=True)
+    fd = os.open(tmp_results / ".chain.lock", os.O_CREAT | os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)                  # a first chain, still running
+    os.write(fd, b"4242")
+    try:
+        with pytest.raises(SystemExit, match=rf"another chain \(process 4242\) is running on "
+                           rf"{tmp_results}: wait for it.*executed/ copies"):
+            run_chain("smoke", tmp_results / "executed", ["01"])
+        assert ran == []
+    finally:
+        os.close(fd)
+    run_chain("smoke", tmp_results / "executed", ["01"])    # the first one is gone
+    assert ran == ["01_supernet"]
+
+
+@pytest.mark.parametrize("kernel_side", [False, True])
+def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_results, monkeypatch, capsys,
+                                                     kernel_side):
+    from apq_lib.runner import main
+    ran = _fake_chain(monkeypatch, "03_predictor", kernel_side)
+    with pytest.raises(SystemExit) as e:
+        try:
+            main(["reproduce", "--profile", "smoke", "--only", "01", "02", "03", "04"])
+        except KeyboardInterrupt:
+            pytest.fail("Ctrl-C escaped as a raw KeyboardInterrupt (a traceback)")
+    assert e.value.code == 130 and ran == ["01_supernet", "02_hardware"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert re.fullmatch(
+        r"\[reproduce\] interrupted in 03_predictor; kept: 01_supernet, 02_hardware finished "
+        r"\(results and manifest written\), every completed stage cached in .* \(reused, not "
+        r"recomputed\); resume with the same command: python -m apq_lib.runner reproduce "
+        r"--profile smoke --only 01 02 03 04", err[0]), err[0]
+
+
+def test_after_a_torn_manifest_no_file_is_vouched_for(tmp_results):
+    from apq_lib.artifacts import ResultMismatchError
+    from apq_lib.notebook import start
+    from apq_lib.results import read_summary, write_summary
+    ctx = start("05_baselines", "smoke", {}, False)
+    write_summary(ctx, {"search_cost": {"APQ": 1.0}})
+    ctx.finish()
+    (tmp_results / "manifest.json").write_text('{"files": {"data/05_su')
+    ctx6 = start("06_paper_tables", "smoke", {}, False)
+    with pytest.warns(UserWarning, match="manifest.json is corrupted"):
+        ctx6.finish()
+    with pytest.raises(ResultMismatchError, match=r"05_summary\.json is not recorded.*rerun "
+                       r"notebook 05_baselines"):
+        read_summary(tmp_results, "05_baselines")

@@ -27,7 +27,7 @@ from apq_lib.supernet import (
     train_supernet,
 )
 from apq_lib.supernet.static import tensor_state
-from apq_lib.supernet.train import full_network_phase, phase_file
+from apq_lib.supernet.train import phase_file
 
 torch.set_num_threads(1)
 
@@ -269,9 +269,6 @@ def test_full_phase_snapshot_is_the_largest_network_trained_alone(tmp_path):
                    progress=False)
     snap = load_state(tmp_path / "two" / phase_file(0, "full"))[0]
     assert all(torch.equal(v, snap[k]) for k, v in tensor_state(alone).items())
-    assert full_network_phase(tiny_profile())[0] == 0
-    with pytest.raises(ConfigError, match="scratch_source"):
-        full_network_phase(tiny_profile(phases=PHASES[1:]))
 
 
 def test_get_trained_supernet_uses_the_artifact_cache(tmp_path):
@@ -318,7 +315,7 @@ def test_ddp_two_cpu_processes_run_a_step(tmp_path):
 
 def test_profiles_schedule_is_valid():
     from apq_lib.config import load_profile
-    for name in ("smoke", "default", "paper"):
+    for name in ("smoke", "default", "paper_counts", "imagenet"):
         cfg = load_profile(name)
         sp = SearchSpace(cfg.space)
         for ph in cfg.supernet.phases:
@@ -334,10 +331,10 @@ def test_kd_loss_is_zero_for_identical_logits():
     assert float(_kd_loss(z, z + F.one_hot(torch.arange(4), 10) * 3)) > 0
 
 
-def test_baseline_scratch_model_from_the_full_phase_or_trained(tmp_path):
-    """Notebook 05's fixed model: ``scratch_source: supernet`` is the full phase's largest
-    network (exported, BN recalibrated; missing supernet → a clear error), ``train`` trains
-    and caches one."""
+def test_baseline_fixed_model_is_the_mobilenetv2_point_inherited_or_trained(tmp_path):
+    """Notebook 05's fixed model: ``scratch_source: inherit`` is the space's MobileNetV2
+    point exported from the final supernet (BN recalibrated; missing supernet → a clear
+    error), ``train`` trains and caches one."""
     import dataclasses
 
     from apq_lib.artifacts import MissingInputError
@@ -345,22 +342,22 @@ def test_baseline_scratch_model_from_the_full_phase_or_trained(tmp_path):
     from apq_lib.baselines.fixed import to_float
     from apq_lib.config import BaselinesConfig
 
-    base = BaselinesConfig(scratch_source="supernet", scratch_epochs=1, calib_images=16,
+    base = BaselinesConfig(scratch_source="inherit", scratch_epochs=1, calib_images=16,
                            reward_images=32)
     prof, data, store = dataclasses.replace(tiny_profile(), baselines=base), tiny_data(), \
         ArtifactStore(tmp_path)
     suite = BaselineSuite(prof, data, store=store, progress=False)
     with pytest.raises(MissingInputError, match="01_supernet"):
         suite.scratch_model()
-    _, info = get_trained_supernet(prof, data, store, progress=False)
+    net, _ = get_trained_supernet(prof, data, store, progress=False)
     model = suite.scratch_model()
-    assert suite.scratch_info["steps"] == info["history"][0]["steps"]
-    assert suite.scratch_info["seconds"] == pytest.approx(info["history"][0]["seconds"])
-    # the same network as the phase-0 snapshot's largest subnet, BN recalibrated alike
-    net = APQSupernet(SearchSpace(TINY))
-    snap = load_state(next((tmp_path / "supernet").glob("*/" + phase_file(0, "full"))))[0]
-    net.load_state_dict({**net.state_dict(), **snap})
-    ref = to_float(net.get_active_subnet())
+    assert suite.scratch_info["seconds"] == 0.0          # no extra training
+    space = SearchSpace(TINY)
+    mb = space.mobilenetv2()
+    assert set(mb.kernels) == {3} and mb.depths == [max(c) for c in space.depth_choices]
+    assert mb != space.largest()
+    # the same network as the final supernet's MobileNetV2 subnet, BN recalibrated alike
+    ref = to_float(net.export(mb))
     recalibrate_bn(ref, suite.batches["recal"])
     x = torch.randn(4, 1, 16, 16)
     torch.testing.assert_close(model(x), ref.eval()(x), rtol=1e-5, atol=1e-5)

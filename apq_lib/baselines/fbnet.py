@@ -174,6 +174,7 @@ class StochasticSupernet(MobileNetBody):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        self.set_bn_params(space.cfg.bn_eps, space.cfg.bn_momentum)
         nb = len(self.bits)
         self.theta_op = nn.ParameterList(nn.Parameter(torch.zeros(len(c))) for c in ops)
         self.theta_w = nn.ParameterList(nn.Parameter(torch.zeros(nb)) for _ in ops)
@@ -294,7 +295,7 @@ class FBNetResult:
 def search_batches(data, n_images: int, val_fraction: float, batch_size: int, seed: int = 0):
     """Endless (weight, θ) batch iterators over a disjoint ``1 - val_fraction`` /
     ``val_fraction`` split of ``n_images`` training images, and their batches per pass."""
-    from ..data import BatchLoader, TensorImageSet, cycle
+    from ..data import BatchLoader, TensorImageSet, _torch_loader, cycle
     ds = data.train
     n = min(n_images, len(ds))
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
@@ -303,11 +304,13 @@ def search_batches(data, n_images: int, val_fraction: float, batch_size: int, se
     if min(len(p) for p in parts) < batch_size:
         raise ValueError(f"baselines.fbnet.train_images={n_images}: each split needs at least "
                          f"batch_size={batch_size} images; raise train_images")
-    if not isinstance(ds, TensorImageSet):
-        raise TypeError(f"FBNet's search split needs the in-memory dataset "
-                        f"({data.name} loaded as {type(ds).__name__})")
-    its = [cycle(BatchLoader(ds.subset(p), batch_size, True, data.cfg.augment and k == 0,
-                             seed + k, drop_last=True)) for k, p in enumerate(parts)]
+    if isinstance(ds, TensorImageSet):
+        its = [cycle(BatchLoader(ds.subset(p), batch_size, True, data.cfg.augment and k == 0,
+                                 seed + k, drop_last=True)) for k, p in enumerate(parts)]
+    else:       # a torch dataset (ImageFolder): its own transforms, both splits
+        its = [cycle(_torch_loader(torch.utils.data.Subset(ds, p.tolist()), batch_size, True,
+                                   seed + k, data.cfg.num_workers, True))
+               for k, p in enumerate(parts)]
     return its[0], its[1], len(parts[0]) // batch_size, len(parts[1]) // batch_size
 
 

@@ -1,8 +1,8 @@
 """Fixed-architecture baselines and the per-layer cost model every baseline shares
 (APQ §4 "MobileNetV2 + fixed precision / + HAQ"; HAQ §4).
 
-* :func:`build_fixed_model`: the "MobileNetV2" of the suite — the largest subnet of the
-  search space, freshly initialised (trained from scratch by the caller).
+* :func:`build_fixed_model`: the MobileNetV2 of the suite — the space's MobileNetV2 point
+  (3×3 kernels, expand 6, largest depth), freshly initialised (trained by the caller).
 * :func:`to_float` / :func:`quantize_with_policy`: a model with plain Conv2d / Linear, and a
   copy quantized with ``apq_lib.quant`` (PACT activations, linear or k-means weights) at a
   per-layer policy ``{name: (w_bits, a_bits)}``, calibrated.
@@ -42,12 +42,12 @@ def fixed_bits(name: str) -> tuple[int, int]:
 
 
 def build_fixed_model(space, seed: int = 0) -> nn.Module:
-    """The largest subnet of ``space`` (max depth, kernel and width), freshly initialised,
-    FP32, as a standalone module with plain Conv2d / Linear layers."""
+    """The space's MobileNetV2 point (``space.mobilenetv2()``), freshly initialised, FP32,
+    as a standalone module with plain Conv2d / Linear layers."""
     from ..supernet.network import APQSupernet
     torch.manual_seed(seed)
     net = APQSupernet(space)
-    net.set_active_subnet(space.largest())
+    net.set_active_subnet(space.mobilenetv2())
     return to_float(net.get_active_subnet())
 
 

@@ -1,5 +1,6 @@
 """Notebook 05's stages (APQ §4 baselines on the suite's data, supernet, simulators and cost
-accounting): the fixed-architecture "MobileNetV2" trained from scratch, fixed precision
+accounting): the fixed-architecture MobileNetV2 (the space's 3×3 / expand-6 point, inherited
+from the final supernet or trained from scratch), fixed precision
 (PTQ / QAT), HAQ (linear, and k-means under a size target), HAWQ-V2, the multi-stage
 pipeline and the magnitude-pruning sweep. Every result is one row of the same table.
 """
@@ -20,7 +21,7 @@ from ..loops import finetune_batches, test_batches
 from ..pruning import accuracy, cycle, finetune, gradual_magnitude_prune, sparse_size_bits, sparsity
 from ..quant import weight_calibration_kw
 from ..supernet.metrics import recalibrate_bn
-from ..supernet.space import SearchSpace, SubnetConfig
+from ..supernet.space import LARGEST_NAME, MBV2_NAME, SearchSpace, SubnetConfig
 from .cost import CostMeter
 from .fixed import (
     LayerCostTable,
@@ -35,15 +36,17 @@ from .haq import DDPGConfig, HAQSearch, haq_layers
 from .hawq import hawq_allocate, hawq_sensitivity, hessian_traces
 
 __all__ = ["BaselineSuite", "SCRATCH_STAGE", "COLUMNS", "pick_targets", "spread", "UNITS",
-           "cost_at_equal_accuracy"]
+           "cost_at_equal_accuracy", "MBV2", "LARGEST", "best_under", "matched_by_cost"]
 
 SCRATCH_STAGE = "baseline_scratch"
 # the fixed network trained from scratch (baselines.scratch_source: train)
-SCRATCH_KEY = StageKey(SCRATCH_STAGE, version=3, skip=("data.test_subset",),
+SCRATCH_KEY = StageKey(SCRATCH_STAGE, version=4, skip=("data.test_subset",),
                        reads=("seed", "space", "data", "baselines.scratch_epochs",
                               "baselines.scratch_images", "baselines.scratch_lr",
                               "baselines.reward_images", "finetune.recal_images"))
-MBV2 = "MobileNetV2"
+# the names every table uses: the fixed network of Tables 1 and 3 (a point of the space) and
+# the space's largest corner (a labelled reference, not the paper's fixed network)
+MBV2, LARGEST = MBV2_NAME, LARGEST_NAME
 UNITS = {"latency": "ms", "energy": "mJ", "bitops": "G", "size": "kB"}
 COLUMNS = ["method", "variant", "model", "constraint", "target", "target_from", "met",
            "test_acc", "latency_ms", "energy_mj", "bitops_g", "size_kb", "search_s", "policy",
@@ -84,6 +87,20 @@ def cost_at_equal_accuracy(apq: pd.DataFrame, base: pd.DataFrame, col: str) -> p
                      "apq_test_acc": None if best is None else float(best["test_acc"]),
                      "ratio": None if best is None else float(b[col] / best[col])})
     return pd.DataFrame(rows)
+
+
+def best_under(rows: pd.DataFrame, col: str, limit: float) -> Optional[float]:
+    """Best test top-1 among ``rows`` with ``col <= limit`` (None when none fits)."""
+    d = rows[rows[col] <= limit * (1 + 1e-9)]
+    return None if d.empty else float(d["test_acc"].max())
+
+
+def matched_by_cost(rows: pd.DataFrame, col: str, cost: float, tol: float
+                    ) -> Optional[pd.Series]:
+    """The row whose ``col`` is nearest ``cost`` within a relative ``tol`` (None if none):
+    a comparison at matched realised cost, not at a shared budget."""
+    d = rows[(rows[col] - cost).abs() <= tol * cost]
+    return None if d.empty else d.loc[(d[col] - cost).abs().idxmin()]
 
 
 class BaselineSuite:
@@ -165,9 +182,18 @@ class BaselineSuite:
     def target_in_table_units(self, metric: str, target: float) -> float:
         return target * _SCALE[metric]
 
+    def floor(self, model: nn.Module, key: str, metric: str) -> float:
+        """The lowest ``metric`` (row units) a bit search can reach on ``model``: every
+        searched layer at the lowest HAQ bit width (head and tail stay at 8 bits)."""
+        table, lo = self.table(model, key), self.s.haq_bits[0]
+        return float(table.summary(table.bits_of(uniform_policy(table.names, lo, lo)))[
+            _METRIC_COL[metric]])
+
     def _shared_scratch(self, method: str) -> None:
         """Count the from-scratch training once for every method that uses the model."""
         i = self.scratch_info
+        if not i.get("seconds"):
+            return                     # inherited from the supernet: nothing extra to train
         if not any(r.method == method and r.stage.startswith("train MobileNetV2")
                    for r in self.meter.records):
             self.meter.add(method, "train MobileNetV2 from scratch", i["seconds"], "shared",
@@ -179,12 +205,20 @@ class BaselineSuite:
         """What the from-scratch model depends on (:data:`SCRATCH_KEY`)."""
         return SCRATCH_KEY.config(self.cfg)
 
-    def scratch_model(self, force: bool = False) -> nn.Module:
-        """The largest subnet trained from scratch: the supernet's full-network phase
-        (``baselines.scratch_source: supernet``) or trained here and cached as an artifact
-        (``train``). Its training seconds are counted as a shared cost."""
-        if self.s.scratch_source == "supernet":
-            return self._scratch_from_supernet()
+    def scratch_model(self, force: bool = False, supernet=None) -> nn.Module:
+        """The fixed network (:data:`MBV2`, ``space.mobilenetv2()``) as a float model:
+        inherited from the final supernet (``baselines.scratch_source: inherit``, APQ's
+        protocol: the same weights APQ's models start from, then the one finetune recipe) or
+        trained here from scratch and cached as an artifact (``train``; its training seconds
+        are counted as a shared cost)."""
+        if self.s.scratch_source == "inherit":
+            model = self.inherited(self.space.mobilenetv2().to_dict(), supernet)
+            self.scratch_info = {
+                "seconds": 0.0, "cpu_seconds": 0.0, "steps": 0,
+                "val_acc": accuracy(model, self.batches["reward"], self.device),
+                "device": self.meter.device,
+                "source": "inherited from the final supernet (notebook 01)", "cached": True}
+            return model
         s, seed = self.s, self.cfg.seed
 
         def build(work):
@@ -215,25 +249,12 @@ class BaselineSuite:
         self.scratch_info = info
         return model.to(self.device).eval()
 
-    def _scratch_from_supernet(self) -> nn.Module:
-        from ..supernet import train as sn
-        p, ph = sn.full_network_phase(self.cfg)
-        net, _, art = sn.require_supernet(self.cfg, self.store, self.device,
-                                          sn.phase_file(p, ph.name))
-        net.set_active_subnet(self.space.largest())
-        model = to_float(net.get_active_subnet()).to(self.device)
-        recalibrate_bn(model, self.batches["recal"], self.device)
-        rows = [r for r in json.loads(art.file("info.json").read_text())["history"]
-                if r["phase_index"] == p]
-        self.scratch_info = {
-            "seconds": sum(r["seconds"] for r in rows),
-            "cpu_seconds": sum(r.get("cpu_seconds", 0.0) for r in rows),
-            "steps": sum(r["steps"] for r in rows),
-            "val_acc": accuracy(model, self.batches["reward"], self.device),
-            "device": self.meter.device, "artifact": f"{sn.STAGE}/{art.key}",
-            "source": f"supernet phase '{ph.name}' ({len(rows)} epochs, "
-                      f"artifact {sn.STAGE}/{art.key})", "cached": True}
-        return model.eval()
+    def inherited(self, arch: dict, supernet=None) -> nn.Module:
+        """``arch`` exported FP32 from the final supernet (notebook 01), BN recalibrated."""
+        if supernet is None:
+            from ..supernet import train as sn
+            supernet = sn.require_supernet(self.cfg, self.store, self.device)[0]
+        return self.export_fp32(supernet, arch).to(self.device).eval()
 
     # ------------------------------------------------------------------ fixed precision
     def fixed_precision(self, model: nn.Module, name: str, key: str) -> list[dict]:

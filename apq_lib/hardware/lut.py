@@ -9,7 +9,6 @@ off) with one gather and one sum.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -17,6 +16,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..artifacts import Artifact, ArtifactStore
+from ..fields import key_dict
 from .costs import get_simulator
 from .layers import LayerSpec, mbconv_layers
 
@@ -217,7 +217,7 @@ def build_space_lut(space, simulator: str = "bitfusion", store: Optional[Artifac
                         bitfusion=bitfusion if simulator == "bitfusion" else None)
     store = store or ArtifactStore()
     config = {"version": LUT_VERSION, "simulator": simulator, "params": sim.params(),
-              "space": dataclasses.asdict(space.cfg)}
+              "space": key_dict(space.cfg)}
 
     def fn(work: Path) -> None:
         lut = build_lut(space, sim, progress=progress)

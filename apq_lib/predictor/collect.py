@@ -26,13 +26,14 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
 from ..artifacts import atomic_write, write_json
+from ..fields import key_dict
 from ..supernet.space import SearchSpace, SubnetConfig
 from ..workers import LockBusy, exclusive, exit_with_parent
 from .policies import pair_config
@@ -78,7 +79,7 @@ class SampleStore:
         self.kind, self.n, self.seed, self.space = kind, int(n), int(seed), space
         self.ppa = int(policies_per_arch)
         self.large_fraction, self.bit_spread = float(large_fraction), float(bit_spread)
-        self.spec = {"kind": kind, "n": self.n, "seed": self.seed, "space": asdict(space.cfg),
+        self.spec = {"kind": kind, "n": self.n, "seed": self.seed, "space": key_dict(space.cfg),
                      "large_fraction": self.large_fraction,
                      **({"policies_per_arch": self.ppa, "bit_spread": self.bit_spread}
                         if kind == "quant" else {}),

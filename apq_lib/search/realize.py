@@ -13,11 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..loops import evaluate, finetune
+from ..loops import evaluate, finetune, finetune_batches
+from ..runtime import stream_seed
 from ..supernet.metrics import recalibrate_bn
 from ..supernet.space import SubnetConfig
 
-__all__ = ["realize", "Realized"]
+__all__ = ["realize", "Realized", "realize_seeds", "seed_id"]
 
 
 @dataclass
@@ -47,17 +48,21 @@ class Realized:
 def realize(supernet, cfg, recipe, train_batches: Iterable, recal_batches: list, test_batches,
             steps: Optional[int] = None, predicted_acc: float = float("nan"),
             costs: Optional[dict] = None, eval_before: bool = False, device=None, seed: int = 0,
-            progress: bool = False) -> Realized:
-    """Export ``cfg`` quantized from ``supernet``, finetune with ``recipe`` on
-    ``train_batches`` (``steps`` overrides the recipe's count), recalibrate BN on
-    ``recal_batches`` and measure top-1 on ``test_batches``. ``cfg`` is a
+            progress: bool = False, calib_batches: Optional[list] = None) -> Realized:
+    """Export ``cfg`` quantized from ``supernet``, calibrate its activation clips on
+    ``calib_batches`` (as every baseline's quantizers are, :func:`apq_lib.quant.calibrate`),
+    finetune with ``recipe`` on ``train_batches`` (``steps`` overrides the recipe's count),
+    recalibrate BN on ``recal_batches`` and measure top-1 on ``test_batches``. ``cfg`` is a
     :class:`SubnetConfig` (or its dict); the supernet itself is left unchanged."""
+    from ..quant import calibrate
     if isinstance(cfg, dict):
         cfg = SubnetConfig.from_dict(cfg)
     torch.manual_seed(seed)
     sub = supernet.export(cfg, quantized=True)
     if device is not None:
         sub.to(device)
+    if calib_batches is not None:
+        calibrate(sub, calib_batches, device=device)
     before = None
     if eval_before:                 # QAT trains BN on batch statistics: no recal needed first
         recalibrate_bn(sub, recal_batches, device)
@@ -74,3 +79,21 @@ def realize(supernet, cfg, recipe, train_batches: Iterable, recal_batches: list,
                     eval_seconds=time.perf_counter() - t0,
                     losses=[float(v) for v in losses[:: max(1, len(losses) // 200)]],
                     model=sub, correct=correct)
+
+
+def seed_id(model_id: str, k: int) -> str:
+    """The id of finetune seed ``k`` of a model (seed 0 keeps the model's own id)."""
+    return model_id if k == 0 else f"{model_id}#seed{k}"
+
+
+def realize_seeds(supernet, cfg, recipe, data, model_id: str, n_seeds: int, seed: int,
+                  **kw) -> list[Realized]:
+    """:func:`realize` with ``n_seeds`` finetune seeds: seed ``k`` has its own batch order
+    (:func:`apq_lib.loops.finetune_batches` of :func:`seed_id`) and torch seed (the
+    ``finetune`` stream); seed 0 is the single-seed realisation of ``model_id``."""
+    out = []
+    for k in range(n_seeds):
+        sid = seed_id(model_id, k)
+        out.append(realize(supernet, cfg, recipe, finetune_batches(data, recipe, seed, sid),
+                           seed=seed if k == 0 else stream_seed(seed, "finetune", sid), **kw))
+    return out

@@ -10,7 +10,7 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 import pandas as pd
 
-from ..config import SearchConfig
+from ..config import SearchConfig, key_dict
 from ..results import read_summary
 from .evolution import EvolutionFinder
 from .genome import IndexOps, SearchResult
@@ -38,7 +38,6 @@ def load_search_inputs(ctx, target: str = "bitfusion", device=None) -> dict:
 
     Returns ``{"supernet", "supernet_key", "table", "lut_artifact", "predictor",
     "predictor_artifact", "summaries"}`` (``summaries``: the typed summaries of 01-03)."""
-    import dataclasses
 
     from ..hardware.lut import SpaceCostTable
     from ..supernet.space import SearchSpace
@@ -56,7 +55,7 @@ def load_search_inputs(ctx, target: str = "bitfusion", device=None) -> dict:
                        "results/data/02_summary.json has no entry for it")
     stage, key = entry["artifact"].split("/")
     lut_art = store.get(stage, key)
-    if lut_art is None or lut_art.meta["config"].get("space") != dataclasses.asdict(cfg.space):
+    if lut_art is None or lut_art.meta["config"].get("space") != key_dict(cfg.space):
         raise _missing(f"artifacts/{stage}/{key} for this profile's space", "02_hardware")
     table = SpaceCostTable.load(lut_art.file("cost.npz"), space)
     # 03 · predictor (quantization-aware, by transfer)

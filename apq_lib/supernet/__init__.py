@@ -2,9 +2,9 @@
 
 ``space`` (the shared search-space contract), ``elastic`` (elastic kernel / width / BN
 ops), ``block`` (:class:`ElasticMBConv`), ``network`` (:class:`APQSupernet`), ``static``
-(exported standalone subnets), ``metrics`` (BN recalibration, top-1, MACs), ``schedule``
-(progressive-shrinking phases) and ``train`` (training loop, checkpoint/resume, DDP,
-artifact cache).
+(exported standalone subnets), ``ofa_import`` (the official once-for-all weights),
+``metrics`` (BN recalibration, top-1, MACs), ``schedule`` (progressive-shrinking phases)
+and ``train`` (training loop, checkpoint/resume, DDP, artifact cache).
 """
 from .block import *  # noqa: F401,F403
 from .block import __all__ as _block_all
@@ -14,6 +14,8 @@ from .metrics import *  # noqa: F401,F403
 from .metrics import __all__ as _metrics_all
 from .network import *  # noqa: F401,F403
 from .network import __all__ as _network_all
+from .ofa_import import *  # noqa: F401,F403
+from .ofa_import import __all__ as _ofa_all
 from .schedule import *  # noqa: F401,F403
 from .schedule import __all__ as _schedule_all
 from .space import *  # noqa: F401,F403
@@ -24,7 +26,7 @@ from .static import __all__ as _static_all
 _TRAIN = ("train_supernet", "get_trained_supernet", "load_supernet",
           "supernet_artifact_config")
 __all__ = [*_space_all, *_static_all, *_elastic_all, *_block_all, *_network_all,
-           *_metrics_all, *_schedule_all, *_TRAIN]
+           *_metrics_all, *_schedule_all, *_ofa_all, *_TRAIN]
 
 
 def __getattr__(name):

@@ -45,6 +45,7 @@ class APQSupernet(MobileNetBody):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        self.set_bn_params(space.cfg.bn_eps, space.cfg.bn_momentum)
         self.quantized = False
         self.set_fixed_bits(32)
         self._active: SubnetConfig = space.largest()

@@ -21,6 +21,11 @@ COLUMNS = ("kernel", "mid", "pw_w", "pw_a", "dw_w", "dw_a")
 BIT_FIELDS = ("pw_w", "pw_a", "dw_w", "dw_a")
 
 
+# the names every table gives the space's reference points
+MBV2_NAME = "MobileNetV2 (3x3, e6)"      # APQ's fixed network as a point of the space
+SMALLEST_NAME, LARGEST_NAME = "smallest corner", "largest corner"
+
+
 class InvalidConfigError(ValueError):
     """A configuration outside the search space; the message names block and allowed values."""
 
@@ -244,8 +249,8 @@ class SearchSpace:
 
     def corners(self, bits: Optional[int] = None) -> dict[str, SubnetConfig]:
         """The reference points every table names: smallest, MobileNetV2, largest."""
-        return {"smallest": self.smallest(bits), "MobileNetV2 (3×3, e6)": self.mobilenetv2(bits),
-                "largest": self.largest(bits)}
+        return {SMALLEST_NAME: self.smallest(bits), MBV2_NAME: self.mobilenetv2(bits),
+                LARGEST_NAME: self.largest(bits)}
 
     def with_bits(self, cfg: SubnetConfig, pw_w: int, pw_a: int, dw_w: int,
                   dw_a: int) -> SubnetConfig:

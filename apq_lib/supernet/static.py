@@ -93,6 +93,13 @@ class MobileNetBody(nn.Module):
                                       w_quant=WeightQuantizer(32),
                                       a_quant=PACTQuantizer(32, signed=False))}
 
+    def set_bn_params(self, eps: float, momentum: float) -> None:
+        """``eps`` and ``momentum`` of every BatchNorm (the space's ``bn_eps`` /
+        ``bn_momentum``; exported subnets copy them)."""
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eps, m.momentum = float(eps), float(momentum)
+
     def set_fixed_bits(self, bits: int) -> None:
         """Head and tail at ``bits`` (8 when quantized, 32 for FP32); stem input stays FP."""
         self.stem.set_bits(bits, 32)

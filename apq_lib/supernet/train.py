@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -37,10 +38,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..artifacts import (
+    REPO_ROOT,
     ArtifactStore,
     MissingInputError,
     StageKey,
     config_key,
+    file_sha256,
     load_state,
     save_state,
     write_json,
@@ -54,7 +57,7 @@ from .space import SearchSpace
 from .static import load_tensor_state, tensor_state
 
 __all__ = ["train_supernet", "get_trained_supernet", "load_supernet", "require_supernet",
-           "supernet_artifact_config", "main"]
+           "supernet_artifact_config", "init_checkpoint", "main"]
 
 STAGE = "supernet"
 # What the trained supernet depends on (its artifact key). Version 3: keys derived from the
@@ -152,30 +155,31 @@ def train_supernet(net: APQSupernet, data, cfg: Profile, workdir: Path | str,
     if final.exists() and info_p.exists():
         load_tensor_state(net, load_state(final)[0])
         return json.loads(info_p.read_text())
-    lock = workdir / "train.lock"
-    if rank == 0:
-        _acquire(lock)
+    lock_fd = _acquire(workdir / "train.lock") if rank == 0 else None
     try:
         return _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs,
                              on_step, rank, world)
     finally:
-        if rank == 0:
-            lock.unlink(missing_ok=True)
+        if lock_fd is not None:             # not left in the published artifact
+            (workdir / "train.lock").unlink(missing_ok=True)
+            os.close(lock_fd)               # releases the flock
 
 
-def _acquire(lock: Path) -> None:
-    """One trainer per work directory: refuse while another live process holds it."""
-    if lock.exists():
-        try:
-            pid = int(lock.read_text().strip() or 0)
-            os.kill(pid, 0)
-            alive = pid != os.getpid()
-        except (ValueError, ProcessLookupError, PermissionError):
-            alive = False
-        if alive:
-            raise RuntimeError(f"{lock.parent} is being trained by process {pid}; wait for "
-                               f"it (or end it) before training here")
-    lock.write_text(str(os.getpid()))
+def _acquire(lock: Path) -> int:
+    """One trainer per work directory: an exclusive ``flock`` on ``lock`` (released by the
+    kernel when the holder exits or dies), refused while another process holds it. The
+    file holds the holder's pid, for the message only. Returns the fd to close."""
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RuntimeError(f"{lock.parent} is being trained by process {pid}; wait for "
+                           f"it (or end it) before training here") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
 
 
 def _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs, on_step,
@@ -197,6 +201,10 @@ def _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs, 
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True)
+    if data.num_classes > cfg.space.num_classes:
+        raise ConfigError(f"space.num_classes={cfg.space.num_classes} but the dataset "
+                          f"{data.name} has {data.num_classes} classes: the head cannot "
+                          f"predict them all; set space.num_classes: {data.num_classes}")
     if cfg.data.batch_size % world:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must divide by the "
                           f"{world} ranks")
@@ -217,8 +225,9 @@ def _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs, 
         opt = _make_optimizer(net, ph.lr, sn)
         if first > 0:
             _load_checkpoint(ckpt, net, opt)
-        elif sampler.elastic_width:
+        elif sampler.elastic_width and not getattr(net, "keep_channel_order", False):
             net.sort_channels()            # OFA: importance-sort before elastic width
+                                           # (never on imported weights: their order is OFA's)
         total = ph.epochs * steps
         warm = sn.warmup_epochs * steps if p == 0 else 0
         for e in range(first, ph.epochs):
@@ -298,7 +307,7 @@ def _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs, 
             "phases": [dataclasses.asdict(p) for p in phases], "world_size": world,
             "device": str(device), "threads": torch.get_num_threads()}
     if rank == 0:
-        save_state(tensor_state(net), final)
+        save_state(tensor_state(net), final, _bn_meta(space))
         write_json(info_p, info, sort_keys=False)
         ckpt.unlink(missing_ok=True)
     _barrier()
@@ -311,31 +320,55 @@ def phase_file(index: int, name: str) -> str:
     return f"phase{index}_{name}.safetensors"
 
 
-def full_network_phase(cfg: Profile) -> tuple[int, Phase]:
-    """The first phase that trains only the largest subnet on the labels (no distillation,
-    no elastic choice): its end-of-phase weights are that network trained from scratch."""
-    space = SearchSpace(cfg.space)
-    for i, d in enumerate(cfg.supernet.phases):
-        ph = Phase.from_dict(d, f"supernet.phases[{i}]")      # a Phase, or a mapping
-        plan = PhaseSampler(space, ph)
-        if ph.epochs > 0 and not ph.distill and not ph.sandwich and \
-                plan.largest() == plan.smallest() == space.largest():
-            return i, ph
-    raise ConfigError("supernet.phases: no phase trains the full network alone (kernels, "
-                      "depths and expands at their largest, distill false), so there is no "
-                      "from-scratch largest network to take; set baselines.scratch_source: "
-                      "train")
+def init_checkpoint(cfg: Profile) -> Optional[Path]:
+    """``supernet.init_from`` as a path (relative paths from the repository root)."""
+    p = cfg.supernet.init_from
+    if p is None:
+        return None
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+_SHA: dict = {}
+
+
+def _checkpoint_sha256(path: Path) -> str:
+    if not path.is_file():
+        raise MissingInputError(f"supernet.init_from: {path} does not exist: put the "
+                                f"once-for-all checkpoint there (README: 'ImageNet from the "
+                                f"official OFA weights') or fix the profile")
+    st = path.stat()
+    tag = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if tag not in _SHA:
+        _SHA[tag] = file_sha256(path)
+    return _SHA[tag]
 
 
 def supernet_artifact_config(cfg: Profile) -> dict:
     """What the trained supernet depends on (the artifact key is its hash): the fields
-    :data:`SUPERNET_KEY` declares."""
-    return SUPERNET_KEY.config(cfg)
+    :data:`SUPERNET_KEY` declares; an imported supernet's ``init_from`` by the sha256 of
+    the checkpoint (not its path)."""
+    conf = SUPERNET_KEY.config(cfg)
+    ckpt = init_checkpoint(cfg)
+    if ckpt is not None:
+        conf["supernet"]["init_from"] = {"sha256": _checkpoint_sha256(ckpt)}
+    return conf
+
+
+def _bn_meta(space: SearchSpace) -> dict:
+    return {"bn_eps": space.cfg.bn_eps, "bn_momentum": space.cfg.bn_momentum}
 
 
 def load_supernet(path: Path | str, space: SearchSpace, device=None) -> APQSupernet:
+    """The supernet saved at ``path`` over ``space``; a file that records another BN eps
+    than the space's (eps is not in a state dict) is an error."""
     net = APQSupernet(space)
-    load_tensor_state(net, load_state(path)[0])
+    state, meta = load_state(path)
+    eps = meta.get("bn_eps")
+    if eps is not None and abs(float(eps) - space.cfg.bn_eps) > 1e-12:
+        raise ConfigError(f"space.bn_eps: {path} was saved with BN eps {eps:g}, the profile "
+                          f"has {space.cfg.bn_eps:g}; set space.bn_eps: {eps:g}")
+    load_tensor_state(net, state)
     return net.to(device or "cpu").eval()
 
 
@@ -372,7 +405,11 @@ def get_trained_supernet(cfg: Profile, data, store: Optional[ArtifactStore] = No
 
     def build(work: Path) -> None:
         seed_everything(cfg.seed)
-        train_supernet(APQSupernet(space).to(device), data, cfg, work, device, progress)
+        if cfg.supernet.init_from is not None:
+            from .ofa_import import import_supernet
+            import_supernet(cfg, work, data, device, progress)
+        else:
+            train_supernet(APQSupernet(space).to(device), data, cfg, work, device, progress)
 
     art = store.build(STAGE, supernet_artifact_config(cfg), build, force=force)
     net = load_supernet(art.file("supernet.safetensors"), space, device)
@@ -429,7 +466,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"[supernet] trained in {info['train_seconds']:.0f}s: {info['artifact']}")
     else:
         work = store.path(STAGE, key).with_name(key + ".partial")
-        net = APQSupernet(SearchSpace(cfg.space)).to(device)
+        if cfg.supernet.init_from is not None:     # finetune of an imported supernet
+            from .ofa_import import import_ofa_proxyless
+            net = import_ofa_proxyless(init_checkpoint(cfg), SearchSpace(cfg.space))
+        else:
+            net = APQSupernet(SearchSpace(cfg.space))
+        net = net.to(device)
         info = train_supernet(net, data, cfg, work, device, not a.no_progress)
         if rank == 0:   # publish: build() finds the finished files and only hashes them
             art = store.build(STAGE, conf, lambda w: train_supernet(net, data, cfg, w, device,

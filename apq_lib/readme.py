@@ -1,0 +1,147 @@
+"""The README's results block, written from ``results/`` (summaries, tables, manifest), so
+the numbers a reader cites are the ones the run wrote. ``python -m apq_lib.readme`` (``make
+readme``) rewrites the block between the markers; a test fails when README and results
+disagree.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from .artifacts import REPO_ROOT
+from .results import read_summary
+
+__all__ = ["render_results", "update_readme", "BEGIN", "END"]
+
+BEGIN = "<!-- results:begin (written by `make readme` from results/; do not edit) -->"
+END = "<!-- results:end -->"
+
+
+def _f(v, nd: int = 2) -> str:
+    return "n/a" if v is None else f"{v:.{nd}f}"
+
+
+def _ci(v, ci, nd: int = 2) -> str:
+    if v is None:
+        return "n/a"
+    if not ci or None in ci:
+        return _f(v, nd)
+    return f"{v:.{nd}f} [{ci[0]:.{nd}f}, {ci[1]:.{nd}f}]"
+
+
+def _table_rows(t: pd.DataFrame) -> list[str]:
+    out = []
+    for _, r in t.iterrows():
+        gain = _ci(r.get("top-1 gain"), [r.get("ci_low"), r.get("ci_high")])
+        ratio = r.get("ratio at equal top-1 (baseline/APQ)")
+        out.append(f"| {r['matched']} | {r['baseline']} ({r['network']}) | "
+                   f"{_f(r.get('baseline top-1'))} | {_f(r.get('APQ top-1'))} | "
+                   f"{int(r.get('seeds', 0))} / {int(r.get('baseline seeds', 0))} | {gain} | "
+                   f"{'n/a' if pd.isna(ratio) else f'{ratio:.2f}'} | {r['verdict']} |")
+    return out
+
+
+def render_results(results_dir: Path) -> str:
+    """The markdown block (without markers) from the results in ``results_dir``."""
+    d = Path(results_dir)
+    man = json.loads((d / "manifest.json").read_text())
+    s01, s03, s04, s05 = (read_summary(d, nb).data for nb in
+                          ("01_supernet", "03_predictor", "04_search", "05_baselines"))
+    nbs = man.get("notebooks", {})
+    chain = man.get("chain", {})
+    evo_ci = s04.get("evolution_minus_random_test_ci")
+    secs = ", ".join(f"{k[:2]} {v.get('seconds', 0):,.0f} s" for k, v in sorted(nbs.items()))
+    lines = [
+        f"Run: profile `{man.get('profile')}`, device `{man.get('device')}`, commit "
+        f"`{str(man.get('git_commit'))[:7]}`, from scratch: {chain.get('from_scratch')}; "
+        f"notebooks {chain.get('seconds', sum(v.get('seconds', 0) for v in nbs.values())):,.0f}"
+        f" s ({secs}).", "",
+        "| quantity | value [95 % CI] |", "| --- | --- |",
+        f"| supernet largest / smallest subnet top-1 (%) | {_f(s01.get('largest_top1'))} / "
+        f"{_f(s01.get('smallest_top1'))} |",
+        "| quantized labels: variance shares architecture / bits / noise | "
+        + " / ".join(_f((s03.get("label_variance_shares") or {}).get(k), 3)
+                     for k in ("architecture", "bits", "noise"))
+        + f" (bits / noise variance {_f(s03.get('bit_to_noise_variance'))}) |",
+        f"| quantized pairs at ≥ 0.8 × MobileNetV2 W8A8 latency | "
+        f"{_f(s03.get('pairs_at_baseline_cost_fraction'), 3)} |",
+        f"| quantized predictor (transfer) Kendall τ, held-out architectures | "
+        f"{_ci(s03.get('quant_kendall_tau_transfer'), s03.get('quant_kendall_tau_transfer_ci'))}"
+        f" |",
+        f"| τ(transfer) − τ(FP32 predictor) | "
+        f"{_ci(s03.get('tau_transfer_minus_fp32'), s03.get('tau_transfer_minus_fp32_ci'))} "
+        f"({s03.get('tau_transfer_vs_fp32_verdict', 'n/a')}) |",
+        f"| predicted − measured top-1, raw (points) | "
+        f"{_ci(s04.get('predicted_minus_test_raw'), s04.get('predicted_minus_test_mean_ci'))}"
+        f" (offset: {s04.get('offset_source')}) |",
+        f"| Spearman(predicted, measured) / Spearman(latency, measured), APQ models | "
+        f"{_ci(s04.get('predicted_test_spearman'), s04.get('predicted_test_spearman_ci'))} / "
+        f"{_f((s04.get('cost_test_spearman') or {}).get('latency'))} |",
+        f"| evolution − random search, test top-1 (points) | "
+        f"{_ci(s04.get('evolution_minus_random_test_mean'), evo_ci)}"
+        f" ({s04.get('evolution_minus_random_verdict')}) |", "",
+        "Containment (APQ searched at MobileNetV2's cost, same realisation path, "
+        f"{s04.get('finetune_seeds')} finetune seeds; ok when the lower bound of APQ − "
+        "baseline is ≥ −0.3 points):", "",
+        "| baseline | cost | budget | APQ − baseline [95 % CI] | ok | verdict |",
+        "| --- | --- | --- | --- | --- | --- |"]
+    for c in s04.get("containment", []):
+        lines.append(f"| {c['baseline']} | {c['constraint']} | {c['budget']:.4g} | "
+                     f"{_ci(c['apq_minus_baseline'], [c['ci_low'], c['ci_high']])} | "
+                     f"{c['ok']} | {c['verdict']} |")
+    head = ["| cost | baseline | baseline top-1 | APQ top-1 at its cost | seeds APQ / base | "
+            "APQ − baseline [95 % CI] | cost ratio at equal top-1 | verdict (Holm) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, title in (("06_table1_joint_vs_haq", "Table 1 (latency, energy)"),
+                        ("06_table3_limited_bitops", "Table 3 (BitOps)")):
+        f = d / "tables" / f"{name}.csv"
+        if f.exists():
+            lines += ["", f"{title}, `results/tables/{name}.csv`:", "", *head,
+                      *_table_rows(pd.read_csv(f))]
+    t2 = d / "tables" / "06_table2_joint_vs_multistage.csv"
+    if t2.exists():
+        lines += ["", "Table 2 (APQ − multi-stage at the same budget):", ""]
+        for _, r in pd.read_csv(t2).iterrows():
+            lines.append(f"- {r['budget']}: {_f(r['APQ top-1'])} vs {_f(r['multi-stage top-1'])}"
+                         f" %, {_ci(r['top-1 gain'], [r['ci_low'], r['ci_high']])} points, "
+                         f"{r['verdict']}")
+    skipped = s05.get("skipped_targets") or []
+    if skipped:
+        lines += ["", f"Baseline targets below MobileNetV2's lowest-bit cost, skipped: "
+                      f"{len(skipped)}."]
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(readme: Path, results_dir: Path, check: bool = False) -> bool:
+    """Rewrite the block between :data:`BEGIN` and :data:`END`; with ``check`` only report
+    whether it is current. Returns True when the README holds the rendered block."""
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{readme}: no results block ({BEGIN} … {END})")
+    pre, rest = text.split(BEGIN, 1)
+    _, post = rest.split(END, 1)
+    new = f"{pre}{BEGIN}\n{render_results(results_dir)}{END}{post}"
+    if check:
+        return new == text
+    readme.write_text(new)
+    return True
+
+
+def main(argv: Optional[list] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--results", default=str(REPO_ROOT / "results"))
+    ap.add_argument("--readme", default=str(REPO_ROOT / "README.md"))
+    ap.add_argument("--check", action="store_true")
+    a = ap.parse_args(argv)
+    ok = update_readme(Path(a.readme), Path(a.results), a.check)
+    if a.check and not ok:
+        print(f"{a.readme}: results block differs from {a.results}: run `make readme`")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

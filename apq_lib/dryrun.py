@@ -55,7 +55,8 @@ OVERRIDES = {
                             "haq_warmup": 1}},
     "deploy": {"max_models": 1, "parity_images": 8, "batch_size": 8, "ort_images": 8,
                "qonnx_images": 2, "latency_repeats": 2, "latency_warmup": 1},
-    "sparsity": {"seeds": 2, "threads": 1, "batch_size": 8, "test_images": 8, "steps": 4,
+    "sparsity": {"seeds": 2, "threads": 1, "hidden": [32, 16], "batch_size": 8,
+                 "test_images": 8, "steps": 4,
                  "targets": [0.5], "prune_updates": 2, "lmc_steps": 6, "lmc_ks": [0, 2],
                  "imp_rounds": 1, "bootstrap": 200},
 }

@@ -255,3 +255,21 @@ def test_counters_count_quantized_layers():
     got = count_macs(sub, x)
     assert ref > 0
     assert got == {"thop": ref, "fvcore": ref, "flop_counter": ref}
+
+
+def test_integer_model_parity_rgb_statistics():
+    """Per-channel input statistics (ImageFolder / ImageNet): the same parity as one."""
+    from dataclasses import replace
+
+    from apq_lib.data import TensorImageSet
+    sp = _space()
+    sp = SearchSpace(replace(sp.cfg, in_channels=3))
+    c = sp.with_bits(sp.sample(np.random.default_rng(1)), 8, 8, 8, 8)
+    model = _randomize(APQSupernet(sp).export(c, quantized=True), 1)
+    g = torch.Generator().manual_seed(2)
+    ds = TensorImageSet(torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8, generator=g),
+                        torch.randint(0, 10, (96,), generator=g), (0.485, 0.456, 0.406),
+                        (0.229, 0.224, 0.225), 0)
+    p = parity(model, to_integer(model, ds), ds, batch_size=48)
+    assert p["agreement"] >= 95.0, p
+    assert p["mean_logit_lsb"] < 0.05 * p["max_logit_lsb"] + 50, p

@@ -230,17 +230,21 @@ class IntegerSubnet(nn.Module):
             raise ValueError("the stem's input quantizer must be off (the integer model "
                              "reads uint8 pixels)")
         self.k, self.pad_to = int(extra_bits), int(pad_to)
-        std = torch.tensor(std, dtype=torch.float64)
-        mean = torch.tensor(mean, dtype=torch.float64)
-        if std.numel() != 1:
-            raise ValueError("integer input supports one channel statistic (Fashion-MNIST)")
-        # x = (p/255 - mean)/std = s_in · (p·2^b - Z) with s_in = 1/(255·std·2^b); Z is
-        # rounded (≤ 2^-b-1 pixel), b as large as the stem's int32 accumulator allows
+        std = torch.tensor(std, dtype=torch.float64).reshape(-1)
+        mean = torch.tensor(mean, dtype=torch.float64).reshape(-1)
+        # x_c = (p/255 - mean_c)/std_c = s_in · (p·M_c - Z_c), s_in = 1/(255·max(std)·2^b),
+        # M_c = round(2^b·max(std)/std_c) (= 2^b for one channel statistic, e.g. Fashion-MNIST)
+        # and Z_c rounded (≤ 2^-b-1 pixel), b as large as the stem's int32 accumulator allows
+        ratio = std.max() / std
         fan = int(_weight_codes(sub.stem)[0].abs().sum(dim=(1, 2, 3)).max())
         self.input_bits = next((b for b in range(INPUT_BITS, -1, -1)
-                                if 256 * 2 ** b * max(fan, 1) < INT32_MAX), 0)
-        self.input_zero = int(round(float(mean) * 255 * 2 ** self.input_bits))
-        in_grid = ActGrid(float(1.0 / (255 * float(std) * 2 ** self.input_bits)), 0,
+                                if 256 * 2 ** b * float(ratio.max()) * max(fan, 1) < INT32_MAX),
+                               0)
+        scale = 2 ** self.input_bits * ratio
+        self.register_buffer("input_mult", torch.round(scale).to(torch.int32).view(1, -1, 1, 1))
+        self.register_buffer("input_zero", torch.round(mean * 255 * scale).to(torch.int32)
+                             .view(1, -1, 1, 1))
+        in_grid = ActGrid(float(1.0 / (255 * float(std.max()) * 2 ** self.input_bits)), 0,
                           -INT32_MAX, INT32_MAX)
         chain = [sub.head, *sub.blocks]
         grids = [act_grid(_first_conv(b).a_quant) for b in chain] + \
@@ -266,7 +270,7 @@ class IntegerSubnet(nn.Module):
         if self.pad_to > h:
             p = (self.pad_to - h) // 2
             x = F.pad(x, (p, self.pad_to - h - p, p, self.pad_to - h - p))
-        x = x * (1 << self.input_bits) - self.input_zero
+        x = x * self.input_mult - self.input_zero
         acc = self.stem(x)
         r = self.stem_rq(acc)
         r = self.blocks[0](r, self.stem_q_rq(acc))        # the head reads the stem directly

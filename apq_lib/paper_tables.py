@@ -48,8 +48,8 @@ _SOURCES = {
 CI_COLUMNS = ("ci_low", "ci_high", "verdict")
 # columns computed here from the per-image correctness (bootstrap intervals, paired gains,
 # matched ratios): exempt from the provenance check, which covers the numbers they rest on
-DERIVED = ("top-1 gain", "ci_low", "ci_high", "p_value", "APQ top-1", "seeds",
-           "baseline seeds", "ratio at equal top-1 (baseline/APQ)", "ratio ci_low",
+DERIVED = ("top-1 gain", "ci_low", "ci_high", "p_value", "APQ top-1", "baseline top-1",
+           "seeds", "baseline seeds", "ratio at equal top-1 (baseline/APQ)", "ratio ci_low",
            "ratio ci_high", "multi-stage top-1", "multi-stage seeds")
 
 
@@ -251,6 +251,7 @@ def _equal_cost(r: Results, kind: str, bases: list, apq: pd.DataFrame) -> list[d
         a = a.iloc[0]
         sa, sb = _seeds(r, a["model_id"]), _seeds(r, b["row_id"])
         g = stats.hierarchical_difference(sa, sb, seed=r.seed)
+        base["baseline top-1"] = 100 * float(sb.mean())        # over its seeds, as APQ's
         rows.append({**base, "APQ budget": a["limit"], "APQ top-1": 100 * float(sa.mean()),
                      f"APQ {col}": a[col], "seeds": int(sa.shape[0]),
                      "baseline seeds": int(sb.shape[0]), "top-1 gain": g["estimate"],

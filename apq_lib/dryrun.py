@@ -10,7 +10,6 @@ runs in CI, and the same code runs on a GPU when present.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -35,7 +34,7 @@ OVERRIDES = {
                  "seeds": 1},
     "predictor": {"fp32_pairs": 20, "quant_pairs": 12, "policies_per_arch": 3,
                   "finetune_steps": 1, "eval_images": 16, "recal_images": 8, "workers": 1,
-                  "epochs": 5, "patience": 3, "study_sizes": [4, 8], "study_seeds": [0, 1],
+                  "epochs": 5, "patience": 3, "study_sizes": [3, 6], "study_seeds": [0, 1],
                   "cv_folds": 3, "bootstrap_resamples": 1000, "realised_pairs": 2},
     "hardware": {"simulators": ["bitfusion"], "cpu_repeats": 1, "measure_cpu": False},
     "search": {"population": 8, "parents": 2, "mutants": 4, "crossovers": 4,
@@ -112,9 +111,17 @@ def run_dryrun(out: Path, only: Optional[list] = None) -> float:
     """Build the inputs under ``out`` and run the chain there; returns the seconds."""
     t0 = time.time()
     out = Path(out).absolute()
-    os.environ["APQ_RESULTS_DIR"] = str(out / "results")
-    os.environ["APQ_ARTIFACTS"] = str(out / "artifacts")
-    os.environ.setdefault("APQ_PROGRESS", "text")
+    from .runner import scoped_env
+    with scoped_env({"APQ_RESULTS_DIR": str(out / "results"),
+                     "APQ_ARTIFACTS": str(out / "artifacts")}, {"APQ_PROGRESS": "text"}):
+        _build_and_run(out, only)
+    seconds = time.time() - t0
+    print(f"[dryrun] done in {seconds:.0f} s", flush=True)
+    return seconds
+
+
+def _build_and_run(out: Path, only: Optional[list]) -> None:
+    from .runner import run_chain
     data = out / "imagefolder"
     if not (data / "val").is_dir():
         make_imagefolder(data)
@@ -124,11 +131,7 @@ def run_dryrun(out: Path, only: Optional[list] = None) -> float:
     profile = write_profile(out, data, ckpt)
     from .supernet.ofa_import import main as import_main
     import_main([str(ckpt), "--profile", str(profile)])
-    from .runner import run_chain
     run_chain(str(profile), out / "executed", only)
-    seconds = time.time() - t0
-    print(f"[dryrun] done in {seconds:.0f} s", flush=True)
-    return seconds
 
 
 def main(argv: Optional[list] = None) -> None:

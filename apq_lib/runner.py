@@ -111,20 +111,42 @@ def _interrupted(nb: str, done: list[str], profile: str, only: Optional[list[str
     return SystemExit(130)
 
 
+@contextlib.contextmanager
+def scoped_env(set_: Optional[dict] = None, default: Optional[dict] = None) -> Iterator[None]:
+    """Environment variables for the block only: ``set_`` overrides, ``default`` fills in
+    what is unset; every variable is restored (or removed) afterwards, so a chain run from
+    Python (tests, the dry run) leaves its process's environment as it found it."""
+    new = {**{k: v for k, v in (default or {}).items() if k not in os.environ},
+           **(set_ or {})}
+    old = {k: os.environ.get(k) for k in new}
+    os.environ.update({k: str(v) for k, v in new.items()})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_chain(profile: str, out_dir: Path, only: Optional[list[str]] = None,
               kernel: str = "apq") -> None:
     """Execute notebooks in order; stop at the first failure, naming it; Ctrl-C stops with
     one line (what was kept, how to resume) and exit code 130."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # The kernels inherit these: the chain writes the committed results/ (notebooks opened
+    # interactively write a scratch dir instead) and draws text progress bars.
+    with scoped_env(default={"APQ_RESULTS_DIR": str(results_dir()), "APQ_PROGRESS": "text"}):
+        _run_chain(profile, out_dir, only, kernel)
+
+
+def _run_chain(profile: str, out_dir: Path, only: Optional[list[str]], kernel: str) -> None:
     import datetime as dt
 
     import papermill as pm
 
     from .artifacts import ArtifactStore, record_chain
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # The kernels inherit these: the chain writes the committed results/ (notebooks opened
-    # interactively write a scratch dir instead) and draws text progress bars.
-    os.environ.setdefault("APQ_RESULTS_DIR", str(results_dir()))
-    os.environ.setdefault("APQ_PROGRESS", "text")
     store = ArtifactStore()
     reused = store.completed()
     start, t_chain, done = dt.datetime.now(), time.time(), []

@@ -103,7 +103,9 @@ def lab_server(tmp_path, request):
     (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     port, token = _free_port(), os.urandom(16).hex()
     t0 = time.time()
-    env = {**os.environ, "APQ_RESULTS_DIR": str(tmp_path / "results"),
+    # as a user opens Lab: widget progress bars (no APQ_PROGRESS=text from a chain or shell)
+    env = {**{k: v for k, v in os.environ.items() if k != "APQ_PROGRESS"},
+           "APQ_RESULTS_DIR": str(tmp_path / "results"),
            "APQ_ARTIFACTS": str(tmp_path / "artifacts"),
            "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-user-settings"),
            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab-workspaces"),

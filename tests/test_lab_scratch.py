@@ -73,4 +73,7 @@ def test_reproduce_chain_hands_results_and_text_bars_to_kernels(tmp_path, monkey
     monkeypatch.setattr(artifacts, "record_chain", lambda info, d: seen.append(("chain", d)))
     runner.run_chain("smoke", tmp_path / "executed", only=["02"])
     assert seen == [(str(runner.REPO / "results"), "text"), ("chain", runner.REPO / "results")]
+    # the kernels got them; this process's environment is as it was (a later JupyterLab
+    # started from the same process must draw widget bars, not text)
+    assert "APQ_PROGRESS" not in os.environ and "APQ_RESULTS_DIR" not in os.environ
 

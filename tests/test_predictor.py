@@ -679,20 +679,25 @@ def test_linear_controls(small_space):
     np.testing.assert_allclose(fit_linear(x, yv, ridge=0.0)(x), ref, atol=1e-9)
 
 
+def _quant_groups(space):
+    """36 quantized pairs of 12 architectures (3 policies each) with synthetic labels: the
+    encoder, index arrays, labels, architecture groups and an untrained FP32 predictor."""
+    enc = APQEncoder(space)
+    rows = [sample_config(space, "quant", 0, i, 3) for i in range(36)]
+    cfgs, groups = [r[0] for r in rows], np.array([r[2] for r in rows])
+    idx = space.to_index_array(cfgs)
+    return enc, idx, 100 * _synthetic_accuracy(idx), groups, AccuracyPredictor(
+        enc.arch_dims, 16, 2)
+
+
 def test_crossval_controls_predicts_every_pair(small_space):
     from apq_lib.predictor import (
         METHODS,
         controls_table,
         crossval_controls,
         grouped_kfold,
-        sample_config,
     )
-    enc = APQEncoder(small_space)
-    rows = [sample_config(small_space, "quant", 0, i, 3) for i in range(36)]
-    cfgs, groups = [r[0] for r in rows], np.array([r[2] for r in rows])
-    idx = small_space.to_index_array(cfgs)
-    y = 100 * _synthetic_accuracy(idx)
-    fp = AccuracyPredictor(enc.arch_dims, 16, 2)
+    enc, idx, y, groups, fp = _quant_groups(small_space)
     st = TrainSettings(epochs=3, patience=2)
     folds = grouped_kfold(groups, 3, 0)
     cv = crossval_controls(fp, enc.encode_index(idx), y, idx, small_space, folds, st, 16, 2,
@@ -713,12 +718,7 @@ def test_crossval_controls_seeds_per_fold(small_space):
     """cv_seeds fits per fold: per-seed columns, the mean, seed-aware intervals and
     Holm-corrected verdicts; a method that predicts the labels wins."""
     from apq_lib.predictor import controls_table, crossval_controls, grouped_kfold
-    enc = APQEncoder(small_space)
-    rows = [sample_config(small_space, "quant", 0, i, 3) for i in range(36)]
-    cfgs, groups = [r[0] for r in rows], np.array([r[2] for r in rows])
-    idx = small_space.to_index_array(cfgs)
-    y = 100 * _synthetic_accuracy(idx)
-    fp = AccuracyPredictor(enc.arch_dims, 16, 2)
+    enc, idx, y, groups, fp = _quant_groups(small_space)
     folds = grouped_kfold(groups, 3, 0)
     cv = crossval_controls(fp, enc.encode_index(idx), y, idx, small_space, folds,
                            TrainSettings(epochs=3, patience=2), 16, 2, progress=False, seeds=3)

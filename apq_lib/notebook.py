@@ -15,6 +15,7 @@ import pandas as pd
 
 from . import artifacts
 from .config import ConfigError, Profile, load_profile
+from .quant import set_triton_mode
 from .runtime import get_device, seed_everything
 
 __all__ = ["NotebookContext", "start", "ParameterError", "ResultsNotWritableError"]
@@ -114,6 +115,15 @@ class NotebookContext:
         """``np.load`` (no pickles) of a verified ``results/data/<name>.npz``."""
         return np.load(io.BytesIO(self._input(name, notebook)[1]), allow_pickle=False)
 
+    def save_npz(self, name: str, arrays: dict) -> Path:
+        """``results/data/<name>`` as a compressed ``.npz`` of ``arrays`` (e.g. per-image
+        correctness keyed by model id), written atomically."""
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        p = self.out("data", name)
+        artifacts.atomic_write(p, buf.getvalue())
+        return p
+
     def write_table(self, df, name: str, floatfmt: str = ".3g") -> Path:
         """Write ``df`` as ``results/tables/<name>.{csv,md,tex}`` (each atomically);
         returns the CSV path."""
@@ -160,7 +170,6 @@ def start(notebook: str, profile: str = "default", overrides: Optional[dict] = N
                              f"{overrides!r} (papermill: -y \"overrides: {{...}}\")")
     cfg = load_profile(profile, overrides)
     seed_everything(cfg.seed)
-    from .quant import set_triton_mode
     set_triton_mode(cfg.quant.use_triton)   # fused kernels on CUDA unless "never"
     ctx = NotebookContext(notebook, cfg, force, _dt.datetime.now())
     check_writable(ctx.results)

@@ -20,7 +20,8 @@ import numpy as np
 
 from .runtime import stream_rng
 
-__all__ = ["N_RESAMPLES", "LEVEL", "resample_counts", "resampled_accuracy", "accuracy_ci",
+__all__ = ["cheapest_at_least", "N_RESAMPLES", "LEVEL", "resample_counts", "resampled_accuracy",
+           "accuracy_ci",
            "paired_difference", "mean_paired_difference", "matched_cost_ratio", "verdict",
            "percentile_ci", "bootstrap_groups", "CI", "VERDICTS", "INCONCLUSIVE",
            "NOT_COMPARABLE", "bootstrap_p", "holm", "holm_verdicts", "hierarchical_difference"]
@@ -175,9 +176,11 @@ def mean_paired_difference(correct_a, correct_b, n_resamples: int = N_RESAMPLES,
               p_value=bootstrap_p(diff))
 
 
-def _cheapest_at_least(acc_cand: np.ndarray, cost_cand: np.ndarray, acc_ref: np.ndarray
+def cheapest_at_least(acc_cand: np.ndarray, cost_cand: np.ndarray, acc_ref: np.ndarray
                        ) -> np.ndarray:
-    """Per row: the lowest candidate cost whose accuracy ≥ the reference's (NaN if none)."""
+    """Per row: the lowest candidate cost whose accuracy ≥ the reference's (NaN if none):
+    the paper's "same accuracy, N× lower cost" matching, one implementation for the point
+    estimates (notebook 05) and every bootstrap resample (notebook 06)."""
     ok = acc_cand >= acc_ref[:, None] - 1e-9
     costs = np.where(ok, cost_cand[None, :], np.inf)
     best = costs.min(axis=1)
@@ -197,9 +200,9 @@ def matched_cost_ratio(correct_ref, cost_ref: float, correct_cands, cost_cands: 
         raise ValueError(f"{cand.shape[0]} candidate models but {cost_c.size} costs")
     allc = np.concatenate([np.asarray(correct_ref)[None], cand])
     acc = resampled_accuracy(allc, n_resamples, seed)
-    ratio = cost_ref / _cheapest_at_least(acc[:, 1:], cost_c, acc[:, 0])
+    ratio = cost_ref / cheapest_at_least(acc[:, 1:], cost_c, acc[:, 0])
     full = 100.0 * allc.mean(axis=1)
-    est = cost_ref / _cheapest_at_least(full[None, 1:], cost_c, full[:1])[0]
+    est = cost_ref / cheapest_at_least(full[None, 1:], cost_c, full[:1])[0]
     lo, hi = percentile_ci(ratio, level)
     if not np.isfinite(est):
         lo = hi = float("nan")

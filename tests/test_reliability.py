@@ -617,7 +617,7 @@ def test_hand_edited_results_are_detected_and_not_laundered(tmp_results):
 
     from apq_lib.artifacts import ResultMismatchError
     from apq_lib.notebook import start
-    from apq_lib.paper_tables import _csv
+    from apq_lib.paper_results import _csv
     from apq_lib.results import read_summary, write_summary
     ctx = start("01_supernet", "smoke", {}, False)
     p = write_summary(ctx, {"largest_top1": 71.5, "smallest_top1": 60.0,

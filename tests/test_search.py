@@ -327,3 +327,45 @@ def test_predictor_score_fast_path_matches_dense(space):
     with torch.no_grad():
         ref = model(torch.from_numpy(enc.encode_index(idx))).double().numpy() * 100
     assert np.allclose(dense(idx), ref, atol=1e-6) and fast.n_scored == 50
+
+
+def test_one_path_apq_route_equals_baseline_route():
+    """One configuration through APQ's route (``realize`` from the supernet) and through the
+    baselines' route (FP32 export with BN recal, then ``PolicyEvaluator`` at the
+    configuration's per-layer policy): identical logits and per-image correctness. Control:
+    the quantized export calibrated without the FP32 BN recal differs."""
+    import torch
+
+    from apq_lib.baselines.fixed import PolicyEvaluator
+    from apq_lib.config import FinetuneConfig
+    from apq_lib.quant import calibrate
+    from apq_lib.quant.policy import layer_names, layer_policy
+    from apq_lib.search import export_float, realize
+    from apq_lib.supernet.network import APQSupernet
+    sp = SearchSpace(SpaceConfig(stage_widths=[8, 16, 24], stage_strides=[1, 2, 1],
+                                 stage_max_depth=[3, 3, 1], image_size=16, tail_width=32))
+    torch.manual_seed(0)
+    net = APQSupernet(sp).eval()
+    cfg = sp.sample(np.random.default_rng(3))
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(16, 1, 16, 16, generator=g),
+                torch.randint(0, 10, (16,), generator=g)) for _ in range(4)]
+    recipe = FinetuneConfig(steps=4, lr=5e-2)
+    apq = realize(net, cfg, recipe, batches, batches[:2], batches, calib_batches=batches[:1])
+    fp = export_float(net, cfg, batches[:2])
+    names = layer_names(fp)
+    ev = PolicyEvaluator(fp, names, batches[:1], batches, batches, recipe.steps,
+                         recal_batches=batches[:2], recipe=recipe, weight_kw={})
+    base = ev.realized(layer_policy(sp, cfg, names))
+    x = torch.cat([b[0] for b in batches])
+    with torch.no_grad():
+        a, b = apq.model.eval()(x), base.model.eval()(x)
+    assert torch.equal(a, b)
+    assert np.array_equal(apq.correct, base.correct) and apq.test_acc == base.test_acc
+    assert apq.finetune_steps == base.finetune_steps == 4
+    q = net.export(cfg, quantized=True)            # control: no FP32 BN recal first
+    calibrate(q, batches[:1])
+    fp_q = realize(net, cfg, recipe, batches, batches[:2], batches, calib_batches=batches[:1],
+                   steps=0).model
+    with torch.no_grad():
+        assert not torch.allclose(q.eval()(x), fp_q.eval()(x))

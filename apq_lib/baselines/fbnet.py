@@ -25,12 +25,12 @@ baseline on APQ's space and BitFusion lookup table.
   from scratch); here ``retrain_steps`` SGD steps on the training split starting from the
   chosen ops' weights (a discretisation gap: the argmax path alone tests near chance,
   since each op was trained as ~1/n of a mixture), counted as FBNet's per-search cost,
-  then the suite's finetune recipe and paired test like every row (:func:`run_fbnet`).
+  then the suite's finetune recipe and paired test like every row
+  (:func:`apq_lib.baselines.study.run_fbnet`).
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -40,15 +40,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data import BatchLoader, TensorImageSet, _torch_loader, cycle
+from ..hardware import fixed_layer_specs, mbconv_layers
+from ..loops import make_optimizer, train_steps
 from ..quant import PACTQuantizer, WeightQuantizer
+from ..quant.policy import to_float
 from ..supernet.space import SearchSpace, SubnetConfig
 from ..supernet.static import MobileNetBody, StaticMBConv, StaticSubnet
+from .matching import spread
 
 __all__ = ["temperature", "latency_factor", "fbnet_loss", "block_ops", "op_latency_tables",
            "MixedQuant", "StochasticSupernet", "FBNetResult", "FBNetSearch", "search_batches",
-           "run_fbnet", "METHODS"]
+           "FBNET_METHODS"]
 
-METHODS = {"haq": ("FBNet+HAQ", "W8A8 search, then HAQ"),
+FBNET_METHODS = {"haq": ("FBNet+HAQ", "W8A8 search, then HAQ"),
            "bits": ("FBNet-MP", "per-block w/a bits as choices")}
 
 
@@ -79,7 +84,6 @@ def block_ops(space: SearchSpace, mid_points: int = 2) -> list[list[Optional[tup
     """Per block slot the candidate ops ``(kernel, mid)`` (every kernel × ``mid_points``
     middle widths spread over the slot's choices) plus ``None`` (skip) for slots the
     stage's smallest depth lets go."""
-    from .suite import spread
     out = []
     for s, sl in enumerate(space.stage_slices):
         dmin = min(space.depth_choices[s])
@@ -95,7 +99,6 @@ def op_latency_tables(space: SearchSpace, ops, bits: Sequence[int], sim
                       ) -> tuple[list[torch.Tensor], float]:
     """Per slot ``[n_ops, n_w_bits, n_a_bits]`` latency (ms) of each op (1×1 + dw + 1×1 at
     ``W{w}A{a}``; skip = 0) and the head + tail latency (8 bits), from ``sim.cost``."""
-    from ..hardware import fixed_layer_specs, mbconv_layers
     tables = []
     for b, cand in zip(space.blocks, ops):
         t = torch.zeros(len(cand), len(bits), len(bits), dtype=torch.float64)
@@ -271,7 +274,6 @@ class StochasticSupernet(MobileNetBody):
                 cfg.pw_w[pos], cfg.dw_w[pos], cfg.pw_a[pos], cfg.dw_a[pos] = w, w, a, a
                 op = copy.deepcopy(self.cands[i][oi])
                 blocks.append(op)
-        from .fixed import to_float
         fixed = {n_: copy.deepcopy(getattr(self, n_)) for n_ in StaticSubnet.FIXED}
         for b in blocks:
             for conv in (b.expand, b.dw, b.project):
@@ -295,7 +297,6 @@ class FBNetResult:
 def search_batches(data, n_images: int, val_fraction: float, batch_size: int, seed: int = 0):
     """Endless (weight, θ) batch iterators over a disjoint ``1 - val_fraction`` /
     ``val_fraction`` split of ``n_images`` training images, and their batches per pass."""
-    from ..data import BatchLoader, TensorImageSet, _torch_loader, cycle
     ds = data.train
     n = min(n_images, len(ds))
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
@@ -340,7 +341,6 @@ class FBNetSearch:
 
     def warmup(self, net, w_batches, steps_per_epoch: int) -> list[float]:
         """``warmup_epochs`` of weight steps with θ = 0 (uniform ops), cosine lr."""
-        from ..loops import make_optimizer
         c = self.cfg
         opt = make_optimizer(nn.ModuleList([net]), c.w_lr, weight_decay=c.w_weight_decay)
         steps = c.warmup_epochs * steps_per_epoch
@@ -393,7 +393,6 @@ class FBNetSearch:
     def retrain(self, model: nn.Module, batches) -> list[float]:
         """FBNet's training of the searched architecture: ``retrain_steps`` SGD steps
         (momentum 0.9, cosine from ``retrain_lr``) in place; the losses."""
-        from ..loops import train_steps
         c = self.cfg
         if c.retrain_steps <= 0:
             return []
@@ -401,79 +400,3 @@ class FBNetSearch:
         return train_steps(model, batches, c.retrain_steps, c.retrain_lr, "sgd", 0.9,
                            c.w_weight_decay, device=self.device,
                            lr_key="baselines.fbnet.retrain_lr")
-
-
-# --------------------------------------------------------------------------- notebook 05
-def _policy(names: Sequence[str], cfg: SubnetConfig, space: SearchSpace) -> dict:
-    from .fixed import fixed_bits, is_fixed
-    act = space.active_blocks(cfg)
-    pol = {}
-    for n in names:
-        if is_fixed(n):
-            pol[n] = fixed_bits(n)
-            continue
-        i = act[int(n.split(".")[1])]
-        pol[n] = ((cfg.dw_w[i], cfg.dw_a[i]) if n.endswith(".dw")
-                  else (cfg.pw_w[i], cfg.pw_a[i]))
-    return pol
-
-
-def run_fbnet(suite, targets: Sequence[float], target_from: str = "") -> list[dict]:
-    """FBNet rows of notebook 05: one shared warm-up, then per variant and latency target
-    (ms) a joint search, the argmax model and its finetuned test accuracy (variant (a)
-    through :meth:`BaselineSuite.haq`, variant (b) at its searched bits)."""
-    from ..hardware import get_simulator
-    c, s, meter = suite.s.fbnet, suite.s, suite.meter
-    fb = FBNetSearch(suite.space, c, get_simulator(
-        "bitfusion", bitfusion=suite.cfg.hardware.bitfusion_options()), suite.device,
-        suite.cfg.seed)
-    w_it, t_it, w_steps, t_steps = search_batches(suite.data, c.train_images,
-                                                  c.val_fraction, c.batch_size, suite.cfg.seed)
-    base = fb.new_supernet()
-    with meter.stage(METHODS[c.variants[0]][0], "FBNet warm-up (weights only)",
-                     "shared") as t0:
-        fb.warmup(base, w_it, w_steps)
-    base.clear_masks()
-    for v in c.variants[1:]:                         # the same warm-up serves both variants
-        meter.add(METHODS[v][0], "FBNet warm-up (weights only)", t0["wall_s"], "shared",
-                  cpu_s=t0["cpu_s"], source="measured (shared with "
-                                            f"{METHODS[c.variants[0]][0]})")
-    rows = []
-    for v in c.variants:
-        method, variant = METHODS[v]
-        for tgt in targets:
-            label = f"latency<={tgt:.4g}"
-            with meter.stage(method, "joint search (weights + θ)", search=label) as t:
-                res = fb.search(copy.deepcopy(base), float(tgt), v == "bits", w_it, t_it,
-                                w_steps, t_steps)
-            with meter.stage(method, "train the searched architecture", search=label) as tr:
-                losses = fb.retrain(res.model, suite.train_batches(f"{method} {label} retrain"))
-            name = f"FBNet arch ({label})"
-            if v == "haq":
-                saved = suite.s
-                suite.s = dataclasses.replace(
-                    s, haq_episodes=c.haq_episodes or s.haq_episodes,
-                    haq_warmup=s.haq_warmup if c.haq_warmup is None else c.haq_warmup)
-                try:
-                    row = suite.haq(res.model, "latency", tgt, key=f"{method} {label}",
-                                    method=method, model_name=name, target_from=target_from)
-                finally:
-                    suite.s = saved
-                row["variant"] = variant
-                row["search_s"] += t["wall_s"] + tr["wall_s"]
-            else:
-                table = suite.table(res.model, f"{method} {label}")
-                pol = _policy(table.names, res.config, suite.space)
-                ev = suite.evaluator(res.model, table, suite.recipe.steps,
-                                     suite.batches["final"])
-                _, acc, cor = ev.quantized(pol, return_correct=True)
-                row = suite.add_row(method, variant, name, "latency", tgt, acc,
-                                    table.summary(table.bits_of(pol)),
-                                    t["wall_s"] + tr["wall_s"], None,
-                                    pol, target_from, correct=cor)
-            row.update(arch=res.config.to_dict(), expected_latency_ms=res.expected_latency_ms,
-                       argmax_latency_ms=res.argmax_latency_ms, history=res.history,
-                       retrain_loss=(float(np.mean(losses[-max(1, len(losses) // 10):]))
-                                     if losses else None))
-            rows.append(row)
-    return rows

@@ -3,109 +3,47 @@
 
 * :func:`build_fixed_model`: the MobileNetV2 of the suite — the space's MobileNetV2 point
   (3×3 kernels, expand 6, largest depth), freshly initialised (trained by the caller).
-* :func:`to_float` / :func:`quantize_with_policy`: a model with plain Conv2d / Linear, and a
-  copy quantized with ``apq_lib.quant`` (PACT activations, linear or k-means weights) at a
-  per-layer policy ``{name: (w_bits, a_bits)}``, calibrated.
-* Fixed layers follow APQ's space: stem, head MBConv, tail conv and classifier stay at
-  8 bits (the stem's input is never quantized); baselines choose bits for the rest.
+* Policies, fixed layers and quantizing a float model at a policy:
+  :mod:`apq_lib.quant.policy` (re-exported here).
 * :class:`LayerCostTable`: latency / energy (hardware simulators), BitOps and size of a
   model under any per-layer bits list, precomputed per layer and bit pair, so that a
   policy's cost is a sum of lookups — the ``cost(bits)`` callables of HAQ and HAWQ.
 """
 from __future__ import annotations
 
-import copy
 import json
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..config import FinetuneConfig
+from ..hardware import get_simulator, model_layer_specs
+from ..quant.policy import (
+    FIXED_PREFIXES,
+    fixed_bits,
+    is_fixed,
+    layer_names,
+    quantize_with_policy,
+    to_float,
+    uniform_policy,
+)
+from ..realize import realize_policy, seed_id
+from ..runtime import stream_seed
+from ..supernet.network import APQSupernet
+
 __all__ = ["FIXED_PREFIXES", "build_fixed_model", "to_float", "layer_names", "is_fixed",
            "fixed_bits", "uniform_policy", "quantize_with_policy", "LayerCostTable",
-           "METRICS", "PolicyEvaluator"]
-
-FIXED_PREFIXES = ("stem", "head.", "tail", "classifier")
-METRICS = ("latency", "energy", "bitops", "size")
-
-
-def is_fixed(name: str) -> bool:
-    """Layers outside the searchable blocks (APQ keeps them at 8 bits)."""
-    return any(name == p or name.startswith(p if p.endswith(".") else p + ".")
-               or (p.endswith(".") and name.startswith(p)) for p in FIXED_PREFIXES)
-
-
-def fixed_bits(name: str) -> tuple[int, int]:
-    """(8, 32) for the stem (input never quantized), (8, 8) for the other fixed layers."""
-    return (8, 32) if name == "stem" or name.startswith("stem.") else (8, 8)
-
+           "PolicyEvaluator"]
 
 def build_fixed_model(space, seed: int = 0) -> nn.Module:
     """The space's MobileNetV2 point (``space.mobilenetv2()``), freshly initialised, FP32,
     as a standalone module with plain Conv2d / Linear layers."""
-    from ..supernet.network import APQSupernet
     torch.manual_seed(seed)
     net = APQSupernet(space)
     net.set_active_subnet(space.mobilenetv2())
     return to_float(net.get_active_subnet())
-
-
-def _plain(m: nn.Module) -> nn.Module:
-    if isinstance(m, nn.Conv2d) and type(m) is not nn.Conv2d:
-        new = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
-                        m.dilation, m.groups, m.bias is not None, m.padding_mode)
-    elif isinstance(m, nn.Linear) and type(m) is not nn.Linear:
-        new = nn.Linear(m.in_features, m.out_features, m.bias is not None)
-    else:
-        return m
-    new.weight, new.bias = m.weight, m.bias
-    return new.to(m.weight.device).train(m.training)
-
-
-def to_float(model: nn.Module) -> nn.Module:
-    """A deep copy with every quantized Conv2d / Linear subclass replaced by the plain
-    layer (same weights; quantizers dropped)."""
-    model = copy.deepcopy(model)
-
-    def swap(parent: nn.Module) -> None:
-        for name, child in list(parent.named_children()):
-            new = _plain(child)
-            if new is not child:
-                setattr(parent, name, new)
-            else:
-                swap(child)
-    swap(model)
-    return model
-
-
-def layer_names(model: nn.Module) -> list[str]:
-    """Conv2d / Linear layers in module order (what policies are keyed by)."""
-    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-
-
-def uniform_policy(names: Sequence[str], w_bits: int, a_bits: int) -> dict:
-    """Every searchable layer at ``W{w}A{a}``, fixed layers at their 8-bit setting."""
-    return {n: fixed_bits(n) if is_fixed(n) else (int(w_bits), int(a_bits)) for n in names}
-
-
-def quantize_with_policy(model: nn.Module, policy: dict, calib_batches: Optional[Iterable]
-                         = None, weight_quantizer: str = "linear",
-                         device: Optional[torch.device] = None,
-                         weight_kw: Optional[dict] = None) -> nn.Module:
-    """A quantized copy of a float ``model`` (``apq_lib.quant``: PACT activations, linear or
-    k-means weights) at ``policy``, calibrated on ``calib_batches`` when given. ``weight_kw``:
-    the linear weight quantizers' calibration (:func:`apq_lib.quant.weight_calibration_kw`)."""
-    from ..quant import apply_policy, calibrate, quantize_model
-    w0 = 32 if weight_quantizer == "kmeans" else 8     # k-means fits once, at the policy
-    q = quantize_model(to_float(model), w0, 8, weight_quantizer=weight_quantizer,
-                       weight_kw=weight_kw if weight_quantizer == "linear" else None)
-    apply_policy(q, policy)
-    if device is not None:
-        q.to(device)
-    if calib_batches is not None:
-        calibrate(q, calib_batches, device=device)
-    return q
 
 
 class LayerCostTable:
@@ -118,7 +56,6 @@ class LayerCostTable:
 
     def __init__(self, model: nn.Module, input_shape: Sequence[int],
                  simulators: Sequence[str] = ("bitfusion",), bits: Sequence[int] = range(2, 9)):
-        from ..hardware import get_simulator, model_layer_specs
         specs = model_layer_specs(model, input_shape)
         self.names = [n for n, *_ in specs]
         self.specs = [s for _, s, *_ in specs]
@@ -220,8 +157,7 @@ class PolicyEvaluator:
                  train_batches, eval_batches: list, steps: int, lr: float = 1e-3,
                  device=None, weight_quantizer: str = "linear", label_smoothing: float = 0.1,
                  recal_batches: Optional[list] = None, recipe=None,
-                 weight_kw: Optional[dict] = None):
-        from ..config import FinetuneConfig
+                 weight_kw: Optional[dict] = None, seed: int = 0):
         self.weight_kw = weight_kw
         self.model = to_float(model).eval()
         self.recal = recal_batches
@@ -231,6 +167,7 @@ class PolicyEvaluator:
         self.recipe = recipe or FinetuneConfig(steps=steps, lr=lr,
                                                label_smoothing=label_smoothing)
         self.weight_quantizer = weight_quantizer
+        self.seed = seed
         self.n_calls = 0
 
     def policy(self, bits) -> dict:
@@ -240,38 +177,43 @@ class PolicyEvaluator:
             raise ValueError(f"{len(bits)} (w, a) pairs for {len(self.names)} layers")
         return {n: tuple(map(int, b)) for n, b in zip(self.names, bits)}
 
-    def batches_for(self, pol: dict, steps: int):
-        """The finetune batches of ``pol``: its own when ``train_batches`` is a function."""
+    def batches_for(self, pol: dict, steps: int, k: int = 0):
+        """The finetune batches of ``pol`` (finetune seed ``k``): its own when
+        ``train_batches`` is a function."""
         if not callable(self.train):
             return self.train
-        key = json.dumps({"policy": sorted((k, list(v)) for k, v in pol.items()),
-                          "steps": steps, "quantizer": self.weight_quantizer})
-        return self.train(key)
+        return self.train(seed_id(self.key(pol, steps), k))
+
+    def key(self, pol: dict, steps: int) -> str:
+        """What a policy's finetune batches and torch seed are drawn from."""
+        return json.dumps({"policy": sorted((k, list(v)) for k, v in pol.items()),
+                           "steps": steps, "quantizer": self.weight_quantizer})
+
+    def realized(self, bits, steps: Optional[int] = None, eval_batches=None, k: int = 0):
+        """The policy through the one final-model path (:func:`apq_lib.realize.
+        realize_policy`) with finetune seed ``k`` (its own batches and torch seed)."""
+        steps = self.steps if steps is None else steps
+        pol = self.policy(bits)
+        return realize_policy(
+            self.model, pol, self.recipe, self.batches_for(pol, steps, k), self.recal,
+            self.eval_batches if eval_batches is None else eval_batches,
+            calib_batches=self.calib, steps=steps, device=self.device,
+            seed=stream_seed(self.seed, "finetune", seed_id(self.key(pol, steps), k)),
+            weight_quantizer=self.weight_quantizer, weight_kw=self.weight_kw)
+
+    def realized_seeds(self, bits, n: int, steps: Optional[int] = None, eval_batches=None):
+        """:meth:`realized` with finetune seeds ``0 … n-1`` (as APQ's models,
+        :func:`apq_lib.realize.realize_seeds`)."""
+        return [self.realized(bits, steps, eval_batches, k) for k in range(max(1, n))]
 
     def quantized(self, bits, steps: Optional[int] = None, eval_batches=None,
                   return_correct: bool = False):
-        """The calibrated (and, for ``steps`` > 0, finetuned) quantized model and its
-        accuracy on ``eval_batches`` (default: the evaluator's); with ``return_correct``
-        also the per-image correctness."""
-        from ..loops import evaluate, finetune
-        from ..supernet.metrics import recalibrate_bn
-        steps = self.steps if steps is None else steps
-        calib = self.calib
-        if self.weight_quantizer == "kmeans":
-            calib = None           # activations stay FP: nothing to calibrate
-        pol = self.policy(bits)
-        q = quantize_with_policy(self.model, pol, calib, self.weight_quantizer, self.device,
-                                 self.weight_kw)
-        if steps > 0:
-            finetune(q, self.recipe, self.batches_for(pol, steps), steps=steps,
-                     device=self.device)
-            if self.recal is not None:          # as APQ / notebook 04: BN recal after QAT
-                recalibrate_bn(q, self.recal, self.device)
-        batches = self.eval_batches if eval_batches is None else eval_batches
-        if batches is None:
-            return (q, None, None) if return_correct else (q, None)
-        acc, correct = evaluate(q, batches, self.device, return_correct=True)
-        return (q, acc, correct) if return_correct else (q, acc)
+        """The calibrated (and, for ``steps`` > 0, finetuned and BN-recalibrated) quantized
+        model and its accuracy on ``eval_batches`` (default: the evaluator's); with
+        ``return_correct`` also the per-image correctness."""
+        r = self.realized(bits, steps, eval_batches)
+        acc = None if r.correct is None else r.test_acc
+        return (r.model, acc, r.correct) if return_correct else (r.model, acc)
 
     def __call__(self, bits) -> float:
         self.n_calls += 1

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..progress import tqdm
+
 __all__ = ["HAQLayer", "DDPGConfig", "DDPGAgent", "HAQSearch", "HAQResult",
            "bits_from_action", "action_from_bits", "action_wall", "haq_states",
            "N_STATE_FEATURES", "haq_layers"]
@@ -287,7 +289,6 @@ class HAQSearch:
         return c.init_delta * c.delta_decay ** max(0, episode - self.warmup)
 
     def run(self, progress: bool = True) -> HAQResult:
-        from ..progress import tqdm
         t0 = time.perf_counter()
         best: Optional[HAQResult] = None
         hist = []

@@ -21,6 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import FinetuneConfig
+from ..pruning import gradual_channel_prune
+from ..pruning.train import accuracy
+from ..search.evolution import EvolutionFinder
 from .cost import CostMeter
 from .fixed import LayerCostTable, PolicyEvaluator, fixed_bits, is_fixed, to_float
 from .haq import DDPGConfig, HAQSearch, haq_layers
@@ -45,7 +49,6 @@ def fp32_arch_search(space, score_fn: Callable, cost_fn: Callable, limit: float,
                      search_cfg=None, seed: int = 0, name: str = "cost", **kw):
     """Quantization-unaware evolution: ``score_fn`` (FP32 predictor, bits ignored) under
     ``cost_fn(at_uniform_bits(idx)) ≤ limit``. Returns the finder's ``SearchResult``."""
-    from ..search.evolution import EvolutionFinder
     cons = {name: (lambda idx: cost_fn(at_uniform_bits(space, idx)), limit)}
     return EvolutionFinder(space, score_fn, cons, cfg=search_cfg, seed=seed, **kw).run()
 
@@ -65,7 +68,7 @@ class MultiStageResult:
     met: bool
     stage_seconds: dict = field(default_factory=dict)
     model: Optional[nn.Module] = None
-    correct: Optional[np.ndarray] = None   # per-image correctness on the final batches
+    correct: Optional[list] = None   # per-image correctness on the final batches, per seed
 
 
 class MultiStagePipeline:
@@ -82,19 +85,18 @@ class MultiStagePipeline:
     def __init__(self, space, score_fn: Callable, arch_cost: dict, export: Callable,
                  batches: dict, settings, input_shape, search_cfg=None, device=None,
                  meter: Optional[CostMeter] = None, seed: int = 0, progress: bool = False,
-                 recipe=None, weight_kw: Optional[dict] = None):
+                 recipe=None, weight_kw: Optional[dict] = None, seeds: int = 1):
         self.space, self.score_fn, self.arch_cost = space, score_fn, arch_cost
         self.export, self.b, self.s = export, batches, settings
         self.input_shape, self.search_cfg = tuple(input_shape), search_cfg
         self.device = device or torch.device("cpu")
         self.meter = meter or CostMeter(self.device)
-        from ..config import FinetuneConfig
         self.seed, self.progress = seed, progress
         self.recipe = recipe or FinetuneConfig()     # the one final finetune (finetune:)
         self.weight_kw = weight_kw
+        self.seeds = seeds              # finetune seeds of the final model
 
     def run(self, metric: str, target: float, method: str = METHOD) -> MultiStageResult:
-        from ..pruning import gradual_channel_prune
         s, m, secs = self.s, self.meter, {}
         kind = metric.partition(":")[0]
         with m.stage(method, "1 FP32 architecture search") as t:
@@ -118,7 +120,7 @@ class MultiStagePipeline:
             ev = PolicyEvaluator(model, table.names, self.b["calib"], self.b["train"],
                                  self.b["reward"], s.haq_finetune_steps,
                                  device=self.device, recal_batches=self.b["calib"],
-                                 recipe=self.recipe, weight_kw=self.weight_kw)
+                                 recipe=self.recipe, weight_kw=self.weight_kw, seed=self.seed)
             acc_fp = _fp32_accuracy(model, self.b["reward"], self.device)
             layers = haq_layers(table.names, table.specs,
                                 lambda n: fixed_bits(n) if is_fixed(n) else None)
@@ -128,8 +130,8 @@ class MultiStagePipeline:
         secs["haq"] = t["wall_s"]
         with m.stage(method, "4 finetune") as t:
             ev.recal = self.b.get("recal", ev.recal)
-            q, acc, correct = ev.quantized(haq.bits, steps=self.recipe.steps,
-                                           eval_batches=self.b["final"], return_correct=True)
+            rs = ev.realized_seeds(haq.bits, self.seeds, self.recipe.steps, self.b["final"])
+            q, acc, correct = rs[0].model, rs[0].test_acc, [r.correct for r in rs]
         secs["finetune"] = t["wall_s"]
         return MultiStageResult(metric, target, res.best_config, float(res.best_score),
                                 pr["widths_before"], pr["widths_after"],
@@ -139,5 +141,4 @@ class MultiStagePipeline:
 
 @torch.no_grad()
 def _fp32_accuracy(model: nn.Module, batches, device) -> float:
-    from ..pruning.train import accuracy
     return accuracy(model, batches, device)

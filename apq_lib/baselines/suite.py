@@ -20,8 +20,10 @@ from ..config import Profile
 from ..loops import finetune_batches, test_batches
 from ..pruning import accuracy, cycle, finetune, gradual_magnitude_prune, sparse_size_bits, sparsity
 from ..quant import weight_calibration_kw
+from ..realize import export_float, seed_id
+from ..search.sweep import COST_COLUMNS
 from ..supernet.metrics import recalibrate_bn
-from ..supernet.space import LARGEST_NAME, MBV2_NAME, SearchSpace, SubnetConfig
+from ..supernet.space import LARGEST_NAME, MBV2_NAME, SearchSpace
 from .cost import CostMeter
 from .fixed import (
     LayerCostTable,
@@ -34,8 +36,10 @@ from .fixed import (
 )
 from .haq import DDPGConfig, HAQSearch, haq_layers
 from .hawq import hawq_allocate, hawq_sensitivity, hessian_traces
+from .matching import best_under, cost_at_equal_accuracy, matched_by_cost, pick_targets, spread
+from .multistage import METHOD, MultiStagePipeline
 
-__all__ = ["BaselineSuite", "SCRATCH_STAGE", "COLUMNS", "pick_targets", "spread", "UNITS",
+__all__ = ["BaselineSuite", "SCRATCH_STAGE", "ROW_COLUMNS", "pick_targets", "spread", "UNITS",
            "cost_at_equal_accuracy", "MBV2", "LARGEST", "best_under", "matched_by_cost"]
 
 SCRATCH_STAGE = "baseline_scratch"
@@ -48,59 +52,11 @@ SCRATCH_KEY = StageKey(SCRATCH_STAGE, version=4, skip=("data.test_subset",),
 # the space's largest corner (a labelled reference, not the paper's fixed network)
 MBV2, LARGEST = MBV2_NAME, LARGEST_NAME
 UNITS = {"latency": "ms", "energy": "mJ", "bitops": "G", "size": "kB"}
-COLUMNS = ["method", "variant", "model", "constraint", "target", "target_from", "met",
-           "test_acc", "latency_ms", "energy_mj", "bitops_g", "size_kb", "search_s", "policy",
-           "row_id"]
-_METRIC_COL = {"latency": "latency_ms", "energy": "energy_mj", "bitops": "bitops_g",
-               "size": "size_kb"}
+ROW_COLUMNS = ["method", "variant", "model", "constraint", "target", "target_from", "met",
+           "test_acc", "seeds", "latency_ms", "energy_mj", "bitops_g", "size_kb", "search_s",
+           "policy", "row_id"]
+_METRIC_COL = {**COST_COLUMNS, "size": "size_kb"}
 _SCALE = {"latency": 1.0, "energy": 1.0, "bitops": 1e9, "size": 8e3}   # table units → row
-
-
-def spread(n_items: int, n: int) -> list[int]:
-    """``n`` indices spread over ``range(n_items)``: the middle one for ``n = 1``, else
-    both ends and evenly in between."""
-    if n <= 0 or n_items == 0:
-        return []
-    if n >= n_items:
-        return list(range(n_items))
-    if n == 1:
-        return [(n_items - 1) // 2]
-    return sorted({int(round(i)) for i in np.linspace(0, n_items - 1, n)})
-
-
-def pick_targets(values, n: int) -> list[float]:
-    """Up to ``n`` targets spread over the sorted unique ``values`` (:func:`spread`)."""
-    v = sorted({float(x) for x in values if np.isfinite(x)})
-    return [v[i] for i in spread(len(v), n)]
-
-
-def cost_at_equal_accuracy(apq: pd.DataFrame, base: pd.DataFrame, col: str) -> pd.DataFrame:
-    """The paper's "same accuracy, N× lower cost" reading: for every baseline row, the
-    cheapest APQ model (by ``col``) at least as accurate, and the ratio of the costs."""
-    rows = []
-    for _, b in base.dropna(subset=[col, "test_acc"]).iterrows():
-        ok = apq[apq["test_acc"] >= b["test_acc"]]
-        best = ok.loc[ok[col].idxmin()] if len(ok) else None
-        rows.append({"method": b["method"], "model": b["model"], "constraint": b["constraint"],
-                     "test_acc": b["test_acc"], col: b[col],
-                     f"apq_{col}": None if best is None else float(best[col]),
-                     "apq_test_acc": None if best is None else float(best["test_acc"]),
-                     "ratio": None if best is None else float(b[col] / best[col])})
-    return pd.DataFrame(rows)
-
-
-def best_under(rows: pd.DataFrame, col: str, limit: float) -> Optional[float]:
-    """Best test top-1 among ``rows`` with ``col <= limit`` (None when none fits)."""
-    d = rows[rows[col] <= limit * (1 + 1e-9)]
-    return None if d.empty else float(d["test_acc"].max())
-
-
-def matched_by_cost(rows: pd.DataFrame, col: str, cost: float, tol: float
-                    ) -> Optional[pd.Series]:
-    """The row whose ``col`` is nearest ``cost`` within a relative ``tol`` (None if none):
-    a comparison at matched realised cost, not at a shared budget."""
-    d = rows[(rows[col] - cost).abs() <= tol * cost]
-    return None if d.empty else d.loc[(d[col] - cost).abs().idxmin()]
 
 
 class BaselineSuite:
@@ -154,30 +110,44 @@ class BaselineSuite:
                                self.train_batches, eval_batches, steps,
                                device=self.device, weight_quantizer=weight_quantizer,
                                recal_batches=self.batches[recal], recipe=self.recipe,
-                               weight_kw=weight_calibration_kw(self.cfg.quant))
+                               weight_kw=weight_calibration_kw(self.cfg.quant),
+                               seed=self.cfg.seed)
+
+    def final(self, ev: PolicyEvaluator, pol, steps: Optional[int] = None) -> list:
+        """A policy's final model with the finetune recipe's ``seeds`` (the path and seeds of
+        APQ's models): one :class:`~apq_lib.realize.Realized` per seed, on the
+        whole test split."""
+        return ev.realized_seeds(pol, self.recipe.seeds, steps, self.batches["final"])
 
     def add_row(self, method: str, variant: str, model: str, metric: Optional[str],
                 target: Optional[float], acc: float, costs: dict, search_s: float = 0.0,
                 met: Optional[bool] = None, policy: Optional[dict] = None,
-                target_from: str = "", correct: Optional[np.ndarray] = None) -> dict:
+                target_from: str = "", correct=None, row_id: Optional[str] = None) -> dict:
+        """One row of the table. ``correct``: the per-image correctness, one array or one
+        per finetune seed (stored as :func:`~apq_lib.realize.seed_id`); ``acc`` is
+        seed 0's. ``row_id``: an existing model's id (a notebook-04 corner) instead of a
+        new one."""
         constraint = "" if metric is None else f"{metric} <= {target:.4g} {UNITS[metric]}"
         if met is None and metric is not None:
             met = costs[_METRIC_COL[metric]] <= target * (1 + 1e-9)
         row = {"method": method, "variant": variant, "model": model,
                "constraint": constraint, "target": target, "target_from": target_from,
                "met": met,
-               "test_acc": float(acc), **{k: costs.get(k) for k in
+               "test_acc": float(acc), "seeds": 1, **{k: costs.get(k) for k in
                                           ("latency_ms", "energy_mj", "bitops_g", "size_kb")},
                "search_s": float(search_s),
                "policy": json.dumps({k: list(v) for k, v in (policy or {}).items()})}
-        row["row_id"] = rid = f"{method}|{variant}|{model}|{constraint}|{target_from}"
+        row["row_id"] = rid = row_id or f"{method}|{variant}|{model}|{constraint}|{target_from}"
         if correct is not None:
-            self.correct[rid] = np.asarray(correct, bool)
+            per_seed = correct if isinstance(correct, list) else [correct]
+            row["seeds"] = len(per_seed)
+            self.correct.update({seed_id(rid, k): np.asarray(c, bool)
+                                 for k, c in enumerate(per_seed)})
         self.rows.append(row)
         return row
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=COLUMNS)
+        return pd.DataFrame(self.rows, columns=ROW_COLUMNS)
 
     def target_in_table_units(self, metric: str, target: float) -> float:
         return target * _SCALE[metric]
@@ -257,8 +227,12 @@ class BaselineSuite:
         return self.export_fp32(supernet, arch).to(self.device).eval()
 
     # ------------------------------------------------------------------ fixed precision
-    def fixed_precision(self, model: nn.Module, name: str, key: str) -> list[dict]:
-        """``name`` at every ``baselines.fixed_bits`` (head/tail at 8): PTQ and QAT."""
+    def fixed_precision(self, model: nn.Module, name: str, key: str,
+                        qat: Optional[dict] = None) -> list[dict]:
+        """``name`` at every ``baselines.fixed_bits`` (head/tail at 8): PTQ and QAT. ``qat``:
+        ``{bits: (model id, top-1)}`` of QAT models already realised on the one path
+        (notebook 04's corners): their rows point at those models instead of finetuning
+        the same network again."""
         table, out = self.table(model, key), []
         ev = self.evaluator(model, table, self.recipe.steps, self.batches["final"])
         for b in self.s.fixed_bits:
@@ -267,9 +241,14 @@ class BaselineSuite:
             _, acc, cor = ev.quantized(pol, steps=0, return_correct=True)
             out.append(self.add_row(f"Fixed W{b}A{b}", "PTQ", name, None, None, acc, costs,
                                     policy=pol, correct=cor))
-            _, acc, cor = ev.quantized(pol, return_correct=True)
-            out.append(self.add_row(f"Fixed W{b}A{b}", "QAT", name, None, None, acc, costs,
-                                    policy=pol, correct=cor))
+            if qat and b in qat:
+                rid, acc = qat[b]
+                out.append(self.add_row(f"Fixed W{b}A{b}", "QAT", name, None, None, acc, costs,
+                                        policy=pol, row_id=rid))
+                continue
+            r = ev.realized(pol)
+            out.append(self.add_row(f"Fixed W{b}A{b}", "QAT", name, None, None, r.test_acc,
+                                    costs, policy=pol, correct=r.correct))
         if name == MBV2:
             for b in self.s.fixed_bits:
                 self._shared_scratch(f"Fixed W{b}A{b}")
@@ -277,9 +256,12 @@ class BaselineSuite:
 
     # ------------------------------------------------------------------ HAQ
     def haq(self, model: nn.Module, metric: str, target: float, key: str = MBV2,
-            method: str = "HAQ", model_name: str = MBV2, target_from: str = "") -> dict:
-        """HAQ's DDPG search under ``metric ≤ target`` (row units), then QAT."""
-        s = self.s
+            method: str = "HAQ", model_name: str = MBV2, target_from: str = "",
+            settings=None, seeds: Optional[int] = None) -> dict:
+        """HAQ's DDPG search under ``metric ≤ target`` (row units), then the final QAT with
+        the recipe's seeds (``seeds`` overrides). ``settings``: the ``baselines:`` section
+        to use (default the profile's; FBNet+HAQ passes its own episode counts)."""
+        s = settings or self.s
         table = self.table(model, key)
         kmeans = metric == "size"
         ev = self.evaluator(model, table, s.haq_finetune_steps, self.batches["reward"],
@@ -299,11 +281,11 @@ class BaselineSuite:
             self._shared_scratch(method)
         pol = res.policy(layers)
         ev.recal = self.batches["recal"]
-        _, acc, cor = ev.quantized(pol, steps=self.recipe.steps,
-                                   eval_batches=self.batches["final"], return_correct=True)
+        rs = ev.realized_seeds(pol, self.recipe.seeds if seeds is None else seeds,
+                               self.recipe.steps, self.batches["final"])
         row = self.add_row(method, "k-means" if kmeans else "linear", model_name, metric,
-                           target, acc, table.summary(res.bits), t["wall_s"], res.met, pol,
-                           target_from, correct=cor)
+                           target, rs[0].test_acc, table.summary(res.bits), t["wall_s"],
+                           res.met, pol, target_from, correct=[r.correct for r in rs])
         row["history"] = res.history
         return row
 
@@ -348,10 +330,10 @@ class BaselineSuite:
             for i, c in zip(free, alloc["choices"]):
                 bl[i] = pairs[c]
             pol = dict(zip(table.names, bl))
-            _, acc, cor = ev.quantized(pol, return_correct=True)
-            row = self.add_row("HAWQ-V2", "Hessian trace", model_name, metric, tgt, acc,
-                               table.summary(bl), t["wall_s"], None, pol, target_from,
-                               correct=cor)
+            rs = self.final(ev, pol)
+            row = self.add_row("HAWQ-V2", "Hessian trace", model_name, metric, tgt,
+                               rs[0].test_acc, table.summary(bl), t["wall_s"], None, pol,
+                               target_from, correct=[r.correct for r in rs])
             row["traces"], row["trace_se"] = traces, trace_se
             row["decisive_layers"] = [table.names[i] for i, c in zip(free, alloc["choices"])
                                       if pairs[c] != pairs[-1]]
@@ -361,19 +343,16 @@ class BaselineSuite:
     # ------------------------------------------------------------------ multi-stage
     def export_fp32(self, supernet, arch: dict) -> nn.Module:
         """An architecture exported FP32 from the supernet (inherited weights, BN
-        recalibrated as in notebooks 01-04) as a plain float model."""
-        sub = supernet.export(SubnetConfig.from_dict(arch))
-        recalibrate_bn(sub, self.batches["recal"], self.device)
-        return to_float(sub).eval()
+        recalibrated: :func:`apq_lib.realize.export_float`, as APQ's models)."""
+        return export_float(supernet, arch, self.batches["recal"], self.device)
 
     def multistage(self, supernet, score_fn, arch_cost: dict, metric: str, target: float,
                    search_cfg=None, target_from: str = "") -> dict:
-        from .multistage import METHOD, MultiStagePipeline
         export = lambda arch: self.export_fp32(supernet, arch)  # noqa: E731
         pipe = MultiStagePipeline(self.space, score_fn, arch_cost, export, self.batches,
                                   self.s, self.input_shape, search_cfg, self.device,
                                   self.meter, self.cfg.seed, self.progress, self.recipe,
-                                  weight_calibration_kw(self.cfg.quant))
+                                  weight_calibration_kw(self.cfg.quant), self.recipe.seeds)
         r = pipe.run(metric, self.target_in_table_units(metric, target))
         row = self.add_row(METHOD, "FP32 NAS → channel pruning → HAQ", "searched + pruned",
                            metric, target, r.accuracy, r.costs,
@@ -382,12 +361,6 @@ class BaselineSuite:
         row.update(stage_seconds=r.stage_seconds, arch=r.arch,
                    widths_before=r.widths_before, widths_after=r.widths_after)
         return row
-
-    # ------------------------------------------------------------------ FBNet
-    def fbnet(self, targets: list[float], target_from: str = "") -> list[dict]:
-        """FBNet's rows (``baselines.fbnet``; :func:`apq_lib.baselines.fbnet.run_fbnet`)."""
-        from .fbnet import run_fbnet
-        return run_fbnet(self, targets, target_from)
 
     # ------------------------------------------------------------------ pruning sweep
     def pruning_sweep(self, model: nn.Module) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 The paper's fixed network, MobileNetV2, is a point of APQ's space (``space.mobilenetv2()``).
 Notebook 04 therefore searches at each of its fixed-precision costs, realises the space's
 corners (smallest, MobileNetV2, largest at every uniform bit width) through the same
-:func:`apq_lib.search.realize.realize` path as APQ's own models, and checks containment:
+:func:`apq_lib.realize.realize` path as APQ's own models, and checks containment:
 at a baseline's cost, APQ must not lose to a network its space contains (lower CI bound of
 APQ − baseline ≥ −``margin`` points), else the run reports a search or predictor failure.
 """

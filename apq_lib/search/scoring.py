@@ -10,6 +10,11 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..hardware.layers import LayerSpec, mbconv_layers
+from ..hardware.lut import SpaceCostTable
+from ..predictor.encoder import APQEncoder
+from ..predictor.model import QuantAwarePredictor
+
 __all__ = ["PredictorScore", "BitOpsTable", "lut_cost_fns", "torch_threads"]
 
 
@@ -38,8 +43,6 @@ class PredictorScore:
 
     def __init__(self, model: torch.nn.Module, space, threads: Optional[int] = 1,
                  percent: bool = True, batch_size: int = 32768, fast: bool = True):
-        from ..predictor.encoder import APQEncoder
-        from ..predictor.model import QuantAwarePredictor
         self.model = model.eval().cpu()
         self.encoder = APQEncoder(space)
         self.quant = isinstance(model, QuantAwarePredictor)
@@ -85,8 +88,6 @@ class BitOpsTable:
     counted."""
 
     def __init__(self, space):
-        from ..hardware.layers import LayerSpec, mbconv_layers
-        from ..hardware.lut import SpaceCostTable
         bits = np.array(space.bit_choices, dtype=np.float64)
         nk, nb = len(space.kernel_choices), len(bits)
         mm = max(len(b.mid_choices) for b in space.blocks)

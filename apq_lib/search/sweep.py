@@ -10,22 +10,29 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 import pandas as pd
 
+from ..artifacts import MissingInputError
 from ..config import SearchConfig, key_dict
+from ..hardware.lut import SpaceCostTable
+from ..predictor import pipeline as pp
+from ..progress import tqdm
 from ..results import read_summary
+from ..supernet import train as sn
+from ..supernet.space import SearchSpace
 from .evolution import EvolutionFinder
 from .genome import IndexOps, SearchResult
 from .random_search import RandomSearch
 
-__all__ = ["COST_UNITS", "PROFILE_TARGETS", "sweep_targets", "run_sweep", "history_table",
-           "round_sig", "load_search_inputs"]
+__all__ = ["COST_UNITS", "COST_COLUMNS", "PROFILE_TARGETS", "sweep_targets", "run_sweep",
+           "history_table", "round_sig", "load_search_inputs"]
 
 COST_UNITS = {"latency": "ms", "energy": "mJ", "bitops": "G", "size": "kB"}
+# the results tables' column of each cost (one map for notebooks 04-06)
+COST_COLUMNS = {"latency": "latency_ms", "energy": "energy_mj", "bitops": "bitops_g"}
 PROFILE_TARGETS = {"latency": "latency_targets_ms", "energy": "energy_targets_mj",
                    "bitops": "bitops_targets_g"}
 
 
 def _missing(what: str, notebook: str, why: str = ""):
-    from ..artifacts import MissingInputError
     return MissingInputError(f"{what} is missing{': ' + why if why else ''}: run notebook "
                              f"{notebook} first with this profile (make reproduce runs them "
                              f"in order)")
@@ -39,14 +46,11 @@ def load_search_inputs(ctx, target: str = "bitfusion", device=None) -> dict:
     Returns ``{"supernet", "supernet_key", "table", "lut_artifact", "predictor",
     "predictor_artifact", "summaries"}`` (``summaries``: the typed summaries of 01-03)."""
 
-    from ..hardware.lut import SpaceCostTable
-    from ..supernet.space import SearchSpace
     cfg, store = ctx.cfg, ctx.store
     sums = {nb[:2]: read_summary(ctx.results, nb)
             for nb in ("01_supernet", "02_hardware", "03_predictor")}
     space = SearchSpace(cfg.space)
     # 01 · supernet: load the artifact only (get_trained_supernet would train a missing one)
-    from ..supernet import train as sn
     net, skey, art = sn.require_supernet(cfg, store, device)
     # 02 · lookup table of this space on `target`
     entry = sums["02"].get("lut", {}).get(target)
@@ -59,7 +63,6 @@ def load_search_inputs(ctx, target: str = "bitfusion", device=None) -> dict:
         raise _missing(f"artifacts/{stage}/{key} for this profile's space", "02_hardware")
     table = SpaceCostTable.load(lut_art.file("cost.npz"), space)
     # 03 · predictor (quantization-aware, by transfer)
-    from ..predictor import pipeline as pp
     stage, key = sums["03"]["predictor_artifact"].split("/")[-2:]
     pred_art = store.get(stage, key)
     if pred_art is None:
@@ -109,7 +112,6 @@ def run_sweep(space, score_fn, cost_fns: Mapping[str, Callable], targets: Mappin
     budget. Returns ``[{"constraint", "limit", "evolution": SearchResult,
     "random": SearchResult | None, "costs", "random_costs"}]``; ``costs`` holds every cost
     of the best configuration found (not only the constrained one)."""
-    from ..progress import tqdm
     random_baseline = scfg.random_baseline if random_baseline is None else random_baseline
     jobs = [(c, lim) for c, lims in targets.items() for lim in lims]
     out = []

@@ -15,7 +15,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import hardware as hw
 from ..artifacts import load_state, save_state
+from ..baselines import spread
+from ..loops import finetune_batches, test_batches
+from ..search import realize
+from ..supernet.metrics import recalibrate_bn
+from ..supernet.space import MBV2_NAME, SubnetConfig
 from ..supernet.static import load_tensor_state, tensor_state
 from .export import (
     count_qdq,
@@ -67,9 +73,6 @@ def realized_model(ctx, supernet, config: dict, supernet_key: str, data, model_i
     """Notebook 04's realised model ``model_id``: the finetuned state from the ``realized``
     artifact (:func:`save_realized`), or, when missing, re-run with 04's recipe, seed and
     finetune batches (deterministic on one CPU) and stored."""
-    from ..loops import finetune_batches, test_batches
-    from ..search import realize
-    from ..supernet.space import SubnetConfig
     cfg, ft = ctx.cfg, ctx.cfg.finetune
     sub = supernet.export(SubnetConfig.from_dict(config), quantized=True)
 
@@ -88,8 +91,6 @@ def realized_model(ctx, supernet, config: dict, supernet_key: str, data, model_i
 def w8a8_model(supernet, config: dict, data, recal_images: int, seed: int = 0):
     """``config``'s architecture at W8A8 with the supernet's weights, BN recalibrated (the
     fixed-precision baseline of notebook 05 without its finetune)."""
-    from ..supernet.metrics import recalibrate_bn
-    from ..supernet.space import SubnetConfig
     space = supernet.space
     c = space.with_bits(SubnetConfig.from_dict(config), 8, 8, 8, 8)
     sub = supernet.export(c, quantized=True)
@@ -101,8 +102,6 @@ def deploy_candidates(ctx, supernet, supernet_key: str, data, apq_rows: pd.DataF
                       max_models: int):
     """``(name, model, SubnetConfig)`` for up to ``max_models`` of 04's models (spread over
     its rows), each also at W8A8, and the space's MobileNetV2 point (3×3, e6) at W8A8."""
-    from ..baselines import spread
-    from ..supernet.space import SubnetConfig
     out, recal = [], ctx.cfg.finetune.recal_images
     for _, r in apq_rows.iloc[spread(len(apq_rows), max_models)].iterrows():
         conf = json.loads(r["config"])
@@ -112,7 +111,6 @@ def deploy_candidates(ctx, supernet, supernet_key: str, data, apq_rows: pd.DataF
         out.append((tag, sub, SubnetConfig.from_dict(conf), info["test_acc"]))
         sub8, c8 = w8a8_model(supernet, conf, data, recal, ctx.cfg.seed)
         out.append((tag + " arch", sub8, c8, float("nan")))
-    from ..supernet.space import MBV2_NAME
     mb = supernet.space.mobilenetv2(8)
     sub8, c8 = w8a8_model(supernet, mb.to_dict(), data, recal, ctx.cfg.seed)
     out.append((f"{MBV2_NAME} W8A8", sub8, c8, float("nan")))
@@ -122,7 +120,6 @@ def deploy_candidates(ctx, supernet, supernet_key: str, data, apq_rows: pd.DataF
 def measure_model(name: str, sub, config, space, data, dcfg, sim, workdir=None) -> dict:
     """One row of ``07_deploy.csv``: parity of the integer model on the test split, export
     (Q/DQ + onnxruntime for 8-bit, QONNX + its executor otherwise), ORT latency, proxies."""
-    from .. import hardware as hw
     test = data.test
     n = dcfg.parity_images or len(test)
     imodel = to_integer(sub, test, extra_bits=dcfg.extra_bits,

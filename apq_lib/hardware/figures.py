@@ -12,6 +12,7 @@ import seaborn as sns
 
 from .costs import get_simulator
 from .layers import LayerSpec
+from .parity import parity_summary
 
 __all__ = ["plot_bits_sweep", "plot_wa_grid", "plot_roofline", "plot_space_costs",
            "plot_bitfusion_parity"]
@@ -113,7 +114,6 @@ def plot_bitfusion_parity(panels: Sequence[tuple]):
     """Parity plots, one column per ``(title, parity DataFrame, ref)`` (``ref`` = "official"
     or "apqvar", see :func:`~apq_lib.hardware.parity.parity_summary`); rows latency and
     energy, log-log, one colour per layer kind, Spearman and median ratio in the legend."""
-    from .parity import parity_summary
     fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7.6), squeeze=False)
     for j, (title, df, ref) in enumerate(panels):
         summ = parity_summary(df, ref)

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..artifacts import Artifact, ArtifactStore
 from ..fields import key_dict
+from ..progress import tqdm
 from .costs import get_simulator
 from .layers import LayerSpec, mbconv_layers
 
@@ -83,7 +84,6 @@ def build_lut(space, sim, progress: bool = False) -> dict:
             sim.prefetch(spec, pairs)
     items = entries.items()
     if progress:
-        from ..progress import tqdm
         items = tqdm(items, desc=f"LUT {sim.name}", total=len(entries))
     lut = {key: {k: float(v) for k, v in sim.cost(spec, w, a).items()}
            for key, (spec, w, a) in items}

@@ -10,6 +10,10 @@ from .metrics import *  # noqa: F401,F403
 from .metrics import __all__ as _m
 from .model import *  # noqa: F401,F403
 from .model import __all__ as _mo
+from .pairs import *  # noqa: F401,F403
+from .pairs import __all__ as _pa
+from .samples import *  # noqa: F401,F403
+from .samples import __all__ as _sa
 from .study import *  # noqa: F401,F403
 from .study import __all__ as _s
 from .train import *  # noqa: F401,F403
@@ -17,17 +21,15 @@ from .train import __all__ as _t
 from .transfer import *  # noqa: F401,F403
 from .transfer import __all__ as _tr
 
-# collect (also a CLI: python -m apq_lib.predictor.collect) and pipeline load lazily, so
+# collect (the CLI: python -m apq_lib.predictor.collect) and pipeline load lazily, so
 # running the CLI does not import its module twice
-_LAZY = {n: "collect" for n in (
-    "KINDS", "CollectionError", "CorruptSampleError", "sample_config", "SampleStore",
-    "collect_samples", "PairSet", "merge_pairs", "load_pairs", "parse_shard", "parse_shard_arg")}
+_LAZY = {"parse_shard_arg": "collect"}
 _LAZY.update({n: "pipeline" for n in (
     "PAIR_STAGES", "MODEL_STAGE", "collection_config", "sample_store", "make_evaluator",
     "load_supernet", "collect_pairs", "collect_cli", "train_predictors", "predictor_config",
     "save_predictors", "load_predictor", "AccuracyOracle", "predictor_artifact_key")})
 
-__all__ = [*_c, *_e, *_m, *_mo, *_s, *_t, *_tr, *_LAZY]
+__all__ = [*_c, *_e, *_m, *_mo, *_pa, *_sa, *_s, *_t, *_tr, *_LAZY]
 
 
 def __getattr__(name):

@@ -18,346 +18,29 @@ CLI (shards write into the artifact's ``.partial`` directory; the last to finish
 
     python -m apq_lib.predictor.collect --profile default --kind fp32 --shard 0/2
     torchrun --nproc-per-node 2 -m apq_lib.predictor.collect --profile default --kind quant
+
+The store and the collecting loop live in :mod:`apq_lib.predictor.samples`, the merged
+pairs in :mod:`apq_lib.predictor.pairs`; this module is the CLI (over
+:func:`apq_lib.predictor.pipeline.collect_cli`) and re-exports both.
 """
 from __future__ import annotations
 
+import argparse
 import json
-import math
 import os
-import time
-import warnings
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-import numpy as np
+import yaml
 
-from ..artifacts import atomic_write, write_json
-from ..fields import key_dict
-from ..supernet.space import SearchSpace, SubnetConfig
-from ..workers import LockBusy, exclusive, exit_with_parent
-from .policies import pair_config
+from ..workers import exit_with_parent
+from .pairs import *  # noqa: F401,F403
+from .pairs import __all__ as _pairs_all
+from .pipeline import collect_cli
+from .samples import *  # noqa: F401,F403
+from .samples import KINDS
+from .samples import __all__ as _samples_all
 
-__all__ = ["KINDS", "CollectionError", "CorruptSampleError", "sample_config", "SampleStore",
-           "collect_samples", "PairSet", "merge_pairs", "load_pairs", "parse_shard",
-           "parse_shard_arg", "main"]
-
-KINDS = ("fp32", "quant")
-_REQUIRED = ("i", "kind", "sampler", "group", "config", "acc", "seconds")
-
-
-class CollectionError(RuntimeError):
-    """The collection cannot go on (spec mismatch, incomplete merge)."""
-
-
-class CorruptSampleError(CollectionError):
-    """A stored sample is corrupted; the message names file and line."""
-
-
-# --------------------------------------------------------------------------- sampling
-def sample_config(space: SearchSpace, kind: str, seed: int, i: int,
-                  policies_per_arch: int = 6, large_fraction: float = 0.25,
-                  bit_spread: float = 0.75) -> tuple[SubnetConfig, str, int]:
-    """Configuration of sample ``i``: ``(config, sampler, group)``; see
-    :func:`apq_lib.predictor.policies.pair_config` (corners, a share of large
-    architectures; per quantized architecture the uniform lowest / middle / highest-bit
-    policies, then mixed policies around a per-architecture bit level). ``group``
-    identifies the architecture (equal for samples sharing one), for grouped splits."""
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r}: use one of {KINDS}")
-    return pair_config(space, kind, seed, i, policies_per_arch, large_fraction, bit_spread)
-
-
-# --------------------------------------------------------------------------- storage
-class SampleStore:
-    """The JSONL shard files of one collection in ``workdir`` (see module docstring)."""
-
-    def __init__(self, workdir: Path | str, kind: str, n: int, seed: int, space: SearchSpace,
-                 policies_per_arch: int = 6, spec: Optional[dict] = None,
-                 large_fraction: float = 0.25, bit_spread: float = 0.75):
-        self.dir = Path(workdir)
-        self.kind, self.n, self.seed, self.space = kind, int(n), int(seed), space
-        self.ppa = int(policies_per_arch)
-        self.large_fraction, self.bit_spread = float(large_fraction), float(bit_spread)
-        self.spec = {"kind": kind, "n": self.n, "seed": self.seed, "space": key_dict(space.cfg),
-                     "large_fraction": self.large_fraction,
-                     **({"policies_per_arch": self.ppa, "bit_spread": self.bit_spread}
-                        if kind == "quant" else {}),
-                     **(spec or {})}             # fp32 samples do not depend on the policies
-
-    def config(self, i: int) -> tuple[SubnetConfig, str, int]:
-        """``(config, sampler, group)`` of sample ``i`` (:func:`sample_config`)."""
-        return sample_config(self.space, self.kind, self.seed, i, self.ppa,
-                             self.large_fraction, self.bit_spread)
-
-    def shard_path(self, rank: int, world: int) -> Path:
-        return self.dir / f"{self.kind}_shard{rank:03d}of{world:03d}.jsonl"
-
-    @staticmethod
-    def lock_path(shard: Path) -> Path:
-        """The lock a writer of ``shard`` holds (see :func:`apq_lib.workers.exclusive`)."""
-        return shard.with_name(shard.name + ".lock")
-
-    def files(self) -> list[Path]:
-        return sorted(self.dir.glob(f"{self.kind}_shard*.jsonl"))
-
-    def check_spec(self) -> None:
-        """Write ``<kind>_spec.json`` on first use; a different stored spec is an error."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        p = self.dir / f"{self.kind}_spec.json"
-        spec = json.loads(json.dumps(self.spec, sort_keys=True))
-        if p.exists():
-            try:
-                old = json.loads(p.read_text())
-            except json.JSONDecodeError as e:
-                raise CorruptSampleError(f"{p}: not valid JSON ({e})") from e
-            if old != spec:
-                diff = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k))
-                raise CollectionError(f"{p}: the samples there were collected with a different "
-                                      f"spec (differs in {diff}); use another work directory")
-        else:
-            write_json(p, spec, nonfinite="error")
-
-    def load(self, repair: bool = False, held: tuple[Path, ...] = ()) -> dict[int, dict]:
-        """Every finished sample, ``{i: record}``; see :func:`parse_shard`. Without
-        ``repair`` a corrupt line raises; with it, every torn or corrupt line is dropped
-        (warning) and cut out of its file, if this process holds the file's lock
-        (``held``) or can take it; a file another live writer holds is only read."""
-        out: dict[int, dict] = {}
-        where: dict[int, str] = {}
-        for p in self.files():
-            bad: list[int] = []
-            for lineno, rec in parse_shard(p, self, repair=repair, dropped=bad):
-                i = rec["i"]
-                if i in out:
-                    if rec["config"] != out[i]["config"] or rec["acc"] != out[i]["acc"]:
-                        raise CorruptSampleError(f"{p}:{lineno}: sample {i} is also at "
-                                                 f"{where[i]} with a different result")
-                    warnings.warn(f"{p}:{lineno}: sample {i} duplicates {where[i]}; the "
-                                  f"first is kept", stacklevel=2)
-                    continue
-                out[i], where[i] = rec, f"{p.name}:{lineno}"
-            if repair and bad:
-                self._cut_lines(p, bad, held)
-        return out
-
-    def _cut_lines(self, path: Path, linenos: list[int], held: tuple[Path, ...]) -> None:
-        def cut() -> None:
-            lines = path.read_bytes().split(b"\n")
-            drop = set(linenos)
-            keep = [ln for k, ln in enumerate(lines, 1) if k not in drop and ln.strip()]
-            atomic_write(path, b"".join(ln + b"\n" for ln in keep))
-        if path in held:
-            return cut()
-        try:
-            with exclusive(self.lock_path(path), wait=False):
-                cut()
-        except LockBusy:
-            pass                                # its writer repairs it when it reloads
-
-
-def parse_shard(path: Path, store: SampleStore, repair: bool = False,
-                dropped: Optional[list] = None):
-    """Yield ``(line number, record)`` for each sample line of ``path``, validated against
-    the index's expected configuration. A torn last line (no newline: a kill during the
-    write) is always dropped with a warning. Any other bad line raises
-    :class:`CorruptSampleError` naming it, or with ``repair`` is dropped with a warning;
-    dropped line numbers are appended to ``dropped``."""
-    lines = path.read_bytes().split(b"\n")
-    torn = lines[-1] != b""
-    for k, line in enumerate(lines[:-1] + ([lines[-1]] if torn else [])):
-        lineno = k + 1
-        if torn and k == len(lines) - 1:
-            msg = (f"{path}:{lineno}: last line is incomplete (a run was killed while "
-                   f"writing it); dropped, that sample will be recomputed")
-            warnings.warn(msg, stacklevel=3)
-            if dropped is not None:
-                dropped.append(lineno)
-            return
-        try:
-            if not line.strip():
-                raise CorruptSampleError(f"{path}:{lineno}: empty line in a sample file")
-            try:
-                rec = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise CorruptSampleError(f"{path}:{lineno}: not valid JSON ({e})") from e
-            rec = _validate_record(rec, path, lineno, store)
-        except CorruptSampleError as e:
-            if not repair:
-                raise
-            warnings.warn(f"{e}; dropped, that sample will be recomputed", stacklevel=3)
-            if dropped is not None:
-                dropped.append(lineno)
-            continue
-        yield lineno, rec
-
-
-def _validate_record(rec, path, lineno, store: SampleStore) -> dict:
-    loc = f"{path}:{lineno}"
-    if not isinstance(rec, dict) or any(k not in rec for k in _REQUIRED):
-        missing = [k for k in _REQUIRED if not isinstance(rec, dict) or k not in rec]
-        raise CorruptSampleError(f"{loc}: sample record lacks {missing}")
-    i = rec["i"]
-    if not isinstance(i, int) or not 0 <= i < store.n:
-        raise CorruptSampleError(f"{loc}: sample index {i!r} is outside 0..{store.n - 1}")
-    if rec["kind"] != store.kind:
-        raise CorruptSampleError(f"{loc}: sample kind {rec['kind']!r} != {store.kind!r}")
-    acc = rec["acc"]
-    if not isinstance(acc, (int, float)) or not math.isfinite(acc) or not 0 <= acc <= 100:
-        raise CorruptSampleError(f"{loc}: accuracy {acc!r} is not a percentage in [0, 100]")
-    if not isinstance(rec["seconds"], (int, float)) or rec["seconds"] < 0:
-        raise CorruptSampleError(f"{loc}: seconds {rec['seconds']!r} is not >= 0")
-    cfg, sampler, group = store.config(i)
-    if rec["config"] != cfg.to_dict() or rec["sampler"] != sampler or rec["group"] != group:
-        raise CorruptSampleError(f"{loc}: sample {i}'s configuration is not the one its index "
-                                 f"gives (edited file or different seed/space)")
-    return rec
-
-
-# --------------------------------------------------------------------------- collecting
-def collect_samples(evaluate_fn: Callable[[SubnetConfig, int], float | dict], store: SampleStore,
-            shard: tuple[int, int] = (0, 1), progress: bool = True,
-            desc: Optional[str] = None) -> dict[int, dict]:
-    """Evaluate every unfinished index ``i`` with ``i % world == rank``.
-
-    ``evaluate_fn(config, i)`` returns the accuracy in percent, or a dict with ``acc`` and
-    extra fields to store. Each record keeps ``seconds`` (wall) and ``cpu_seconds`` (this
-    process's CPU time: the wall time a quiet core would take at one thread). Returns every
-    finished sample in the directory (all shards)."""
-    rank, world = shard
-    if not 0 <= rank < world:
-        raise ValueError(f"shard {rank}/{world}: need 0 <= rank < world")
-    store.check_spec()
-    path = store.shard_path(rank, world)
-
-    def waiting() -> None:
-        warnings.warn(f"{path} is being written by another collector (one writer per "
-                      f"shard); waiting for it to finish", stacklevel=4)
-
-    with exclusive(store.lock_path(path), on_wait=waiting):
-        _collect_locked(evaluate_fn, store, path, rank, world, progress, desc)
-    return store.load(repair=True)
-
-
-def _collect_locked(evaluate_fn, store: SampleStore, path: Path, rank: int, world: int,
-                    progress: bool, desc: Optional[str]) -> None:
-    from ..progress import tqdm
-    done = store.load(repair=True, held=(path,))
-    mine = [i for i in range(store.n) if i % world == rank]
-    todo = [i for i in mine if i not in done]
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not progress,
-               desc=desc or f"{store.kind} pairs [{rank}/{world}]", dynamic_ncols=True)
-    with open(path, "a", encoding="utf-8") as f:
-        for i in todo:
-            cfg, sampler, group = store.config(i)
-            t0, c0 = time.perf_counter(), time.process_time()
-            res = evaluate_fn(cfg, i)
-            dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-            extra = dict(res) if isinstance(res, dict) else {"acc": float(res)}
-            rec = {"i": i, "kind": store.kind, "sampler": sampler, "group": group,
-                   "config": cfg.to_dict(), "seconds": round(dt, 4),
-                   "cpu_seconds": round(cpu, 4), "shard": f"{rank}/{world}",
-                   **extra}
-            rec["acc"] = float(rec["acc"])
-            f.write(json.dumps(rec, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-            bar.update(1)
-            bar.set_postfix(acc=f"{rec['acc']:.1f}", s=f"{dt:.2f}")
-    bar.close()
-
-
-# --------------------------------------------------------------------------- merged data
-@dataclass
-class PairSet:
-    """Merged pairs, sorted by index: ``index [N, B, 6]`` (int16, as
-    :meth:`SearchSpace.to_index_array`), ``acc`` (percent), ``seconds`` (wall),
-    ``cpu_seconds``, ``group``, ``sampler`` (1 = a mixed-precision policy around the
-    architecture's bit level, 0 = a uniform policy or an FP32 pair).
-
-    Label noise (see :mod:`apq_lib.predictor.evaluators`; ``None`` for collections made
-    before it was recorded): ``n_images`` / ``n_correct`` ``[N]``, ``acc_half [N, 2]``
-    (even / odd images, percent) and ``correct [N, ceil(n_images / 8)]`` (np.packbits of
-    the per-image correctness on the shared validation images)."""
-    index: np.ndarray
-    acc: np.ndarray
-    seconds: np.ndarray
-    cpu_seconds: np.ndarray
-    group: np.ndarray
-    sampler: np.ndarray
-    n_images: np.ndarray | None = None
-    n_correct: np.ndarray | None = None
-    acc_half: np.ndarray | None = None
-    correct: np.ndarray | None = None
-
-    FIELDS = ("index", "acc", "seconds", "cpu_seconds", "group", "sampler")
-    NOISE_FIELDS = ("n_images", "n_correct", "acc_half", "correct")
-
-    def __len__(self) -> int:
-        return len(self.acc)
-
-    @property
-    def has_noise(self) -> bool:
-        """Whether per-image correctness was recorded (labels' noise can be measured)."""
-        return all(getattr(self, k) is not None for k in self.NOISE_FIELDS)
-
-    def correct_matrix(self) -> np.ndarray:
-        """Per-image correctness ``[N, n_images]`` (bool) on the shared validation images."""
-        if not self.has_noise:
-            raise CollectionError("these pairs carry no per-image correctness (collected "
-                                  "before it was recorded): rebuild them with force=True")
-        return np.unpackbits(self.correct, axis=1)[:, :int(self.n_images[0])].astype(bool)
-
-    def subset(self, idx) -> "PairSet":
-        return PairSet(*(None if getattr(self, k) is None else getattr(self, k)[idx]
-                         for k in self.FIELDS + self.NOISE_FIELDS))
-
-    def save(self, path: Path | str) -> None:
-        np.savez(path, **{k: getattr(self, k) for k in self.FIELDS + self.NOISE_FIELDS
-                          if getattr(self, k) is not None})
-
-    @classmethod
-    def load(cls, path: Path | str) -> "PairSet":
-        with np.load(path, allow_pickle=False) as z:
-            return cls(*(z[k] for k in cls.FIELDS),
-                       *(z[k] if k in z.files else None for k in cls.NOISE_FIELDS))
-
-
-def _noise_arrays(rows: list[dict]) -> list:
-    """``[n_images, n_correct, acc_half, correct]`` of the records, or Nones when any record
-    lacks them or the records disagree on the number of images (not paired)."""
-    if not rows or any("correct" not in r for r in rows):
-        return [None] * 4
-    n_img = np.array([r["n_images"] for r in rows], dtype=np.int64)
-    if (n_img != n_img[0]).any():
-        raise CollectionError(f"pair records hold different numbers of validation images "
-                              f"({sorted(set(n_img.tolist()))}); the labels are not paired")
-    return [n_img, np.array([r["n_correct"] for r in rows], dtype=np.int64),
-            np.array([r["acc_half"] for r in rows], dtype=np.float64),
-            np.stack([np.frombuffer(bytes.fromhex(r["correct"]), np.uint8) for r in rows])]
-
-
-def merge_pairs(store: SampleStore) -> PairSet:
-    """All ``n`` samples of ``store`` merged; missing indices are an error."""
-    recs = store.load()
-    missing = [i for i in range(store.n) if i not in recs]
-    if missing:
-        raise CollectionError(f"{store.dir}: {len(missing)} of {store.n} {store.kind} samples "
-                              f"are missing (first: {missing[:5]}); run the remaining shards")
-    rows = [recs[i] for i in range(store.n)]
-    cfgs = [SubnetConfig.from_dict(r["config"]) for r in rows]
-    return PairSet(store.space.to_index_array(cfgs),
-                   np.array([r["acc"] for r in rows], dtype=np.float64),
-                   np.array([r["seconds"] for r in rows], dtype=np.float64),
-                   np.array([r.get("cpu_seconds", np.nan) for r in rows], dtype=np.float64),
-                   np.array([r["group"] for r in rows], dtype=np.int64),
-                   np.array([r["sampler"].endswith("+mixed") for r in rows], dtype=np.int8),
-                   *_noise_arrays(rows))
-
-
-def load_pairs(artifact) -> PairSet:
-    """The :class:`PairSet` of a published collection artifact."""
-    return PairSet.load(artifact.file("pairs.npz"))
+__all__ = [*_samples_all, *_pairs_all, "parse_shard_arg", "main"]
 
 
 def parse_shard_arg(text: Optional[str]) -> tuple[int, int]:
@@ -374,9 +57,6 @@ def parse_shard_arg(text: Optional[str]) -> tuple[int, int]:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    import argparse
-
-    from .pipeline import collect_cli
     ap = argparse.ArgumentParser(prog="python -m apq_lib.predictor.collect",
                                  description="Collect predictor pairs (one shard).")
     ap.add_argument("--profile", default="default")
@@ -392,11 +72,11 @@ def main(argv: Optional[list[str]] = None) -> None:
                     help="do not publish the artifact even when this shard completes it")
     a = ap.parse_args(argv)
     exit_with_parent()          # a worker of notebook 03 never outlives it (no-op from a shell)
-    import yaml
     overrides = json.loads(a.overrides_json)
     overrides.update({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)})
     collect_cli(a.profile, a.kind, parse_shard_arg(a.shard), overrides,
                 progress=not a.no_progress, publish=not a.no_publish, threads=a.threads)
+
 
 if __name__ == "__main__":
     main()

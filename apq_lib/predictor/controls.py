@@ -13,6 +13,7 @@ from scipy import stats
 from ..progress import tqdm
 from ..runtime import stream_rng, stream_seed
 from ..stats import bootstrap_p, holm_verdicts, verdict
+from ..supernet.metrics import subnet_macs
 from ..supernet.space import SearchSpace
 from .metrics import _group_resamples, kendall_tau, rmse
 from .model import AccuracyPredictor, predict_numpy
@@ -27,7 +28,6 @@ METHODS = ("transfer", "scratch", "fp32_predictor", "bits_linear", "macs_linear"
 
 def index_macs(space: SearchSpace, idx: np.ndarray) -> np.ndarray:
     """Multiply-accumulates ``[N]`` of the architectures in index arrays ``[N, B, 6]``."""
-    from ..supernet.metrics import subnet_macs
     return np.array([subnet_macs(space, c) for c in space.from_index_array(idx)], float)
 
 

@@ -14,7 +14,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..config import FinetuneConfig
 from ..loops import finetune, finetune_batches
+from ..supernet.metrics import recalibrate_bn
 from ..supernet.space import SubnetConfig
 
 __all__ = ["FP32Evaluator", "QATEvaluator", "correct_mask", "label_record", "unpack_correct"]
@@ -59,7 +61,6 @@ class FP32Evaluator:
         self.device = device
 
     def __call__(self, cfg: SubnetConfig, i: int) -> dict:
-        from ..supernet.metrics import recalibrate_bn
         sub = self.net.export(cfg)
         recalibrate_bn(sub, self.recal, self.device)
         return label_record(correct_mask(sub, self.val, self.device))
@@ -77,7 +78,6 @@ class QATEvaluator:
 
     def __init__(self, supernet, data, recal_batches: list, val_batches: list, steps: int,
                  recipe=None, seed: int = 0, device=None):
-        from ..config import FinetuneConfig
         self.net, self.data = supernet, data
         self.recal, self.val = recal_batches, val_batches
         self.steps, self.recipe = int(steps), recipe or FinetuneConfig()
@@ -92,7 +92,6 @@ class QATEvaluator:
         return losses[0], losses[-1]
 
     def __call__(self, cfg: SubnetConfig, i: int) -> dict:
-        from ..supernet.metrics import recalibrate_bn
         sub = self.net.export(cfg, quantized=True)
         first, last = self.finetune(sub, i)
         recalibrate_bn(sub, self.recal, self.device)

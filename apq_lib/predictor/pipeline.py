@@ -23,18 +23,17 @@ from ..artifacts import (
     write_json,
 )
 from ..config import Profile, load_profile
+from ..data import load_data
+from ..progress import tqdm
+from ..runtime import get_device, seed_everything
+from ..supernet import train as sn
 from ..supernet.space import SearchSpace, SubnetConfig
 from ..workers import LockBusy, WorkerGroup, exclusive
-from .collect import (  # noqa: F401
-    CollectionError,
-    PairSet,
-    SampleStore,
-    collect_samples,
-    load_pairs,
-    merge_pairs,
-)
 from .encoder import APQEncoder
-from .model import AccuracyPredictor, QuantAwarePredictor
+from .evaluators import FP32Evaluator, QATEvaluator
+from .model import AccuracyPredictor, FastPredictor, QuantAwarePredictor
+from .pairs import PairSet, load_pairs, merge_pairs  # noqa: F401  (load_pairs: re-export)
+from .samples import CollectionError, SampleStore, collect_samples
 from .train import (
     TrainSettings,
     evaluate_predictor,
@@ -99,7 +98,6 @@ def sample_store(cfg: Profile, kind: str, workdir: Path) -> SampleStore:
 
 def make_evaluator(cfg: Profile, kind: str, supernet, data, device=None):
     """The FP32 or QAT evaluator with the profile's fixed recal / validation images."""
-    from .evaluators import FP32Evaluator, QATEvaluator
     p = cfg.predictor
     recal = data.fixed_batches("train", p.recal_images, seed=cfg.seed)
     val = data.fixed_batches("val", _eval_images(cfg, kind), seed=cfg.seed)  # never test
@@ -112,7 +110,6 @@ def make_evaluator(cfg: Profile, kind: str, supernet, data, device=None):
 def load_supernet(cfg: Profile, data, store: ArtifactStore, device=None):
     """``(supernet in eval mode, its artifact key)`` (:func:`apq_lib.supernet.train.
     require_supernet`: never trains; a missing artifact names notebook 01)."""
-    from ..supernet import train as sn
     net, key, _ = sn.require_supernet(cfg, store, device)
     return net, key
 
@@ -127,7 +124,6 @@ def _run_workers(cfg_profile: str, overrides: dict, kind: str, workers: int, wor
                  n_total: int, progress: bool, store: Optional[ArtifactStore] = None) -> None:
     """Collect with ``workers`` CLI shard processes (one thread each); poll progress. The
     workers stop with this process however it ends (:class:`apq_lib.workers.WorkerGroup`)."""
-    from ..progress import tqdm
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     if store is not None:                   # absolute: the workers run in the repo root
         env["APQ_ARTIFACTS"] = str(store.root)
@@ -202,8 +198,6 @@ def collect_cli(profile: str, kind: str, shard: tuple[int, int], overrides: dict
                 progress: bool = True, publish: bool = True, threads: Optional[int] = None
                 ) -> None:
     """One shard from the command line (see ``python -m apq_lib.predictor.collect -h``)."""
-    from ..data import load_data
-    from ..runtime import get_device, seed_everything
     if threads:
         torch.set_num_threads(threads)
     cfg = load_profile(profile, overrides)
@@ -318,7 +312,6 @@ class AccuracyOracle:
 
     def __init__(self, model: torch.nn.Module, space: SearchSpace,
                  dtype: torch.dtype = torch.float32):
-        from .model import FastPredictor
         self.model, self.encoder = model.eval(), APQEncoder(space)
         self.quant = isinstance(model, QuantAwarePredictor)
         self.fast = FastPredictor(self.model, self.encoder, dtype)

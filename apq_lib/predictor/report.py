@@ -9,10 +9,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..hardware.costs import get_simulator
+from ..hardware.lut import subnet_cost
+from ..loops import finetune_batches
+from ..search import realize
 from ..supernet.space import SearchSpace
 from .collect import PairSet
 from .controls import arch_keys, controls_table, crossval_controls, index_macs, label_offset
 from .metrics import label_noise, variance_shares
+from .model import FastPredictor, predict_numpy, time_inference
 from .policies import coverage_fraction, mean_bits
 from .train import fit_fp32_predictor, grouped_kfold
 
@@ -25,8 +30,6 @@ __all__ = ["pair_latency", "coverage", "noise_table", "decomposition", "run_cont
 def pair_latency(space: SearchSpace, configs, hardware=None) -> np.ndarray:
     """BitFusion latency (ms) of each configuration (the simulator notebook 02 tabulates,
     with the profile's ``hardware`` options)."""
-    from ..hardware.costs import get_simulator
-    from ..hardware.lut import subnet_cost
     opts = hardware.bitfusion_options() if hardware is not None else None
     sim = get_simulator("bitfusion", bitfusion=opts)
     return np.array([subnet_cost(space, c, lambda s, w, a: sim.report(s, w, a))["latency"]
@@ -121,8 +124,6 @@ def realise_on_validation(cfg, supernet, data, space: SearchSpace, quant: PairSe
     range) with notebook 04's recipe (``finetune:``), measured on the labels' own
     validation images — never the test split — and the offset realised − label
     (:func:`label_offset`, ``source: validation``)."""
-    from ..loops import finetune_batches
-    from ..search import realize
     pc, ft = cfg.predictor, cfg.finetune
     by_label = heldout[np.argsort(quant.acc[heldout], kind="stable")]
     k = min(pc.realised_pairs, len(by_label))
@@ -149,7 +150,6 @@ def inference_timing(model, encoder, space: SearchSpace, seed: int = 0, n: int =
     """Batched inference on ``n`` random configurations: dense one-hot vs
     :class:`FastPredictor` (fp32, bf16), median of 5 runs per thread count; the largest
     fast-vs-dense difference (accuracy points)."""
-    from .model import FastPredictor, predict_numpy, time_inference
     rng = np.random.default_rng(seed)
     idx = space.to_index_array([space.sample(rng) for _ in range(n)])
     model = model.eval()

@@ -14,9 +14,11 @@ from .kmeans import *  # noqa: F401,F403
 from .kmeans import __all__ as _km
 from .modules import *  # noqa: F401,F403
 from .modules import __all__ as _m
+from .profile import *  # noqa: F401,F403
+from .profile import __all__ as _p
 from .quantizers import *  # noqa: F401,F403
 from .quantizers import __all__ as _q
 from .training import *  # noqa: F401,F403
 from .training import __all__ as _t
 
-__all__ = [*_f, *_q, *_c, *_km, *_m, *_fo, *_t, *_k, "kernels"]
+__all__ = [*_f, *_q, *_c, *_km, *_m, *_fo, *_t, *_k, *_p, "kernels"]

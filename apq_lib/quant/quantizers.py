@@ -29,8 +29,7 @@ from .functional import (
     symmetric_scale,
 )
 
-__all__ = ["WeightQuantizer", "PACTQuantizer", "ActQuantizer", "LSQQuantizer",
-           "weight_calibration_kw", "configure_weight_calibration"]
+__all__ = ["WeightQuantizer", "PACTQuantizer", "ActQuantizer", "LSQQuantizer"]
 
 
 def _check_method(method: str) -> str:
@@ -383,22 +382,3 @@ class LSQQuantizer(_ActBase):
     def extra_repr(self) -> str:
         return (f"bits={self.bits}, signed={self.signed}, symmetric={self.symmetric}, "
                 f"per_channel={self.per_channel}")
-
-
-def weight_calibration_kw(qcfg) -> dict:
-    """``WeightQuantizer`` keywords from the profile's ``quant:`` section: the calibration
-    method of weight ranges and APQ's rule (KL below ``kl_below_bits`` bits; null: never)."""
-    return {"method": qcfg.weight_calibration, "kl_below_bits": qcfg.kl_below_bits}
-
-
-def configure_weight_calibration(model: nn.Module, qcfg) -> nn.Module:
-    """Set every linear weight quantizer of ``model`` (e.g. a loaded supernet, whose
-    exported subnets copy them) to the profile's calibration; cached clip ratios are
-    dropped. Returns ``model``."""
-    kw = weight_calibration_kw(qcfg)
-    for m in model.modules():
-        if isinstance(m, WeightQuantizer):
-            m.method = _check_method(kw["method"])
-            m.kl_below_bits = kw["kl_below_bits"]
-            m._ratio_cache.clear()
-    return model

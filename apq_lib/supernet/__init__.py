@@ -3,9 +3,13 @@
 ``space`` (the shared search-space contract), ``elastic`` (elastic kernel / width / BN
 ops), ``block`` (:class:`ElasticMBConv`), ``network`` (:class:`APQSupernet`), ``static``
 (exported standalone subnets), ``ofa_import`` (the official once-for-all weights),
-``metrics`` (BN recalibration, top-1, MACs), ``schedule`` (progressive-shrinking phases)
-and ``train`` (training loop, checkpoint/resume, DDP, artifact cache).
+``metrics`` (BN recalibration, top-1, MACs), ``schedule`` (progressive-shrinking phases),
+``train`` (training loop, resume, DDP), ``checkpoint`` (its lock and checkpoint files),
+``artifact`` (the supernet artifact: key, loading) and ``launch`` (artifact cache, CLI).
 """
+import importlib
+
+from .artifact import load_supernet, supernet_artifact_config
 from .block import *  # noqa: F401,F403
 from .block import __all__ as _block_all
 from .elastic import *  # noqa: F401,F403
@@ -23,15 +27,15 @@ from .space import __all__ as _space_all
 from .static import *  # noqa: F401,F403
 from .static import __all__ as _static_all
 
-_TRAIN = ("train_supernet", "get_trained_supernet", "load_supernet",
-          "supernet_artifact_config")
+# ``train`` (and ``launch``, which imports it) load lazily so ``python -m
+# apq_lib.supernet.train`` runs cleanly
+_LAZY = {"train_supernet": "train", "get_trained_supernet": "launch"}
 __all__ = [*_space_all, *_static_all, *_elastic_all, *_block_all, *_network_all,
-           *_metrics_all, *_schedule_all, *_ofa_all, *_TRAIN]
+           *_metrics_all, *_schedule_all, *_ofa_all, "load_supernet",
+           "supernet_artifact_config", *_LAZY]
 
 
 def __getattr__(name):
-    # ``train`` is imported lazily so ``python -m apq_lib.supernet.train`` runs cleanly
-    if name in _TRAIN:
-        from . import train
-        return getattr(train, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..loops import evaluate
+from ..progress import tqdm
 from .space import SearchSpace, SubnetConfig
 
 __all__ = ["recalibrate_bn", "evaluate", "subnet_macs", "evaluate_subnet",
@@ -72,7 +73,6 @@ def evaluate_random_subnets(supernet, n: int, rng: np.random.Generator, recal_ba
     ``config`` (JSON), ``macs``, ``depth``, and ``<name>_top1`` for every eval set."""
     import pandas as pd
 
-    from ..progress import tqdm
 
     space = supernet.space
     rows = []

@@ -1,0 +1,177 @@
+"""The package's import structure (issue 27 §3, "a house without circles"), read from the
+source with ``ast`` (nothing is imported):
+
+- no import circle among ``apq_lib``'s modules, neither through module-level imports nor
+  when the imports inside functions are counted too (a function-level import that only
+  dodges a circle is still a circle);
+- the number of ``apq_lib``-internal imports inside functions stays at or below a limit
+  that only goes down.
+
+An edge ``a -> b`` is an ``import`` / ``from ... import`` in ``a`` that names module ``b``
+(``from pkg import sub`` names ``pkg.sub`` when that is a module, otherwise ``pkg``).
+Imports under ``if TYPE_CHECKING:`` or ``if __name__ == "__main__":`` never run on import,
+so they are no edges. The implicit import of a module's parent packages is not an edge.
+"""
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = "apq_lib"
+
+# Circles still being removed elsewhere, each with why and by whom; the tests below fail on
+# any other circle, and the xfail test turns green (xpass) once a pair is gone.
+KNOWN_CIRCLES = {
+    frozenset({"apq_lib.baselines.fbnet", "apq_lib.baselines.suite"}):
+        "run_fbnet (notebook-05 orchestration) in baselines/fbnet.py reaches into "
+        "baselines/suite.py, which calls it back; being moved out of fbnet.py",
+}
+
+# apq_lib-internal imports inside functions (the issue's target: <= 5). Lower it when you
+# remove some; never raise it.
+MAX_FUNCTION_LEVEL_IMPORTS = 50
+
+
+def _modules() -> dict[str, tuple[Path, bool]]:
+    out = {}
+    for p in sorted((ROOT / PKG).rglob("*.py")):
+        parts = list(p.relative_to(ROOT).with_suffix("").parts)
+        is_pkg = parts[-1] == "__init__"
+        out[".".join(parts[:-1] if is_pkg else parts)] = (p, is_pkg)
+    return out
+
+
+def _skipped_block(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:`` / ``if __name__ == "__main__":`` (never run on import)."""
+    if not isinstance(node, ast.If):
+        return False
+    t = node.test
+    if isinstance(t, ast.Name) and t.id == "TYPE_CHECKING":
+        return True
+    if isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING":
+        return True
+    return (isinstance(t, ast.Compare) and isinstance(t.left, ast.Name)
+            and t.left.id == "__name__" and len(t.comparators) == 1
+            and isinstance(t.comparators[0], ast.Constant)
+            and t.comparators[0].value == "__main__")
+
+
+def _targets(mod: str, is_pkg: bool, node: ast.Import | ast.ImportFrom, mods) -> list[str]:
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    else:
+        if node.level:
+            base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+            base = base[:len(base) - (node.level - 1)]
+            base_name = ".".join(base + ([node.module] if node.module else []))
+        else:
+            base_name = node.module or ""
+        names = [f"{base_name}.{a.name}" if f"{base_name}.{a.name}" in mods else base_name
+                 for a in node.names]
+    return [n for n in names if n in mods and n != mod]
+
+
+def import_graph() -> tuple[dict, dict, list]:
+    """``(module-level edges, all edges, function-level imports)``; the last as
+    ``(module, line, statement)`` for apq_lib-internal imports inside a function."""
+    mods = _modules()
+    top: dict[str, set] = defaultdict(set)
+    every: dict[str, set] = defaultdict(set)
+    in_func: list[tuple[str, int, str]] = []
+    for mod, (path, is_pkg) in mods.items():
+        def walk(node: ast.AST, func: bool) -> None:
+            for ch in ast.iter_child_nodes(node):
+                if _skipped_block(ch):
+                    continue
+                f = func or isinstance(ch, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+                if isinstance(ch, (ast.Import, ast.ImportFrom)):
+                    tg = _targets(mod, is_pkg, ch, mods)
+                    every[mod].update(tg)
+                    if f and tg:
+                        in_func.append((mod, ch.lineno, ast.unparse(ch)))
+                    elif not f:
+                        top[mod].update(tg)
+                walk(ch, f)
+        walk(ast.parse(path.read_text(), str(path)), False)
+    return top, every, in_func
+
+
+def circles(edges: dict[str, set]) -> list[frozenset]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[frozenset] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.add(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(frozenset(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _show(cs) -> str:
+    return "; ".join(" <-> ".join(sorted(c)) for c in cs)
+
+
+def test_the_graph_sees_a_planted_circle():
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert circles(edges) == [frozenset("abc")]
+    top, every, in_func = import_graph()
+    assert "apq_lib.predictor.pipeline" in top["apq_lib.predictor.collect"]
+    assert all(top[m] <= every[m] for m in top)
+
+
+def test_module_level_imports_have_no_circle():
+    top, _, _ = import_graph()
+    found = circles(top)
+    assert not found, f"import circles through module-level imports: {_show(found)}"
+
+
+def test_no_import_circle_counting_function_level_imports():
+    _, every, _ = import_graph()
+    found = [c for c in circles(every) if c not in KNOWN_CIRCLES]
+    assert not found, (f"import circles (function-level imports included): {_show(found)}; "
+                       f"break them by moving the shared code down a layer, not by moving "
+                       f"an import into a function")
+
+
+@pytest.mark.xfail(strict=False, reason=next(iter(KNOWN_CIRCLES.values())))
+def test_baselines_fbnet_suite_circle_is_gone():
+    _, every, _ = import_graph()
+    pair = next(iter(KNOWN_CIRCLES))
+    assert not any(pair <= c for c in circles(every)), _show(circles(every))
+
+
+def test_function_level_imports_are_limited():
+    _, _, in_func = import_graph()
+    listing = "\n".join(f"  {m}:{line}: {s}" for m, line, s in in_func)
+    print(f"{len(in_func)} apq_lib-internal imports inside functions:\n{listing}")
+    assert len(in_func) <= MAX_FUNCTION_LEVEL_IMPORTS, (
+        f"{len(in_func)} apq_lib-internal imports inside functions (limit "
+        f"{MAX_FUNCTION_LEVEL_IMPORTS}); move them to module level:\n{listing}")

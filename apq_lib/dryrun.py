@@ -129,7 +129,7 @@ def _build_and_run(out: Path, only: Optional[list]) -> None:
     if not ckpt.exists():
         make_ofa_checkpoint(ckpt)
     profile = write_profile(out, data, ckpt)
-    from .supernet.ofa_import import main as import_main
+    from .supernet.launch import import_ofa_main as import_main
     import_main([str(ckpt), "--profile", str(profile)])
     run_chain(str(profile), out / "executed", only)
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
+from .artifacts import ArtifactStore, record_chain
 from .config import NOTEBOOKS, ConfigError, load_profile
 
 __all__ = ["NOTEBOOKS", "notebook_parameters", "run_chain", "prepare_chain", "main",
@@ -146,7 +147,6 @@ def _run_chain(profile: str, out_dir: Path, only: Optional[list[str]], kernel: s
 
     import papermill as pm
 
-    from .artifacts import ArtifactStore, record_chain
     store = ArtifactStore()
     reused = store.completed()
     start, t_chain, done = dt.datetime.now(), time.time(), []

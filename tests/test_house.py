@@ -18,22 +18,12 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PKG = "apq_lib"
 
-# Circles still being removed elsewhere, each with why and by whom; the tests below fail on
-# any other circle, and the xfail test turns green (xpass) once a pair is gone.
-KNOWN_CIRCLES = {
-    frozenset({"apq_lib.baselines.fbnet", "apq_lib.baselines.suite"}):
-        "run_fbnet (notebook-05 orchestration) in baselines/fbnet.py reaches into "
-        "baselines/suite.py, which calls it back; being moved out of fbnet.py",
-}
-
 # apq_lib-internal imports inside functions (the target: <= 5). Lower it when you
 # remove some; never raise it.
-MAX_FUNCTION_LEVEL_IMPORTS = 50
+MAX_FUNCTION_LEVEL_IMPORTS = 5
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -155,17 +145,10 @@ def test_module_level_imports_have_no_circle():
 
 def test_no_import_circle_counting_function_level_imports():
     _, every, _ = import_graph()
-    found = [c for c in circles(every) if c not in KNOWN_CIRCLES]
+    found = circles(every)
     assert not found, (f"import circles (function-level imports included): {_show(found)}; "
                        f"break them by moving the shared code down a layer, not by moving "
                        f"an import into a function")
-
-
-@pytest.mark.xfail(strict=False, reason=next(iter(KNOWN_CIRCLES.values())))
-def test_baselines_fbnet_suite_circle_is_gone():
-    _, every, _ = import_graph()
-    pair = next(iter(KNOWN_CIRCLES))
-    assert not any(pair <= c for c in circles(every)), _show(circles(every))
 
 
 def test_function_level_imports_are_limited():

@@ -25,6 +25,7 @@ from ..config import FinetuneConfig
 from ..pruning import gradual_channel_prune
 from ..pruning.train import accuracy
 from ..search.evolution import EvolutionFinder
+from ..supernet.metrics import recalibrate_bn
 from .cost import CostMeter
 from .fixed import LayerCostTable, PolicyEvaluator, fixed_bits, is_fixed, to_float
 from .haq import DDPGConfig, HAQSearch, haq_layers
@@ -112,7 +113,6 @@ class MultiStagePipeline:
                                        s.channel_prune_ratio, lr=s.prune_lr,
                                        device=self.device, step=self.space.cfg.channel_step)
             if self.b.get("recal") is not None:
-                from ..supernet.metrics import recalibrate_bn
                 recalibrate_bn(model, self.b["recal"], self.device)
         secs["channel_pruning"] = t["wall_s"]
         with m.stage(method, "3 HAQ") as t:

@@ -50,7 +50,7 @@ def budget_jobs(costs: Sequence[str], targets: dict, relative: dict, fractions: 
 
 
 def corner_qat(found: pd.DataFrame, network: str) -> dict:
-    """``{bits: (model id, top-1)}`` of ``network``'s uniform-precision corners realised in
+    """``{bits: (model id, top-1, seeds)}`` of ``network``'s uniform-precision corners realised in
     notebook 04 (``Corner`` rows of 04_search.csv): the fixed-precision QAT baselines, on
     the same path and seeds as APQ's models."""
     d = found[found["method"] == "Corner"]
@@ -58,7 +58,7 @@ def corner_qat(found: pd.DataFrame, network: str) -> dict:
     for _, r in d.iterrows():
         name, _, tag = str(r["model"]).rpartition(" W")
         if name == network:
-            out[int(tag.split("A")[0])] = (r["model_id"], float(r["test_acc"]))
+            out[int(tag.split("A")[0])] = (r["model_id"], float(r["test_acc"]), int(r["seeds"]))
     return out
 
 

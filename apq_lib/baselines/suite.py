@@ -22,6 +22,7 @@ from ..pruning import accuracy, cycle, finetune, gradual_magnitude_prune, sparse
 from ..quant import weight_calibration_kw
 from ..realize import export_float, seed_id
 from ..search.sweep import COST_COLUMNS
+from ..supernet import train as sn
 from ..supernet.metrics import recalibrate_bn
 from ..supernet.space import LARGEST_NAME, MBV2_NAME, SearchSpace
 from .cost import CostMeter
@@ -222,7 +223,6 @@ class BaselineSuite:
     def inherited(self, arch: dict, supernet=None) -> nn.Module:
         """``arch`` exported FP32 from the final supernet (notebook 01), BN recalibrated."""
         if supernet is None:
-            from ..supernet import train as sn
             supernet = sn.require_supernet(self.cfg, self.store, self.device)[0]
         return self.export_fp32(supernet, arch).to(self.device).eval()
 
@@ -230,7 +230,7 @@ class BaselineSuite:
     def fixed_precision(self, model: nn.Module, name: str, key: str,
                         qat: Optional[dict] = None) -> list[dict]:
         """``name`` at every ``baselines.fixed_bits`` (head/tail at 8): PTQ and QAT. ``qat``:
-        ``{bits: (model id, top-1)}`` of QAT models already realised on the one path
+        ``{bits: (model id, top-1, seeds)}`` of QAT models already realised on the one path
         (notebook 04's corners): their rows point at those models instead of finetuning
         the same network again."""
         table, out = self.table(model, key), []
@@ -242,9 +242,10 @@ class BaselineSuite:
             out.append(self.add_row(f"Fixed W{b}A{b}", "PTQ", name, None, None, acc, costs,
                                     policy=pol, correct=cor))
             if qat and b in qat:
-                rid, acc = qat[b]
+                rid, acc, n = qat[b]
                 out.append(self.add_row(f"Fixed W{b}A{b}", "QAT", name, None, None, acc, costs,
                                         policy=pol, row_id=rid))
+                out[-1]["seeds"] = n
                 continue
             r = ev.realized(pol)
             out.append(self.add_row(f"Fixed W{b}A{b}", "QAT", name, None, None, r.test_acc,

@@ -12,7 +12,7 @@ import torch
 from ..hardware.costs import get_simulator
 from ..hardware.lut import subnet_cost
 from ..loops import finetune_batches
-from ..search import realize
+from ..realize import realize
 from ..supernet.space import SearchSpace
 from .collect import PairSet
 from .controls import arch_keys, controls_table, crossval_controls, index_macs, label_offset

@@ -14,6 +14,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ..config import SearchConfig
+from ..progress import tqdm
 from .genome import (
     Constraint,
     IndexOps,
@@ -242,7 +243,6 @@ class EvolutionFinder:
         self._callback(0, pop, scores, costs)
         it = range(1, G + 1)
         if self.progress:
-            from ..progress import tqdm
             it = tqdm(it, desc="evolution", leave=False)
         for g in it:
             order = select(pop, scores, P, self.unique)

@@ -13,7 +13,7 @@ import torch
 from ..hardware.layers import LayerSpec, mbconv_layers
 from ..hardware.lut import SpaceCostTable
 from ..predictor.encoder import APQEncoder
-from ..predictor.model import QuantAwarePredictor
+from ..predictor.model import FastPredictor, QuantAwarePredictor
 
 __all__ = ["PredictorScore", "BitOpsTable", "lut_cost_fns", "torch_threads"]
 
@@ -51,7 +51,6 @@ class PredictorScore:
         self.fast = None
         if fast:                  # first layer as row gathers from the index arrays (fp32)
             try:
-                from ..predictor.model import FastPredictor
                 self.fast = FastPredictor(self.model, self.encoder)
             except (ImportError, AttributeError):
                 self.fast = None

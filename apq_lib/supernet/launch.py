@@ -110,3 +110,28 @@ def main(argv: Optional[list[str]] = None) -> None:
         _barrier()
     if world > 1:
         dist.destroy_process_group()
+
+
+def import_ofa_main(argv: Optional[list] = None) -> None:
+    """``apq-import-ofa CHECKPOINT --profile P``: the supernet artifact of profile ``P``
+    with ``supernet.init_from: CHECKPOINT``, where notebook 01 and notebooks 02-08 look."""
+    ap = argparse.ArgumentParser(description="Import an official once-for-all ProxylessNAS "
+                                 "checkpoint as the supernet artifact of a profile")
+    ap.add_argument("checkpoint", help="OFA checkpoint (.pth / .pth.tar; weights only)")
+    ap.add_argument("--profile", default="imagenet")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="profile overrides, as for the notebooks")
+    ap.add_argument("--out", default=None, help="artifact store root (default: "
+                    "$APQ_ARTIFACTS or artifacts/)")
+    ap.add_argument("--force", action="store_true", help="import again even if cached")
+    a = ap.parse_args(argv)
+    over = _parse_overrides(a.set)
+    over["supernet.init_from"] = str(Path(a.checkpoint).expanduser().absolute())
+    cfg = load_profile(a.profile, over)
+    data = None
+    if any(p.epochs > 0 for p in cfg.supernet.phases):
+        data = load_data(cfg.data)
+    _, info = get_trained_supernet(cfg, data, ArtifactStore(a.out), a.force)
+    print(f"[apq-import-ofa] {a.checkpoint} -> {info['artifact']} ({info['seconds']:.1f} s); "
+          f"notebooks 01-08 of profile {cfg.name!r} use it when its supernet.init_from names "
+          f"this checkpoint (the artifact is keyed by the file's sha256)")

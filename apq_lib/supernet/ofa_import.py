@@ -20,6 +20,8 @@ recomputed by the weight quantizer and not imported. Checkpoints are read with
 """
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -27,9 +29,13 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..config import SpaceConfig
+from ..artifacts import save_state, write_json
+from ..config import ConfigError, SpaceConfig
+from .artifact import _bn_meta, _checkpoint_sha256, init_checkpoint
 from .network import APQSupernet
 from .space import SearchSpace
+from .static import tensor_state
+from .train import train_supernet
 
 __all__ = ["OFA_BN_EPS", "OFA_BN_MOMENTUM", "OFAImportError", "ofa_proxyless_space_config",
            "ofa_proxyless_space", "ofa_key_map", "read_ofa_state", "import_ofa_proxyless"]
@@ -233,67 +239,23 @@ def import_supernet(cfg, work: Path, data=None, device=None, progress: bool = Tr
     """The supernet stage (notebook 01) with ``supernet.init_from``: the once-for-all
     checkpoint imported into ``work`` (``supernet.safetensors`` + ``info.json``), then
     finetuned by the phases with epochs > 0, if any (those need ``data``)."""
-    import dataclasses
-    import time
-
-    from ..artifacts import save_state, write_json
-    from ..config import ConfigError
-    from . import train as tr
-    from .static import tensor_state
-
-    ckpt = tr.init_checkpoint(cfg)
+    ckpt = init_checkpoint(cfg)
     t0 = time.time()
     net = import_ofa_proxyless(ckpt, SearchSpace(cfg.space))
     seconds = time.time() - t0
-    src = {"init_from": str(ckpt), "init_sha256": tr._checkpoint_sha256(ckpt),
+    src = {"init_from": str(ckpt), "init_sha256": _checkpoint_sha256(ckpt),
            "import_seconds": seconds}
     if any(p.epochs > 0 for p in cfg.supernet.phases):
         if data is None:
             raise ConfigError("supernet.phases: finetuning the imported supernet needs the "
                               "training data (run notebook 01, or set every epochs to 0)")
-        info = tr.train_supernet(net.to(device or "cpu"), data, cfg, work, device, progress)
+        info = train_supernet(net.to(device or "cpu"), data, cfg, work, device, progress)
         info = {**info, **src}
         write_json(Path(work) / "info.json", info, sort_keys=False)
         return info
     info = {"history": [], "seconds": seconds, "train_seconds": seconds, "epoch_seconds": [],
             "phases": [dataclasses.asdict(p) for p in cfg.supernet.phases], "world_size": 1,
             "device": "cpu", "threads": torch.get_num_threads(), **src}
-    save_state(tensor_state(net), Path(work) / "supernet.safetensors", tr._bn_meta(net.space))
+    save_state(tensor_state(net), Path(work) / "supernet.safetensors", _bn_meta(net.space))
     write_json(Path(work) / "info.json", info, sort_keys=False)
     return info
-
-
-def main(argv: Optional[list] = None) -> None:
-    """``apq-import-ofa CHECKPOINT --profile P``: the supernet artifact of profile ``P``
-    with ``supernet.init_from: CHECKPOINT``, where notebook 01 and notebooks 02-08 look."""
-    import argparse
-
-    from ..artifacts import ArtifactStore
-    from ..config import load_profile
-    from . import train as tr
-
-    ap = argparse.ArgumentParser(description="Import an official once-for-all ProxylessNAS "
-                                 "checkpoint as the supernet artifact of a profile")
-    ap.add_argument("checkpoint", help="OFA checkpoint (.pth / .pth.tar; weights only)")
-    ap.add_argument("--profile", default="imagenet")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="profile overrides, as for the notebooks")
-    ap.add_argument("--out", default=None, help="artifact store root (default: "
-                    "$APQ_ARTIFACTS or artifacts/)")
-    ap.add_argument("--force", action="store_true", help="import again even if cached")
-    a = ap.parse_args(argv)
-    over = tr._parse_overrides(a.set)
-    over["supernet.init_from"] = str(Path(a.checkpoint).expanduser().absolute())
-    cfg = load_profile(a.profile, over)
-    data = None
-    if any(p.epochs > 0 for p in cfg.supernet.phases):
-        from ..data import load_data
-        data = load_data(cfg.data)
-    _, info = tr.get_trained_supernet(cfg, data, ArtifactStore(a.out), a.force)
-    print(f"[apq-import-ofa] {a.checkpoint} -> {info['artifact']} ({info['seconds']:.1f} s); "
-          f"notebooks 01-08 of profile {cfg.name!r} use it when its supernet.init_from names "
-          f"this checkpoint (the artifact is keyed by the file's sha256)")
-
-
-if __name__ == "__main__":
-    main()

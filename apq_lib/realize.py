@@ -6,23 +6,27 @@ QAT recipe (:func:`apq_lib.loops.finetune`, the profile's ``finetune:`` section)
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from .loops import evaluate, finetune, finetune_batches
+from .artifact_store import StageKey, load_state, save_state
+from .loops import evaluate, finetune, finetune_batches, test_batches
 from .quant.policy import layer_names, layer_policy, quantize_with_policy, to_float
 from .quant.quantizers import WeightQuantizer
 from .runtime import stream_seed
 from .supernet.metrics import recalibrate_bn
 from .supernet.space import SubnetConfig
+from .supernet.static import load_tensor_state, tensor_state
 
 __all__ = ["realize", "realize_policy", "export_float", "supernet_weight_kw", "Realized",
-           "realize_seeds", "seed_id"]
+           "realize_seeds", "seed_id", "REALIZED_KEY", "save_realized", "realized_model"]
 
 
 @dataclass
@@ -148,3 +152,53 @@ def realize_seeds(supernet, cfg, recipe, data, model_id: str, n_seeds: int, seed
         out.append(realize(supernet, cfg, recipe, finetune_batches(data, recipe, seed, sid),
                            seed=seed if k == 0 else stream_seed(seed, "finetune", sid), **kw))
     return out
+
+
+# the finetuned state of a realised APQ model (notebook 04 writes it, notebook 07 reads it):
+# what it depends on besides the supernet (an input) and its own architecture, policy and
+# model id (which seeds its finetune batches)
+REALIZED_KEY = StageKey("realized", version=2, reads=(
+    "seed", "finetune", "quant.weight_calibration", "quant.kl_below_bits",
+    "baselines.calib_images"))
+
+
+def _realized_config(cfg, config: dict, model_id: str) -> dict:
+    return {**REALIZED_KEY.config(cfg), "config": config, "model_id": model_id}
+
+
+def _write(work: Path, model, test_acc: float) -> None:
+    save_state(tensor_state(model), work / "model.safetensors")
+    (work / "info.json").write_text(json.dumps({"test_acc": float(test_acc)}))
+
+
+def save_realized(ctx, realized: Realized, supernet_key: str, model_id: str):
+    """Store a :class:`Realized` model's finetuned state as the ``realized`` artifact
+    notebook 07 reads (notebook 04 calls it right after realising the model)."""
+    return ctx.store.build(REALIZED_KEY.stage, _realized_config(ctx.cfg, realized.config,
+                                                                model_id),
+                           lambda w: _write(w, realized.model, realized.test_acc),
+                           inputs=[supernet_key], force=True)
+
+
+def realized_model(ctx, supernet, config: dict, supernet_key: str, data, model_id: str,
+                   force: bool = False):
+    """Notebook 04's realised model ``model_id``: the finetuned state from the ``realized``
+    artifact (:func:`save_realized`), or, when missing, realised again with 04's recipe,
+    seed, calibration and finetune batches (deterministic on one CPU) and stored. Returns
+    ``(model, info)``."""
+    cfg, ft = ctx.cfg, ctx.cfg.finetune
+    sub = supernet.export(SubnetConfig.from_dict(config), quantized=True)
+
+    def build(work: Path) -> None:
+        m = realize(supernet, config, ft, finetune_batches(data, ft, cfg.seed, model_id),
+                    data.fixed_batches("train", ft.recal_images, seed=cfg.seed),
+                    test_batches(data, ft, cfg.seed), device=ctx.device, seed=cfg.seed,
+                    calib_batches=data.fixed_batches("train", cfg.baselines.calib_images,
+                                                     seed=cfg.seed))
+        _write(work, m.model, m.test_acc)
+
+    art = ctx.store.build(REALIZED_KEY.stage, _realized_config(cfg, config, model_id), build,
+                          inputs=[supernet_key], force=force)
+    load_tensor_state(sub, load_state(art.file("model.safetensors"))[0])
+    return sub.eval(), json.loads(art.file("info.json").read_text())
+

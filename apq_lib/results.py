@@ -41,7 +41,7 @@ class SummaryContract:
 CONTRACTS = {c.notebook: c for c in (
     SummaryContract("01_supernet", {
         "largest_top1": NUM, "smallest_top1": NUM, "random_macs_spearman": NUM,
-        "train_seconds": NUM}),
+        "train_seconds": NUM}, {"largest_minus_smallest": NUM, "random_macs_spearman_ci": list}),
     SummaryContract("02_hardware", {"lut": dict}, {
         "mbv2_w8a8_bitops": NUM, "mbv2_w8a8_bitfusion_ms": NUM}),
     SummaryContract("03_predictor", {
@@ -53,7 +53,7 @@ CONTRACTS = {c.notebook: c for c in (
         "seconds_per_quant_pair": NUM, "label_variance_shares": dict,
         "bit_to_noise_variance": NUM, "pairs_at_baseline_cost_fraction": NUM,
         "tau_transfer_minus_fp32": NUM, "tau_transfer_minus_fp32_ci": list,
-        "offset_source": str}),
+        "offset_source": str, "label_noise_ratio": NUM, "tau_transfer_vs_fp32_verdict": str}),
     SummaryContract("04_search", {
         "n_searches": int, "search_seconds_total": NUM, "predicted_test_spearman": NUM,
         "predicted_minus_test_mean": NUM, "evolution_minus_random_test_mean": NUM,
@@ -61,8 +61,10 @@ CONTRACTS = {c.notebook: c for c in (
         "offset_source": str, "baseline_budgets": dict, "containment": list,
         "cost_test_spearman": dict}, {
         "predicted_minus_test_mean_ci": list, "predicted_test_spearman_ci": list,
-        "evolution_minus_random_verdict": str, "containment_ok": bool}),
-    SummaryContract("05_baselines", {"search_cost": dict}),
+        "evolution_minus_random_verdict": str, "containment_ok": bool,
+        "finetune_seeds": int}),
+    SummaryContract("05_baselines", {"search_cost": dict}, {
+        "skipped_targets": list, "finetune_seeds": int, "haq_reward_images": int}),
 )}
 
 

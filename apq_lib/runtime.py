@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "get_device", "make_rng", "STREAMS", "stream_seed", "stream_rng"]
+__all__ = ["seed_everything", "get_device", "STREAMS", "stream_seed", "stream_rng"]
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -32,11 +32,6 @@ def get_device(pref: str = "auto") -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def make_rng(seed: int, *stream: int) -> np.random.Generator:
-    """An independent NumPy generator for (seed, stream...) — e.g. one per sample index."""
-    return np.random.default_rng([seed, *stream])
-
-
 # The registry of named RNG streams: every seeded draw outside the global seed names its
 # stream here, so two parts of the suite never share (or collide on) a sequence.
 STREAMS = {
@@ -46,7 +41,7 @@ STREAMS = {
     "predictor_folds": "group order of the predictor's grouped k-fold cross-validation",
     "predictor_fit": "train / validation split and batch order of one predictor fit",
     "study_subset": "training subsets of the sample-efficiency study",
-    "bootstrap": "resamples of the paired bootstrap CIs",
+    "bootstrap": "resamples of every bootstrap CI and random subset of a statistic",
     "scratch": "batches of the fixed network trained from scratch",
     "prune": "batches of the pruning baselines' finetunes",
     "fbnet": "FBNet's weight / architecture steps and Gumbel noise",
@@ -54,6 +49,11 @@ STREAMS = {
     "random_subnets": "the random subnets notebook 01 evaluates",
     "pair_arch": "architectures (and their bit level) of the predictor's FP32 / quantized pairs",
     "pair_policy": "per-layer bits of the predictor's mixed-precision quantized pairs",
+    "search": "APQ's evolution, random search and the sweep's random sample of costs",
+    "haq": "HAQ's DDPG exploration noise and replay sampling",
+    "timing": "the random configurations the predictor's inference timing runs on",
+    "space_sample": "the random configurations notebook 02 plots the space's costs over",
+    "supernet": "the subnets sampled at each supernet training step",
 }
 
 

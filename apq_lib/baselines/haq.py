@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..progress import tqdm
+from ..runtime import stream_rng
 
 __all__ = ["HAQLayer", "DDPGConfig", "DDPGAgent", "HAQSearch", "HAQResult",
            "bits_from_action", "action_from_bits", "action_wall", "haq_states",
@@ -169,7 +170,7 @@ class DDPGAgent:
                  seed: int = 0):
         self.cfg = cfg = cfg or DDPGConfig()
         torch.manual_seed(seed)
-        self.rng = np.random.default_rng(seed)
+        self.rng = stream_rng(seed, "haq")
         self.actor = _Actor(n_states, cfg.hidden, cfg.init_w)
         self.critic = _Critic(n_states, cfg.hidden, cfg.init_w)
         self.actor_t, self.critic_t = copy.deepcopy(self.actor), copy.deepcopy(self.critic)

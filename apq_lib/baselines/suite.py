@@ -91,10 +91,10 @@ class BaselineSuite:
         self._hawq_cache: Optional[tuple] = None        # (model key, traces)
 
     # ------------------------------------------------------------------ helpers
-    def train_batches(self, key: str):
-        """Endless finetune batches of one model (``key``), seeded from (seed, key) only:
-        a baseline's numbers do not depend on which baselines ran before it."""
-        return cycle(finetune_batches(self.data, self.recipe, self.cfg.seed, key))
+    def train_batches(self, key: str, stream: str = "finetune"):
+        """Endless finetune batches of one model (``key``), seeded from (seed, stream, key)
+        only: a baseline's numbers do not depend on which baselines ran before it."""
+        return cycle(finetune_batches(self.data, self.recipe, self.cfg.seed, key, stream))
 
     def table(self, model: nn.Module, key: str) -> LayerCostTable:
         if key not in self._tables:
@@ -381,7 +381,7 @@ class BaselineSuite:
             for r in s.prune_ratios:
                 m = to_float(model).to(self.device)
                 t0 = time.perf_counter()
-                out = gradual_magnitude_prune(m, self.train_batches(f"prune|{scope}|{r}"),
+                out = gradual_magnitude_prune(m, self.train_batches(f"{scope}|{r}", "prune"),
                                               s.prune_steps, r,
                                               scope, lr=s.prune_lr,
                                               device=self.device)

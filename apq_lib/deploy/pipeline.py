@@ -5,7 +5,6 @@ search used (BitOps, BitFusion latency; APQ §3.3).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import tempfile
@@ -16,13 +15,10 @@ import pandas as pd
 import torch
 
 from .. import hardware as hw
-from ..artifacts import load_state, save_state
 from ..baselines import spread
-from ..loops import finetune_batches, test_batches
-from ..search import realize
+from ..realize import realized_model
 from ..supernet.metrics import recalibrate_bn
 from ..supernet.space import MBV2_NAME, SubnetConfig
-from ..supernet.static import load_tensor_state, tensor_state
 from .export import (
     count_qdq,
     export_qdq,
@@ -35,57 +31,11 @@ from .export import (
 from .integer import to_integer
 from .parity import parity
 
-__all__ = ["realized_model", "save_realized", "w8a8_model", "deploy_candidates", "measure_model",
-           "REALIZED_STAGE"]
-
-REALIZED_STAGE = "realized"
-
+__all__ = ["w8a8_model", "deploy_candidates", "measure_model"]
 
 def _policy_str(c) -> str:
     bits = sorted({*c.pw_w, *c.pw_a, *c.dw_w, *c.dw_a})
     return "W8A8" if bits == [8] else "mixed " + "/".join(map(str, bits))
-
-
-def _recipe(cfg, config: dict, model_id: str) -> dict:
-    """What a realised model depends on besides the supernet (its artifact key): the
-    architecture and policy, the model id that seeds its finetune batches, the finetune
-    recipe and the weight calibration."""
-    return {"config": config, "model_id": model_id, "seed": cfg.seed,
-            "finetune": dataclasses.asdict(cfg.finetune),
-            "quant": {k: getattr(cfg.quant, k) for k in ("weight_calibration", "kl_below_bits")}}
-
-
-def _write(work: Path, model, test_acc: float) -> None:
-    save_state(tensor_state(model), work / "model.safetensors")
-    (work / "info.json").write_text(json.dumps({"test_acc": float(test_acc)}))
-
-
-def save_realized(ctx, realized, supernet_key: str, model_id: str):
-    """Store a :class:`~apq_lib.search.Realized` model's finetuned state as the ``realized``
-    artifact notebook 07 reads (notebook 04 calls it right after ``realize``)."""
-    return ctx.store.build(REALIZED_STAGE, _recipe(ctx.cfg, realized.config, model_id),
-                           lambda w: _write(w, realized.model, realized.test_acc),
-                           inputs=[supernet_key], force=True)
-
-
-def realized_model(ctx, supernet, config: dict, supernet_key: str, data, model_id: str,
-                   force: bool = False):
-    """Notebook 04's realised model ``model_id``: the finetuned state from the ``realized``
-    artifact (:func:`save_realized`), or, when missing, re-run with 04's recipe, seed and
-    finetune batches (deterministic on one CPU) and stored."""
-    cfg, ft = ctx.cfg, ctx.cfg.finetune
-    sub = supernet.export(SubnetConfig.from_dict(config), quantized=True)
-
-    def build(work: Path) -> None:
-        recal = data.fixed_batches("train", ft.recal_images, seed=cfg.seed)
-        m = realize(supernet, config, ft, finetune_batches(data, ft, cfg.seed, model_id),
-                    recal, test_batches(data, ft, cfg.seed), device=ctx.device, seed=cfg.seed)
-        _write(work, m.model, m.test_acc)
-
-    art = ctx.store.build(REALIZED_STAGE, _recipe(cfg, config, model_id), build,
-                          inputs=[supernet_key], force=force)
-    load_tensor_state(sub, load_state(art.file("model.safetensors"))[0])
-    return sub.eval(), json.loads(art.file("info.json").read_text())
 
 
 def w8a8_model(supernet, config: dict, data, recal_images: int, seed: int = 0):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from ..runtime import stream_rng
 from ..stats import bootstrap_p, verdict
 
 __all__ = ["rmse", "kendall_tau", "pairwise_accuracy", "predictor_metrics", "label_noise",
@@ -29,7 +30,7 @@ def pairwise_accuracy(y_true, y_pred, max_n: int = 4000, seed: int = 0) -> float
     random subset of ``max_n`` is used (O(n²) memory)."""
     t, p = np.asarray(y_true, float), np.asarray(y_pred, float)
     if len(t) > max_n:
-        sel = np.random.default_rng(seed).choice(len(t), max_n, replace=False)
+        sel = stream_rng(seed, "bootstrap", "pairwise subset").choice(len(t), max_n, replace=False)
         t, p = t[sel], p[sel]
     iu = np.triu_indices(len(t), k=1)
     dt = np.sign(t[:, None] - t[None, :])[iu]
@@ -64,7 +65,7 @@ def label_noise(correct: np.ndarray, max_pairs: int = 2000, n_splits: int = 100,
     N, n = c.shape
     p = c.mean(1)
     se_bin = 100 * np.sqrt(p * (1 - p) / n)
-    rng = np.random.default_rng(seed)
+    rng = stream_rng(seed, "bootstrap", "split half")
     sq = []
     for _ in range(n_splits):
         h = rng.permutation(n) < n // 2
@@ -136,7 +137,7 @@ def _group_resamples(groups, n_resamples: int, seed: int) -> list[np.ndarray]:
     groups = np.asarray(groups)
     uniq, inv = np.unique(groups, return_inverse=True)
     members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
-    rng = np.random.default_rng(seed)
+    rng = stream_rng(seed, "bootstrap", "groups")
     return [np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
             for _ in range(n_resamples)]
 

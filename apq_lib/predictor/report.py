@@ -13,6 +13,7 @@ from ..hardware.costs import get_simulator
 from ..hardware.lut import subnet_cost
 from ..loops import finetune_batches
 from ..realize import realize
+from ..runtime import stream_rng
 from ..supernet.space import SearchSpace
 from .collect import PairSet
 from .controls import arch_keys, controls_table, crossval_controls, index_macs, label_offset
@@ -150,7 +151,7 @@ def inference_timing(model, encoder, space: SearchSpace, seed: int = 0, n: int =
     """Batched inference on ``n`` random configurations: dense one-hot vs
     :class:`FastPredictor` (fp32, bf16), median of 5 runs per thread count; the largest
     fast-vs-dense difference (accuracy points)."""
-    rng = np.random.default_rng(seed)
+    rng = stream_rng(seed, "timing")
     idx = space.to_index_array([space.sample(rng) for _ in range(n)])
     model = model.eval()
     f32, f16 = FastPredictor(model, encoder), FastPredictor(model, encoder, torch.bfloat16)

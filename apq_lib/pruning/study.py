@@ -17,7 +17,7 @@ from torch import nn
 
 from ..data import cycle
 from ..quant.training import train_steps
-from ..runtime import make_rng
+from ..runtime import stream_rng
 from .imp import apply_masks, copy_model, random_masks, reinit_like, rewind, run_imp, snapshot
 from .l0 import add_l0_gates, l0_penalty, l0_sparsify
 from .lmc import instability
@@ -231,7 +231,7 @@ def paired_bootstrap(a, b, n_resamples: int = 2000, seed: int = 0) -> dict:
         return {"mean_diff": float(d.mean()), "ci_low": float(d.min()),
                 "ci_high": float(d.max()), "n": int(d.size)}
     res = stats.bootstrap((d,), np.mean, n_resamples=n_resamples, method="percentile",
-                          random_state=make_rng(seed, 19))
+                          random_state=stream_rng(seed, "bootstrap", "sparsity"))
     ci = res.confidence_interval
     return {"mean_diff": float(d.mean()), "ci_low": float(ci.low), "ci_high": float(ci.high),
             "n": int(d.size)}

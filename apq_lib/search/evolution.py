@@ -15,6 +15,7 @@ import numpy as np
 
 from ..config import SearchConfig
 from ..progress import tqdm
+from ..runtime import stream_rng
 from .genome import (
     Constraint,
     IndexOps,
@@ -232,7 +233,7 @@ class EvolutionFinder:
     def run(self, generations: Optional[int] = None, seed: Optional[int] = None) -> SearchResult:
         G = self.generations if generations is None else int(generations)
         seed = self.seed if seed is None else seed
-        rng = np.random.default_rng(seed)
+        rng = stream_rng(seed, "search", "evolution")
         t0 = time.perf_counter()
         ops, P = self.ops, self.parents
         smp = _Sampler(ops, self.constraints, self.max_batch)

@@ -8,6 +8,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from ..runtime import stream_rng
 from .evolution import EvolutionFinder, _Sampler, score_batch
 from .genome import IndexOps, ScoreFn, SearchResult, normalize_constraints
 
@@ -39,7 +40,7 @@ class RandomSearch:
                    max_batch=finder.max_batch)
 
     def run(self) -> SearchResult:
-        rng = np.random.default_rng(self.seed)
+        rng = stream_rng(self.seed, "search", "random")
         t0 = time.perf_counter()
         smp = _Sampler(self.ops, self.constraints, self.max_batch)
         f_idx, f_cost, _ = smp.initial(rng, self.first, self.max_tries, 0.1)

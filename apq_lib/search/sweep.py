@@ -16,6 +16,7 @@ from ..hardware.lut import SpaceCostTable
 from ..predictor import pipeline as pp
 from ..progress import tqdm
 from ..results import read_summary
+from ..runtime import stream_rng
 from ..supernet import train as sn
 from ..supernet.space import SearchSpace
 from .evolution import EvolutionFinder
@@ -88,7 +89,7 @@ def sweep_targets(scfg: SearchConfig, space, cost_fns: Mapping[str, Callable],
     12.5 / 37.5 / 62.5 / 87.5 %), rounded to 3 significant digits — tight budgets at the
     low end, nearly the largest models at the high end. Also returns the random-sample
     costs (for plotting)."""
-    rng = np.random.default_rng([seed, 4])
+    rng = stream_rng(seed, "search", "sweep sample")
     idx = IndexOps(space).sample(rng, n_samples)
     sample = pd.DataFrame({k: np.asarray(fn(idx), dtype=float) for k, fn in cost_fns.items()})
     out = {}

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from ..artifacts import load_state, save_state, write_json
 from ..config import ConfigError, Profile
 from ..progress import tqdm
-from ..runtime import make_rng
+from ..runtime import stream_rng
 from .artifact import (  # noqa: F401  (re-exported: their home before the split)
     STAGE,
     SUPERNET_KEY,
@@ -204,7 +204,7 @@ def _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs, 
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 opt.zero_grad(set_to_none=True)
                 teacher = None
-                for i, sub in enumerate(sampler.plan(make_rng(cfg.seed, p, e, s))):
+                for i, sub in enumerate(sampler.plan(stream_rng(cfg.seed, "supernet", p, e, s))):
                     net.set_active_subnet(sub)
                     out = model(x)
                     loss = F.cross_entropy(out, y, label_smoothing=sn.label_smoothing)
@@ -231,7 +231,7 @@ def _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs, 
             train_s = time.time() - t0
             row = {"phase": ph.name, "phase_index": p, "phase_epoch": e, "epoch": g_epoch,
                    "lr": lr, "loss": loss_sum / seen, "train_top1": 100.0 * correct / seen,
-                   "steps": steps, "subnets_per_step": len(sampler.plan(make_rng(0))),
+                   "steps": steps, "subnets_per_step": len(sampler.plan(stream_rng(0, "supernet"))),
                    "seconds": train_s, "cpu_seconds": time.process_time() - c0}
             if rank == 0:
                 t1 = time.time()

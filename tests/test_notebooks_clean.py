@@ -82,3 +82,30 @@ def test_nbval_reference_output_is_allowed():
     cell.source = "print('ok')"
     assert problems(nb) == [f"cell {len(nb.cells) - 1} has 1 output(s)",
                             f"cell {len(nb.cells) - 1} has execution_count 1"]
+
+
+MAX_CODE_LINES = 150      # narrative, parameters, library calls and plots; logic in apq_lib
+
+
+def thinness(nb) -> list[str]:
+    """What makes a notebook more than a thin driver: over ``MAX_CODE_LINES`` code lines,
+    or a function / class defined in a cell."""
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    n = sum(len(s.splitlines()) for s in code)
+    bad = [f"{n} code lines (limit {MAX_CODE_LINES})"] if n > MAX_CODE_LINES else []
+    bad += [f"defines {line.split('(')[0].split(':')[0]!r}" for s in code
+            for line in s.splitlines() if line.startswith(("def ", "class ", "async def "))]
+    return bad
+
+
+def test_thinness_check_catches_long_notebooks_and_definitions():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1\n" * 151),
+                nbformat.v4.new_code_cell("def helper(a):\n    return a")]
+    assert thinness(nb) == ["153 code lines (limit 150)", "defines 'def helper'"]
+
+
+@pytest.mark.parametrize("path", tracked_notebooks(), ids=lambda p: p.stem)
+def test_notebook_is_thin(path):
+    bad = thinness(nbformat.read(path, as_version=4))
+    assert not bad, f"{path.relative_to(ROOT)}: " + "; ".join(bad) + " (move logic to apq_lib)"

@@ -351,3 +351,22 @@ def summary_fields(cfg, fp32: PairSet, quant: PairSet, trained: dict, noise: pd.
         "inference_bf16_max_error_points": r(timing["err16"]),
     }
     return out
+
+
+def check_summary(summary: dict, pc, cov: dict, controls: pd.DataFrame, cv: pd.DataFrame
+                  ) -> None:
+    """Notebook 03's own checks: pair counts as configured, variance shares summing to 1,
+    the largest corner among the quantized pairs, τ in range, the controls' verdict
+    vocabulary and seeds, every pair held out exactly once, the offset fit on validation
+    images and the bf16 predictor within a point of fp32."""
+    assert summary["fp32_pairs"] == pc.fp32_pairs and summary["quant_pairs"] == pc.quant_pairs
+    assert abs(sum(summary["label_variance_shares"].values()) - 1) < 1e-3
+    assert cov["quant_max_latency_ms"] >= cov["largest_ms"] - 1e-9
+    assert -1 <= summary["quant_kendall_tau_transfer"] <= 1
+    assert set(controls["verdict"]) <= {"reference", "transfer better", "transfer worse",
+                                        "inconclusive", "not comparable"}
+    seeds = controls.set_index("method").loc[["transfer", "scratch"], "training_seeds"]
+    assert (seeds == pc.cv_seeds).all()
+    assert cv.filter(like="pred_").notna().all().all()
+    assert summary["offset_source"] == "validation"
+    assert summary["inference_bf16_max_error_points"] < 1

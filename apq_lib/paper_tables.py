@@ -34,7 +34,8 @@ CI_COLUMNS = ("ci_low", "ci_high", "verdict")
 # matched ratios): exempt from the provenance check, which covers the numbers they rest on
 DERIVED = ("top-1 gain", "ci_low", "ci_high", "p_value", "APQ top-1", "baseline top-1",
            "seeds", "baseline seeds", "ratio at equal top-1 (baseline/APQ)", "ratio ci_low",
-           "ratio ci_high", "multi-stage top-1", "multi-stage seeds")
+           "ratio ci_high", "multi-stage top-1", "multi-stage seeds", "APQ seed sd",
+           "multi-stage seed sd")
 
 
 def _constraint_kind(s: str) -> str:
@@ -78,6 +79,12 @@ def _seeds(r: Results, model_id: str) -> np.ndarray:
         out.append(r.correct[f"{model_id}#seed{k}"])
         k += 1
     return np.stack(out)
+
+
+def _seed_sd(per_seed: np.ndarray) -> float:
+    """Standard deviation of top-1 (points) over a model's finetune seeds (NaN for one)."""
+    acc = 100 * per_seed.mean(axis=1)
+    return float(acc.std(ddof=1)) if len(acc) > 1 else float("nan")
 
 
 def with_accuracy_ci(df: pd.DataFrame, r: Results) -> pd.DataFrame:
@@ -224,6 +231,7 @@ def joint_vs_multistage(r: Results) -> pd.DataFrame:
         rows.append({"budget": m["constraint"], "APQ top-1": 100 * float(sa.mean()),
                      "multi-stage top-1": 100 * float(sm.mean()), "seeds": int(sa.shape[0]),
                      "multi-stage seeds": int(sm.shape[0]),
+                     "APQ seed sd": _seed_sd(sa), "multi-stage seed sd": _seed_sd(sm),
                      "top-1 gain": g["estimate"], "ci_low": g["ci_low"],
                      "ci_high": g["ci_high"], "p_value": g["p_value"],
                      "APQ latency_ms": a["latency_ms"], "multi-stage latency_ms": m["latency_ms"],

@@ -1,8 +1,9 @@
 """One SGD training step of the default space's largest subnet (batch 256): the elastic
-supernet with the largest subnet active, the exported static network (the baseline), the
-static network in ``channels_last``, and the static network under ``torch.compile``; median
-wall time of ``--steps`` steps after warm-up, as ratios against the eager static network
-in this one run (the numbers that decide what the supernet trainer and the finetune use).
+supernet with the largest subnet active (also in ``channels_last``), the exported static
+network (the baseline), the static network in ``channels_last`` and under
+``torch.compile``; median wall time of ``--steps`` steps after warm-up, as ratios against
+the eager static network in this one run (the numbers that decide what the supernet trainer
+and the finetune use).
 Writes ``results/bench/train_step_cpu.csv``.
 Usage: .venv/bin/python benchmarks/bench_train_step.py [--threads 2] [--steps 8]
 """
@@ -58,6 +59,9 @@ def main() -> None:
     static = lambda: to_float(sn.get_active_subnet()).train()  # noqa: E731
     rows = {"supernet (largest active)": step_times(sn, x, y, a.steps),
             "static (eager)": step_times(static(), x, y, a.steps)}
+    rows["supernet channels_last"] = step_times(sn.to(memory_format=torch.channels_last),
+                                                x, y, a.steps, channels_last=True)
+    sn.to(memory_format=torch.contiguous_format)
     rows["static channels_last"] = step_times(static().to(memory_format=torch.channels_last),
                                               x, y, a.steps, channels_last=True)
     try:

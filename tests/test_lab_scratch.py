@@ -70,7 +70,7 @@ def test_reproduce_chain_hands_results_and_text_bars_to_kernels(tmp_path, monkey
     monkeypatch.setenv("APQ_ARTIFACTS", str(tmp_path / "artifacts"))
     monkeypatch.setattr(pm, "execute_notebook", lambda *a, **k: seen.append(
         (os.environ.get("APQ_RESULTS_DIR"), os.environ.get("APQ_PROGRESS"))))
-    monkeypatch.setattr(artifacts, "record_chain", lambda info, d: seen.append(("chain", d)))
+    monkeypatch.setattr(runner, "record_chain", lambda info, d: seen.append(("chain", d)))
     runner.run_chain("smoke", tmp_path / "executed", only=["02"])
     assert seen == [(str(runner.REPO / "results"), "text"), ("chain", runner.REPO / "results")]
     # the kernels got them; this process's environment is as it was (a later JupyterLab

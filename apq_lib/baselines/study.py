@@ -20,6 +20,7 @@ from ..search.sweep import COST_COLUMNS
 from ..stats import paired_difference
 from .cost import MULTISTAGE_NAS, apq_cost_from_results, stages_from_results
 from .fbnet import FBNET_METHODS, FBNetSearch, search_batches
+from .matching import pick_targets
 from .suite import (
     MBV2,
     ROW_COLUMNS,
@@ -32,7 +33,7 @@ from .suite import (
 __all__ = ["COST_COLUMNS", "budget_jobs", "corner_qat", "run_fbnet", "fbnet_vs_apq",
            "hawq_trace_se", "haq_reward_slope", "apq_rows", "best_under_budgets",
            "front_points", "search_costs", "check_summary", "fixed_network",
-           "multistage_table", "equal_accuracy", "cost_table"]
+           "multistage_table", "equal_accuracy", "cost_table", "apq_budgets"]
 
 
 def budget_jobs(costs: Sequence[str], targets: dict, relative: dict, fractions: Sequence[float],
@@ -283,3 +284,12 @@ def cost_table(suite: BaselineSuite, results, amortize: int) -> pd.DataFrame:
     apq_cost_from_results(suite.meter, results)
     stages_from_results(suite.meter, results, "Multi-stage", MULTISTAGE_NAS)
     return suite.meter.table(amortize)
+
+
+def apq_budgets(apq: pd.DataFrame, cost: str, n: int) -> list:
+    """Up to ``n`` of notebook 04's budgets for ``cost`` to run the baselines at: those set by
+    MobileNetV2's costs (APQ's models there have the finetune recipe's seeds, so every
+    comparison at them has seeds on both sides), else any of APQ's budgets."""
+    d = apq[apq["constraint"] == cost]
+    mb = d[d["budget_from"].astype(str).str.startswith(MBV2)] if "budget_from" in d else d
+    return pick_targets((mb if len(mb) else d)["limit"], n)

@@ -32,7 +32,8 @@ nbcheck:
 	  --nbval-sanitize-with env/nbval_sanitize.cfg build/nbval
 
 # The imagenet profile's chain on CPU in minutes: synthetic 224-px ImageFolder, a random OFA
-# w1.3 supernet imported with apq-import-ofa, every notebook shrunk to seconds (build/dryrun).
+# w1.3 supernet (fitted head) imported with apq-import-ofa, every notebook shrunk to seconds
+# (build/dryrun; ~9 min on 2 shared cores). `make unit` runs it too (tests/test_dryrun.py).
 dryrun: setup
 	rm -rf build/dryrun
 	$(PY) -m apq_lib.dryrun --out build/dryrun

@@ -23,7 +23,10 @@ __all__ = ["OVERRIDES", "make_imagefolder", "make_ofa_checkpoint", "write_profil
 
 REPO = Path(__file__).resolve().parent.parent
 
-# the imagenet profile shrunk to seconds per notebook (data.root / init_from added)
+# the imagenet profile shrunk to seconds per notebook (data.root / init_from added). Every
+# model evaluation is at 224 px on CPU (~0.1 s per image on a free core), so the image
+# counts set the time; the pair and model counts are the least the notebooks' statistics
+# accept (three architectures per CV fold set, one target per baseline cost).
 OVERRIDES = {
     "device": "cpu",
     "data.val_size": 8, "data.batch_size": 8, "data.eval_batch_size": 8,
@@ -43,7 +46,7 @@ OVERRIDES = {
     "baselines": {"threads": 1, "scratch_source": "train", "scratch_epochs": 1,
                   "scratch_images": 8, "calib_images": 8, "reward_images": 8,
                   "fixed_bits": [8], "apq_models": 1, "max_targets": 1,
-                  "relative_targets": [0.75], "haq_costs": ["latency"],
+                  "relative_targets": [], "haq_costs": ["latency"],
                   "hawq_costs": ["latency"], "multistage_costs": ["latency"],
                   "haq_episodes": 2, "haq_warmup": 1, "haq_finetune_steps": 1,
                   "haq_kmeans": False, "hawq_samples": 2, "hawq_images": 8,
@@ -62,28 +65,37 @@ OVERRIDES = {
 
 
 def make_imagefolder(root: Path, classes: int = 4, train_per_class: int = 6,
-                     val_per_class: int = 4, size: int = 224, seed: int = 0) -> Path:
-    """``root/{train,val}/<class>/<i>.png``: random images whose mean colour depends on the
-    class (so accuracies are not all chance); returns ``root``."""
+                     val_per_class: int = 4, size: int = 224, noise: float = 10.0,
+                     seed: int = 0) -> Path:
+    """``root/{train,val}/<class>/<i>.png``: noise images around a mean colour per class
+    (the same in both splits, so a model fitted on train can score on val); returns
+    ``root``."""
     import numpy as np
     from PIL import Image
     rng = np.random.default_rng(seed)
+    bases = rng.integers(40, 216, size=(classes, 3))    # one colour per class, both splits
     for split, n in (("train", train_per_class), ("val", val_per_class)):
         for c in range(classes):
             d = Path(root) / split / f"n{c:08d}"
             d.mkdir(parents=True, exist_ok=True)
-            base = rng.integers(40, 216, size=3)
             for i in range(n):
-                img = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255)
+                img = np.clip(bases[c] + rng.normal(0, noise, (size, size, 3)), 0, 255)
                 Image.fromarray(img.astype(np.uint8)).save(d / f"{i}.png")
     return Path(root)
 
 
-def make_ofa_checkpoint(path: Path, classes: int = 4, seed: int = 0) -> Path:
+def make_ofa_checkpoint(path: Path, data_root: Optional[Path] = None, classes: int = 4,
+                        seed: int = 0) -> Path:
     """A random ``OFAProxylessNASNets`` (w1.3, kernels 3/5/7, expand 3/4/6, depths 2/3/4;
     the layout of ``ofa_proxyless_d234_e346_k357_w1.3``) saved as ``{"state_dict": ...}``.
+
     The head keeps 1000 outputs; those beyond ``classes`` get a bias of -100, so subnets
-    predict among the synthetic classes and their accuracies differ (not all 0 %)."""
+    predict among the synthetic classes. With ``data_root`` (the synthetic ImageFolder) the
+    checkpoint stands in for a *trained* one: BN statistics of the largest network are
+    recalibrated on the training images and the first ``classes`` rows of the head are a
+    ridge fit (closed form, deterministic) on its pooled features: a random backbone with a
+    linear probe. Subnets and quantization policies then differ in accuracy (a random head
+    maps every image to one class: all labels tie, and rank statistics are undefined)."""
     import torch
     from ofa.imagenet_classification.elastic_nn.networks import OFAProxylessNASNets
     torch.manual_seed(seed)
@@ -91,9 +103,53 @@ def make_ofa_checkpoint(path: Path, classes: int = 4, seed: int = 0) -> Path:
                               expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4])
     with torch.no_grad():
         net.classifier.linear.bias[classes:] = -100.0
+    if data_root is not None:
+        _fit_head(net, data_root, classes)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": net.state_dict()}, path)
     return Path(path)
+
+
+def _fit_head(net, data_root: Path, classes: int, ridge: float = 1e-3,
+              scale: float = 10.0) -> None:
+    """Recalibrate ``net``'s BN on the training split (eval transform, one batch) and
+    ridge-fit ``classes`` rows of its head on the pooled features of that pass."""
+    import torch
+
+    from .config import load_profile
+    from .data import load_data
+    cfg = load_profile("imagenet", {"data.root": str(data_root),
+                                    "data.val_size": OVERRIDES["data.val_size"],
+                                    "data.num_workers": 0})
+    data = load_data(cfg.data)
+    x, y = zip(*data.loader("train", batch_size=len(data.train), shuffle=False,
+                            augment=False))
+    x, y = torch.cat(x), torch.cat(y)
+    net.set_max_net()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    feats = []
+    hook = net.classifier.register_forward_hook(lambda m, i, o: feats.append(i[0]))
+    with torch.no_grad():
+        net.train()             # one pass: batch statistics, which the BN layers keep
+        net(x)
+        hook.remove()
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = 0.1
+        net.eval()
+        f = feats[0].double()
+        t = torch.nn.functional.one_hot(y, classes).double()
+        mu, tm = f.mean(0), t.mean(0)
+        fc = f - mu
+        gram = fc @ fc.T
+        lam = ridge * gram.diagonal().mean()
+        w = fc.T @ torch.linalg.solve(gram + lam * torch.eye(len(f), dtype=f.dtype), t - tm)
+        b = tm - mu @ w
+        net.classifier.linear.weight[:classes] = (scale * w.T).float()
+        net.classifier.linear.bias[:classes] = (scale * b).float()
 
 
 def write_profile(out: Path, data_root: Path, checkpoint: Path) -> Path:
@@ -127,7 +183,7 @@ def _build_and_run(out: Path, only: Optional[list]) -> None:
         make_imagefolder(data)
     ckpt = out / "ofa_proxyless_random_w1.3.pth"
     if not ckpt.exists():
-        make_ofa_checkpoint(ckpt)
+        make_ofa_checkpoint(ckpt, data)
     profile = write_profile(out, data, ckpt)
     from .supernet.launch import import_ofa_main as import_main
     import_main([str(ckpt), "--profile", str(profile)])

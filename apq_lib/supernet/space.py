@@ -219,13 +219,25 @@ class SearchSpace:
                     cfg.dw_a[i] = int(rng.choice(allowed))
         return cfg
 
+    def lift_forbidden(self, cfg: SubnetConfig) -> SubnetConfig:
+        """``cfg`` made valid deterministically: under ``forbid_k7_a4`` a 7×7 depthwise
+        block with 4-bit activations gets the next activation bit choice up (in place)."""
+        if self.cfg.forbid_k7_a4:
+            up = [b for b in sorted(self.bit_choices) if b > 4]
+            for i in range(self.n_blocks):
+                if cfg.kernels[i] == 7 and cfg.dw_a[i] == 4 and up:
+                    cfg.dw_a[i] = up[0]
+        return cfg
+
     def largest(self, bits: Optional[int] = None) -> SubnetConfig:
+        """Every choice at its largest, bits ``bits`` (default the highest) everywhere;
+        under ``forbid_k7_a4`` at 4 bits the 7×7 depthwise activations take the next bit
+        choice up (:meth:`lift_forbidden`), so the corner is a valid configuration."""
         b = bits or max(self.bit_choices)
         n = self.n_blocks
-        return SubnetConfig([max(c) for c in self.depth_choices],
-                            [max(self.kernel_choices)] * n,
-                            [max(bl.mid_choices) for bl in self.blocks], [b] * n, [b] * n,
-                            [b] * n, [b] * n)
+        return self.lift_forbidden(SubnetConfig(
+            [max(c) for c in self.depth_choices], [max(self.kernel_choices)] * n,
+            [max(bl.mid_choices) for bl in self.blocks], [b] * n, [b] * n, [b] * n, [b] * n))
 
     def smallest(self, bits: Optional[int] = None) -> SubnetConfig:
         b = bits or max(self.bit_choices)

@@ -16,7 +16,10 @@ from typing import Optional
 
 import yaml
 
-from .config import ENV_DIR, apply_overrides
+from .config import ENV_DIR, apply_overrides, load_profile
+from .data import load_data
+from .runner import run_chain, scoped_env
+from .supernet.launch import import_ofa_main as import_main
 
 __all__ = ["OVERRIDES", "make_imagefolder", "make_ofa_checkpoint", "write_profile",
            "run_dryrun", "main"]
@@ -116,8 +119,6 @@ def _fit_head(net, data_root: Path, classes: int, ridge: float = 1e-3,
     ridge-fit ``classes`` rows of its head on the pooled features of that pass."""
     import torch
 
-    from .config import load_profile
-    from .data import load_data
     cfg = load_profile("imagenet", {"data.root": str(data_root),
                                     "data.val_size": OVERRIDES["data.val_size"],
                                     "data.num_workers": 0})
@@ -167,7 +168,6 @@ def run_dryrun(out: Path, only: Optional[list] = None) -> float:
     """Build the inputs under ``out`` and run the chain there; returns the seconds."""
     t0 = time.time()
     out = Path(out).absolute()
-    from .runner import scoped_env
     with scoped_env({"APQ_RESULTS_DIR": str(out / "results"),
                      "APQ_ARTIFACTS": str(out / "artifacts")}, {"APQ_PROGRESS": "text"}):
         _build_and_run(out, only)
@@ -177,7 +177,6 @@ def run_dryrun(out: Path, only: Optional[list] = None) -> float:
 
 
 def _build_and_run(out: Path, only: Optional[list]) -> None:
-    from .runner import run_chain
     data = out / "imagefolder"
     if not (data / "val").is_dir():
         make_imagefolder(data)
@@ -185,7 +184,6 @@ def _build_and_run(out: Path, only: Optional[list]) -> None:
     if not ckpt.exists():
         make_ofa_checkpoint(ckpt, data)
     profile = write_profile(out, data, ckpt)
-    from .supernet.launch import import_ofa_main as import_main
     import_main([str(ckpt), "--profile", str(profile)])
     run_chain(str(profile), out / "executed", only)
 

@@ -551,8 +551,9 @@ def test_label_noise_hand_computed():
     p = base.mean()
     np.testing.assert_allclose(ln["se_binomial"], 100 * np.sqrt(p * (1 - p) / 4000))
     # split-half over one split by hand: sqrt(mean((a-b)^2))/2
+    from apq_lib.runtime import stream_rng
     one = label_noise(c, max_pairs=10, n_splits=1, seed=1)
-    h = np.random.default_rng(1).permutation(4000) < 2000
+    h = stream_rng(1, "bootstrap", "split half").permutation(4000) < 2000   # its stream
     a, b = 100 * c[:, h].mean(1), 100 * c[:, ~h].mean(1)
     assert one["se_split_half"] == pytest.approx(np.sqrt(np.mean((a - b) ** 2)) / 2)
     # averaged over random splits it estimates the binomial SE (exactly, in expectation)

@@ -231,11 +231,11 @@ def joint_vs_multistage(r: Results) -> pd.DataFrame:
         rows.append({"budget": m["constraint"], "APQ top-1": 100 * float(sa.mean()),
                      "multi-stage top-1": 100 * float(sm.mean()), "seeds": int(sa.shape[0]),
                      "multi-stage seeds": int(sm.shape[0]),
-                     "APQ seed sd": _seed_sd(sa), "multi-stage seed sd": _seed_sd(sm),
                      "top-1 gain": g["estimate"], "ci_low": g["ci_low"],
                      "ci_high": g["ci_high"], "p_value": g["p_value"],
                      "APQ latency_ms": a["latency_ms"], "multi-stage latency_ms": m["latency_ms"],
                      "APQ energy_mj": a["energy_mj"], "multi-stage energy_mj": m["energy_mj"],
+                     "APQ seed sd": _seed_sd(sa), "multi-stage seed sd": _seed_sd(sm),
                      "paper top-1 gain": claims["top1_gain"]})
     out = pd.DataFrame(rows)
     if len(out):

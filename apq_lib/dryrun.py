@@ -18,13 +18,12 @@ import yaml
 
 from .config import ENV_DIR, apply_overrides, load_profile
 from .data import load_data
-from .runner import run_chain, scoped_env
+from .runner import REPO, run_chain, scoped_env
 from .supernet.launch import import_ofa_main as import_main
 
 __all__ = ["OVERRIDES", "make_imagefolder", "make_ofa_checkpoint", "write_profile",
            "run_dryrun", "main"]
 
-REPO = Path(__file__).resolve().parent.parent
 
 # the imagenet profile shrunk to seconds per notebook (data.root / init_from added). Every
 # model evaluation is at 224 px on CPU (~0.1 s per image on a free core), so the image

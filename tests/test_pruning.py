@@ -87,7 +87,7 @@ def test_gradual_magnitude_hits_end_sparsity_on_schedule():
     t_end, target, measured = out["schedule"][-1]
     assert t_end == sched.end and target == pytest.approx(0.8)
     assert measured == pytest.approx(0.8, abs=0.01)
-    assert out["sparsity"] == pytest.approx(0.8, abs=0.01)      # kept through finetune
+    assert out["sparsity"] == pytest.approx(0.8, abs=0.01)      # kept through the finetune
     mid = out["schedule"][2]
     assert mid[1] == pytest.approx(0.8 * (1 - 0.5 ** 3))
     assert mid[2] == pytest.approx(mid[1], abs=0.01)

@@ -23,9 +23,9 @@ from ..artifacts import MissingInputError
 from ..results import read_summary
 
 __all__ = ["StageCost", "CostMeter", "device_name", "apq_cost_from_results",
-           "stages_from_results", "APQ_STAGES", "MULTISTAGE_NAS", "KINDS", "cost_curve"]
+           "stages_from_results", "APQ_STAGES", "MULTISTAGE_NAS", "COST_KINDS", "cost_curve"]
 
-KINDS = ("shared", "per_search")
+COST_KINDS = ("shared", "per_search")
 
 
 def device_name(device=None) -> str:
@@ -62,8 +62,8 @@ class CostMeter:
               search: str = "") -> Iterator[dict]:
         """Time a block; the yielded dict gets ``wall_s`` / ``cpu_s`` when it ends.
         ``search`` names the search (e.g. its target) a per-search stage belongs to."""
-        if kind not in KINDS:
-            raise ValueError(f"kind={kind!r}; use one of {KINDS}")
+        if kind not in COST_KINDS:
+            raise ValueError(f"kind={kind!r}; use one of {COST_KINDS}")
         out: dict = {}
         w0, c0 = time.perf_counter(), time.process_time()
         try:
@@ -78,8 +78,8 @@ class CostMeter:
             cpu_s: Optional[float] = None, device: Optional[str] = None,
             source: str = "measured", search: str = "") -> StageCost:
         """Record a stage timed elsewhere (e.g. read from an earlier notebook's summary)."""
-        if kind not in KINDS:
-            raise ValueError(f"kind={kind!r}; use one of {KINDS}")
+        if kind not in COST_KINDS:
+            raise ValueError(f"kind={kind!r}; use one of {COST_KINDS}")
         rec = StageCost(method, stage, kind, float(wall_s), cpu_s, device or self.device,
                         source, search)
         self.records.append(rec)

@@ -32,7 +32,7 @@ from .suite import (
 
 __all__ = ["COST_COLUMNS", "budget_jobs", "corner_qat", "run_fbnet", "fbnet_vs_apq",
            "hawq_trace_se", "haq_reward_slope", "apq_rows", "best_under_budgets",
-           "front_points", "search_costs", "check_summary", "fixed_network",
+           "front_points", "search_costs", "check_baseline_summary", "fixed_network",
            "multistage_table", "equal_accuracy", "cost_table", "apq_budgets"]
 
 
@@ -225,7 +225,7 @@ def search_costs(cost: pd.DataFrame, amortize: int) -> dict:
                                        and per[m] > 0}}
 
 
-def check_summary(summary: dict, res: pd.DataFrame, sweep: pd.DataFrame, s) -> None:
+def check_baseline_summary(summary: dict, res: pd.DataFrame, sweep: pd.DataFrame, s) -> None:
     """Notebook 05's own checks: the summary's key fields, every configured method present,
     accuracies in range, the pruning sweep at its target sparsities."""
     for key in ("rows", "search_cost", "best_acc_under_apq_budgets", "pruning_sweep"):

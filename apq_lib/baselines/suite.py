@@ -18,7 +18,14 @@ from torch import nn
 from ..artifacts import ArtifactStore, StageKey, config_key, load_state, save_state
 from ..config import Profile
 from ..loops import finetune_batches, test_batches
-from ..pruning import accuracy, cycle, finetune, gradual_magnitude_prune, sparse_size_bits, sparsity
+from ..pruning import (
+    accuracy,
+    cycle,
+    gradual_magnitude_prune,
+    sgd_finetune,
+    sparse_size_bits,
+    sparsity,
+)
 from ..quant import weight_calibration_kw
 from ..realize import export_float, seed_id
 from ..search.sweep import COST_COLUMNS
@@ -197,7 +204,7 @@ class BaselineSuite:
             loader = self.data.loader("train", limit=s.scratch_images, seed=seed)
             steps = s.scratch_epochs * len(loader)
             w0, c0 = time.perf_counter(), time.process_time()
-            losses = finetune(model, cycle(loader), steps, s.scratch_lr, self.device,
+            losses = sgd_finetune(model, cycle(loader), steps, s.scratch_lr, self.device,
                               weight_decay=4e-5)  # the scratch recipe (baselines.scratch_*)
             recalibrate_bn(model, self.batches["recal"], self.device)
             secs, cpu = time.perf_counter() - w0, time.process_time() - c0

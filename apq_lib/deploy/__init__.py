@@ -1,7 +1,7 @@
 """Deployment of the found mixed-precision models (Jacob et al., CVPR 2018): integer-only
 inference, ONNX Q/DQ / QONNX export run by onnxruntime / qonnx, MAC counters, measured CPU
 latency (notebook 07)."""
-from .counting import count_macs, reference_macs, thop_custom_ops
+from .counting import macs_by_counter, reference_macs, thop_custom_ops
 from .export import (
                      count_qdq,
                      export_qdq,
@@ -24,7 +24,7 @@ from .integer import (
 )
 from .parity import FloatOpError, NoFloatMode, parity
 
-__all__ = ["count_macs", "reference_macs", "thop_custom_ops", "count_qdq", "export_qdq",
+__all__ = ["macs_by_counter", "reference_macs", "thop_custom_ops", "count_qdq", "export_qdq",
            "export_qonnx", "ort_latency", "ort_run", "ort_session", "qonnx_run", "div_round",
            "multipliers", "quantize_multiplier", "requantize", "rounding_shift", "ActGrid",
            "IntBlock", "IntConv", "IntegerSubnet", "Requant", "act_grid", "int_conv",

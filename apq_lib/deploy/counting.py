@@ -12,7 +12,7 @@ from torch import nn
 
 from ..quant import QConv2d, QLinear
 
-__all__ = ["thop_custom_ops", "count_macs", "reference_macs"]
+__all__ = ["thop_custom_ops", "macs_by_counter", "reference_macs"]
 
 
 def thop_custom_ops(macs_only: bool = False) -> dict:
@@ -48,7 +48,7 @@ def reference_macs(model: nn.Module, x: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, x: torch.Tensor) -> dict:
+def macs_by_counter(model: nn.Module, x: torch.Tensor) -> dict:
     """Per-image MACs of ``model`` on ``x[:1]`` from thop, fvcore and FlopCounterMode (conv
     and matmul FLOPs / 2)."""
     import copy

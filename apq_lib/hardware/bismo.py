@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from .layers import AnalyticSim, LayerSpec, ceil_div, check_bits
+from .layers import AnalyticSim, LayerSpec, ceil_div, check_bit_range
 
 __all__ = ["BismoConfig", "BismoSim", "BISMO_PLATFORMS", "bismo_layer_cost"]
 
@@ -92,7 +92,7 @@ class BismoSim(AnalyticSim):
 
     def report(self, spec: LayerSpec, w_bits: int, a_bits: int, batch: int = 1) -> dict:
         c = self.cfg
-        check_bits(w_bits, a_bits, 1, c.max_bits, self.name,
+        check_bit_range(w_bits, a_bits, 1, c.max_bits, self.name,
                    "BISMO is bit-serial over 1..8-bit operands")
         if batch < 1:
             raise ValueError(f"{self.name}: batch must be >= 1, got {batch}")

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .bitfusion_search import perf_factor, search_conv
-from .layers import AnalyticSim, LayerSpec, check_bits
+from .layers import AnalyticSim, LayerSpec, check_bit_range
 
 __all__ = ["BitFusionConfig", "BitFusionSim", "bitfusion_layer_cost", "fused_bits",
            "BRICK_WIDTHS", "DEPTHWISE_MODES"]
@@ -190,7 +190,7 @@ class BitFusionSim(AnalyticSim):
         }
 
     def _check(self, w_bits, a_bits, batch) -> None:
-        check_bits(w_bits, a_bits, 1, 8, "bitfusion",
+        check_bit_range(w_bits, a_bits, 1, 8, "bitfusion",
                    "BitBricks fuse into 2/4/8-bit multipliers; 1..8 bits are supported")
         if not isinstance(batch, (int, np.integer)) or batch < 1:
             raise ValueError(f"bitfusion: batch must be an int >= 1, got {batch!r}")

@@ -16,9 +16,9 @@ import torch.nn as nn
 from .layers import LayerSpec
 
 __all__ = ["layer_table", "count_macs", "count_bitops", "model_size_bits",
-           "flop_counter_macs", "model_layer_specs", "QUANT_LAYERS", "Policy"]
+           "flop_counter_macs", "model_layer_specs", "COUNTED_LAYERS", "Policy"]
 
-QUANT_LAYERS = (nn.Conv2d, nn.Linear)
+COUNTED_LAYERS = (nn.Conv2d, nn.Linear)
 Policy = Mapping[str, tuple]
 
 
@@ -38,7 +38,7 @@ def _bits_pair(bits, where: str) -> tuple[int, int]:
 
 def _resolve_policy(model: nn.Module, policy: Optional[Policy], default_bits) -> dict:
     """``{layer name: (w, a)}`` for every conv/linear layer; unknown names are an error."""
-    layers = [n for n, m in model.named_modules() if isinstance(m, QUANT_LAYERS)]
+    layers = [n for n, m in model.named_modules() if isinstance(m, COUNTED_LAYERS)]
     policy = dict(policy or {})
     unknown = sorted(set(policy) - set(layers))
     if unknown:
@@ -63,7 +63,7 @@ def _record_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[str, li
     seen: dict[str, list] = {}
     hooks = []
     for name, m in model.named_modules():
-        if isinstance(m, QUANT_LAYERS):
+        if isinstance(m, COUNTED_LAYERS):
             def hook(mod, inp, out, name=name):
                 seen.setdefault(name, []).append((tuple(inp[0].shape), tuple(out.shape)))
             hooks.append(m.register_forward_hook(hook))

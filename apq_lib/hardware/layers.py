@@ -11,7 +11,7 @@ import numbers
 import re
 from dataclasses import asdict, dataclass
 
-__all__ = ["LayerSpec", "layer_key", "parse_key", "mbconv_layers", "check_bits", "ceil_div",
+__all__ = ["LayerSpec", "layer_key", "parse_key", "mbconv_layers", "check_bit_range", "ceil_div",
            "AnalyticSim"]
 
 
@@ -127,7 +127,7 @@ def mbconv_layers(in_c: int, mid: int, out_c: int, in_size: int, kernel: int,
     return pw1, dw, pw2
 
 
-def check_bits(w_bits, a_bits, lo: int, hi: int, who: str, why: str = "") -> None:
+def check_bit_range(w_bits, a_bits, lo: int, hi: int, who: str, why: str = "") -> None:
     """Raise ValueError unless both bit widths are ints in ``lo..hi``."""
     for name, b in (("w_bits", w_bits), ("a_bits", a_bits)):
         if not _is_int(b) and not (isinstance(b, float) and math.isfinite(b) and b == int(b)):

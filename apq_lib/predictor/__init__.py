@@ -26,7 +26,7 @@ from .transfer import __all__ as _tr
 _LAZY = {"parse_shard_arg": "collect"}
 _LAZY.update({n: "pipeline" for n in (
     "PAIR_STAGES", "MODEL_STAGE", "collection_config", "sample_store", "make_evaluator",
-    "load_supernet", "collect_pairs", "collect_cli", "train_predictors", "predictor_config",
+    "trained_supernet", "collect_pairs", "collect_cli", "train_predictors", "predictor_config",
     "save_predictors", "load_predictor", "AccuracyOracle", "predictor_artifact_key")})
 
 __all__ = [*_c, *_e, *_m, *_mo, *_pa, *_sa, *_s, *_t, *_tr, *_LAZY]

@@ -37,7 +37,7 @@ from .pairs import *  # noqa: F401,F403
 from .pairs import __all__ as _pairs_all
 from .pipeline import collect_cli
 from .samples import *  # noqa: F401,F403
-from .samples import KINDS
+from .samples import PAIR_KINDS
 from .samples import __all__ as _samples_all
 
 __all__ = [*_samples_all, *_pairs_all, "parse_shard_arg", "main"]
@@ -60,7 +60,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m apq_lib.predictor.collect",
                                  description="Collect predictor pairs (one shard).")
     ap.add_argument("--profile", default="default")
-    ap.add_argument("--kind", choices=KINDS, required=True)
+    ap.add_argument("--kind", choices=PAIR_KINDS, required=True)
     ap.add_argument("--shard", default=None, help="RANK/WORLD, e.g. 0/2 (default: torchrun "
                     "env or 0/1)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",

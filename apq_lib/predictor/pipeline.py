@@ -44,7 +44,7 @@ from .train import (
 from .transfer import PredictorTransfer
 
 __all__ = ["PAIR_STAGES", "MODEL_STAGE", "collection_config", "sample_store", "make_evaluator",
-           "load_supernet", "collect_pairs", "collect_cli", "train_predictors",
+           "trained_supernet", "collect_pairs", "collect_cli", "train_predictors",
            "predictor_config", "save_predictors", "load_predictor", "AccuracyOracle",
            "predictor_artifact_key", "PAIR_KEYS", "MODEL_KEY"]
 
@@ -107,7 +107,7 @@ def make_evaluator(cfg: Profile, kind: str, supernet, data, device=None):
                         device)
 
 
-def load_supernet(cfg: Profile, data, store: ArtifactStore, device=None):
+def trained_supernet(cfg: Profile, data, store: ArtifactStore, device=None):
     """``(supernet in eval mode, its artifact key)`` (:func:`apq_lib.supernet.train.
     require_supernet`: never trains; a missing artifact names notebook 01)."""
     net, key, _ = sn.require_supernet(cfg, store, device)
@@ -205,7 +205,7 @@ def collect_cli(profile: str, kind: str, shard: tuple[int, int], overrides: dict
     store = ArtifactStore()
     data = load_data(cfg.data)
     dev = get_device(cfg.device)
-    net, skey = load_supernet(cfg, data, store, dev)
+    net, skey = trained_supernet(cfg, data, store, dev)
     key = config_key(collection_config(cfg, kind), [skey])
     if store.get(PAIR_STAGES[kind], key) is not None:
         print(f"{PAIR_STAGES[kind]}/{key} is already complete")

@@ -25,7 +25,7 @@ import numpy as np
 from ..runtime import stream_rng
 from ..supernet.space import SearchSpace, SubnetConfig
 
-__all__ = ["uniform_bits", "corner_architectures", "draw_architecture", "uniform_policy",
+__all__ = ["uniform_bits", "corner_architectures", "draw_architecture", "uniform_config",
            "mixed_policy", "pair_config", "POLICY_KINDS", "coverage_fraction",
            "mean_bits"]
 
@@ -59,7 +59,7 @@ def draw_architecture(space: SearchSpace, rng: np.random.Generator,
     return arch, "large"
 
 
-def uniform_policy(space: SearchSpace, arch: SubnetConfig, bits: int) -> SubnetConfig:
+def uniform_config(space: SearchSpace, arch: SubnetConfig, bits: int) -> SubnetConfig:
     """``arch`` at W``bits``A``bits`` everywhere (forbidden 7×7/4-bit-activation blocks, if
     the space forbids them, get the next bit choice up)."""
     cfg = space.with_bits(arch, bits, bits, bits, bits)
@@ -112,7 +112,7 @@ def pair_config(space: SearchSpace, kind: str, seed: int, i: int,
     level = float(arng.uniform(0, len(space.bit_choices) - 1))   # this architecture's level
     ub = uniform_bits(space)
     if r < len(ub):
-        return uniform_policy(space, arch, ub[r]), f"{how}+uniform", -(block + 1)
+        return uniform_config(space, arch, ub[r]), f"{how}+uniform", -(block + 1)
     cfg = mixed_policy(space, arch, level, bit_spread,
                        stream_rng(seed, "pair_policy", "quant", i))
     return cfg, f"{how}+mixed", -(block + 1)

@@ -353,7 +353,7 @@ def summary_fields(cfg, fp32: PairSet, quant: PairSet, trained: dict, noise: pd.
     return out
 
 
-def check_summary(summary: dict, pc, cov: dict, controls: pd.DataFrame, cv: pd.DataFrame
+def check_predictor_summary(summary: dict, pc, cov: dict, controls: pd.DataFrame, cv: pd.DataFrame
                   ) -> None:
     """Notebook 03's own checks: pair counts as configured, variance shares summing to 1,
     the largest corner among the quantized pairs, τ in range, the controls' verdict

@@ -18,10 +18,10 @@ from ..supernet.space import SearchSpace, SubnetConfig
 from ..workers import LockBusy, exclusive
 from .policies import pair_config
 
-__all__ = ["KINDS", "CollectionError", "CorruptSampleError", "sample_config", "SampleStore",
+__all__ = ["PAIR_KINDS", "CollectionError", "CorruptSampleError", "sample_config", "SampleStore",
            "collect_samples", "parse_shard"]
 
-KINDS = ("fp32", "quant")
+PAIR_KINDS = ("fp32", "quant")
 _REQUIRED = ("i", "kind", "sampler", "group", "config", "acc", "seconds")
 
 
@@ -42,8 +42,8 @@ def sample_config(space: SearchSpace, kind: str, seed: int, i: int,
     architectures; per quantized architecture the uniform lowest / middle / highest-bit
     policies, then mixed policies around a per-architecture bit level). ``group``
     identifies the architecture (equal for samples sharing one), for grouped splits."""
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r}: use one of {KINDS}")
+    if kind not in PAIR_KINDS:
+        raise ValueError(f"kind={kind!r}: use one of {PAIR_KINDS}")
     return pair_config(space, kind, seed, i, policies_per_arch, large_fraction, bit_spread)
 
 

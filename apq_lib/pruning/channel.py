@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .schedule import GradualSchedule
-from .train import finetune
+from .train import sgd_finetune
 
 __all__ = ["MBConvSite", "find_mbconv_sites", "channel_importance", "prune_site",
            "prune_channels", "gradual_channel_prune", "middle_channels"]
@@ -176,7 +176,7 @@ def gradual_channel_prune(model: nn.Module, batches: Iterator, steps: int, ratio
     if steps == 0:
         log.append((0, ratio, prune_channels(model, ratio, step, criterion, base)))
     else:
-        finetune(model, batches, steps, lr, device, on_step=on_step)
+        sgd_finetune(model, batches, steps, lr, device, on_step=on_step)
         if sched.end > steps:
             log.append((steps, ratio, prune_channels(model, ratio, step, criterion, base)))
     return {"widths_before": base, "widths_after": middle_channels(model), "schedule": log}

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .schedule import GradualSchedule
-from .train import finetune
+from .train import sgd_finetune
 
 __all__ = ["prunable_layers", "magnitude_prune", "remove_masks", "sparsity",
            "gradual_magnitude_prune", "sparse_size_bits", "SCOPES"]
@@ -110,7 +110,7 @@ def gradual_magnitude_prune(model: nn.Module, batches: Iterator, steps: int, fin
         magnitude_prune(model, final, scope, layers)
         log.append((0, final, sparsity(model, layers)["total"]))
     else:
-        finetune(model, batches, steps, lr, device, on_step=on_step)
+        sgd_finetune(model, batches, steps, lr, device, on_step=on_step)
         if sched.end > steps:                 # schedule longer than the finetune
             magnitude_prune(model, final, scope, layers)
     remove_masks(model)

@@ -23,7 +23,7 @@ from .l0 import add_l0_gates, l0_penalty, l0_sparsify
 from .lmc import instability
 from .magnitude import gradual_magnitude_prune, prunable_layers, sparsity
 from .schedule import GradualSchedule
-from .train import accuracy, finetune
+from .train import accuracy, sgd_finetune
 from .variational import to_variational, vd_layers, vd_penalty, vd_sparsify
 
 __all__ = ["LeNet300100", "SparsityStudy", "paired_bootstrap", "summarise"]
@@ -75,7 +75,7 @@ class SparsityStudy:
         """The SGD recipe (Nesterov, label smoothing 0.1) of ``pruning.train.finetune``."""
         lr = self.cfg.lr if cosine else self.cfg.lmc_lr
         torch.manual_seed(seed)
-        finetune(model, self.batches(seed), steps, lr, self.device, on_step=on_step,
+        sgd_finetune(model, self.batches(seed), steps, lr, self.device, on_step=on_step,
                  cosine=cosine)
         return model
 

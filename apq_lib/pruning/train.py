@@ -12,10 +12,10 @@ from ..data import cycle
 from ..loops import evaluate as accuracy
 from ..loops import make_optimizer, train_steps
 
-__all__ = ["cycle", "finetune", "accuracy", "make_optimizer"]
+__all__ = ["cycle", "sgd_finetune", "accuracy", "make_optimizer"]
 
 
-def finetune(model: nn.Module, batches: Iterator, steps: int, lr: float,
+def sgd_finetune(model: nn.Module, batches: Iterator, steps: int, lr: float,
              device: torch.device | str = "cpu", label_smoothing: float = 0.1,
              on_step: Optional[Callable[[int], Optional[bool]]] = None,
              cosine: bool = True, weight_decay: float = 4e-5) -> list[float]:

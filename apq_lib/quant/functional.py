@@ -15,6 +15,7 @@ from typing import Optional, Union
 
 import torch
 
+from ..config import VALID_BITS
 from . import kernels as _kernels
 
 __all__ = ["fake_quantize", "fake_quantize_learnable", "pact_fake_quantize", "lsq_grad_factor",
@@ -23,7 +24,6 @@ __all__ = ["fake_quantize", "fake_quantize_learnable", "pact_fake_quantize", "ls
 
 FP_BITS = 32                     # "bits = 32" means quantization off
 MIN_SCALE = 1e-8                 # scales are clamped here, so an all-zero tensor stays finite
-VALID_BITS = (2, 3, 4, 5, 6, 7, 8, FP_BITS)
 _VALID = VALID_BITS
 Number = Union[int, float]
 

@@ -52,13 +52,19 @@ from .config import NOTEBOOKS
 
 __all__ = [
     "ArtifactStore", "Artifact", "ArtifactError", "config_key", "file_sha256",
-    "save_state", "load_state", "update_manifest", "REPO_ROOT", "RESULTS_DIR",
+    "save_state", "load_state", "update_manifest", "REPO_ROOT", "results_dir",
     "MissingInputError", "require_results", "StageKey", "STAGE_KEYS", "atomic_write",
     "write_json", "dumps_strict", "env_path", "read_json_file", "CorruptResultError",
     "ResultMismatchError", "verified_bytes", "result_owner",
 ]
 
-RESULTS_DIR = env_path("APQ_RESULTS_DIR", REPO_ROOT / "results")
+def results_dir() -> Path:
+    """Where results go: ``$APQ_RESULTS_DIR`` at the time of the call (``make reproduce``
+    sets results/, ``make test`` build/), else the repository's ``results/``."""
+    return env_path("APQ_RESULTS_DIR", REPO_ROOT / "results")
+
+
+_results_dir = results_dir          # for the functions whose parameter has the same name
 
 
 class ResultMismatchError(CorruptResultError):
@@ -71,7 +77,7 @@ def require_results(*names: str, notebook: str) -> list[Path]:
     """Paths of ``results/...`` inputs; a missing one names the notebook to run first."""
     out = []
     for n in names:
-        p = RESULTS_DIR / n
+        p = results_dir() / n
         if not p.exists():
             raise MissingInputError(f"{p.relative_to(REPO_ROOT)} is missing: run notebook "
                                     f"{notebook} first (make reproduce runs them in order)")
@@ -103,9 +109,10 @@ def _device() -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def record_chain(info: dict, results_dir: Path = RESULTS_DIR) -> dict:
+def record_chain(info: dict, results_dir: Optional[Path] = None) -> dict:
     """Record a whole ``make reproduce`` chain (notebooks, start/end, seconds, artifacts that
     existed before it) under ``chain`` in ``results/manifest.json``."""
+    results_dir = _results_dir() if results_dir is None else Path(results_dir)
     manifest = _read_manifest(results_dir)
     manifest["chain"] = info
     return _write_manifest(manifest, results_dir)
@@ -138,10 +145,11 @@ def _write_manifest(manifest: dict, results_dir: Path) -> dict:
 
 def update_manifest(notebook: str, profile: Any, start: _dt.datetime,
                     end: Optional[_dt.datetime] = None, seeds: Optional[dict] = None,
-                    results_dir: Path = RESULTS_DIR, extra: Optional[dict] = None) -> dict:
+                    results_dir: Optional[Path] = None, extra: Optional[dict] = None) -> dict:
     """Record one notebook run in ``results/manifest.json`` and the sha256 of the results
     files it wrote (see :func:`_record_files`); other notebooks' recorded hashes are kept."""
     end = end or _dt.datetime.now()
+    results_dir = _results_dir() if results_dir is None else Path(results_dir)
     manifest = _read_manifest(results_dir)
     prof = profile.to_dict() if hasattr(profile, "to_dict") else dict(profile)
     status = _git("status", "--porcelain", "--", ".", ":!results")

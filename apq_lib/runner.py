@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .artifacts import ArtifactStore, record_chain
+from .artifacts import ArtifactStore, record_chain, results_dir
 from .config import NOTEBOOKS, ConfigError, load_profile
 
 __all__ = ["NOTEBOOKS", "notebook_parameters", "run_chain", "prepare_chain", "main",
@@ -71,10 +71,6 @@ def _select(only: Optional[list[str]]) -> list[str]:
     if bad:
         raise SystemExit(f"unknown notebook(s) {bad}; choose from {NOTEBOOKS}")
     return [n for n in NOTEBOOKS if any(n.startswith(o) for o in only)]
-
-
-def results_dir() -> Path:
-    return Path(os.environ.get("APQ_RESULTS_DIR", REPO / "results"))
 
 
 @contextlib.contextmanager

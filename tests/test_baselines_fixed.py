@@ -95,3 +95,31 @@ def test_channel_pruning_on_exported_subnet(space):
     assert all(type(m) in (torch.nn.Conv2d, torch.nn.Linear) for m in flt.modules()
                if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
     torch.testing.assert_close(flt(x), sub(x))
+
+
+def test_final_models_do_not_depend_on_run_order(mbv2):
+    """Every policy's finetune draws its own batches (keyed by the policy and the finetune
+    seed, as the suite's ``train_batches`` does), so a baseline row is the same whether it
+    runs first or after others; a second finetune seed is another draw."""
+    names = [n for n, m in mbv2.named_modules() if isinstance(m, (torch.nn.Conv2d,
+                                                                  torch.nn.Linear))]
+
+    def train(key):                         # batches seeded from the key only
+        import zlib
+        return iter(_batches(3, seed=zlib.crc32(key.encode())))
+
+    def evaluator():
+        return PolicyEvaluator(mbv2, names, _batches(1, seed=7), train, _batches(2, seed=9),
+                               steps=3, recal_batches=_batches(1, seed=8), seed=0)
+
+    a, b = uniform_policy(names, 4, 4), uniform_policy(names, 8, 8)
+    first = evaluator().realized_seeds(a, 2)
+    ev = evaluator()
+    ev.realized(b)                          # another baseline ran before
+    after = ev.realized_seeds(a, 2)
+    x = torch.cat([x for x, _ in _batches(2, seed=9)])
+    with torch.no_grad():
+        for r1, r2 in zip(first, after):
+            assert torch.equal(r1.model.eval()(x), r2.model.eval()(x))
+            assert (r1.correct == r2.correct).all() and r1.test_acc == r2.test_acc
+        assert not torch.equal(first[0].model(x), first[1].model(x))   # seed 1: another draw

@@ -27,11 +27,12 @@ import torch
 from torch import nn
 
 from ..progress import tqdm
+from ..quant.policy import fixed_bits, is_fixed
 from ..runtime import stream_rng
 
 __all__ = ["HAQLayer", "DDPGConfig", "DDPGAgent", "HAQSearch", "HAQResult",
            "bits_from_action", "action_from_bits", "action_wall", "haq_states",
-           "N_STATE_FEATURES", "haq_layers"]
+           "N_STATE_FEATURES", "haq_layers", "run_haq"]
 
 N_STATE_FEATURES = 10
 Bits = list  # [(w_bits, a_bits)] per layer
@@ -336,3 +337,21 @@ def haq_layers(names: Sequence[str], specs: Sequence, fixed: Callable[[str], Opt
     layer the agent does not control, or None."""
     return [HAQLayer(n, s.in_c, s.out_c, s.kernel, s.stride, s.in_size, s.n_weights,
                      bool(s.is_depthwise), fixed(n)) for n, s in zip(names, specs)]
+
+
+def run_haq(table, evaluator, metric: str, target: float, acc_fp: float, settings,
+            seed: int = 0, kmeans: bool = False, progress: bool = False
+            ) -> tuple[HAQResult, list[HAQLayer]]:
+    """The one HAQ set-up of the suite (fixed network, multi-stage, FBNet+HAQ): the layers of
+    ``table`` (a :class:`~apq_lib.baselines.fixed.LayerCostTable`), fixed layers at their
+    8-bit setting (weights only, FP activations, for k-means), the bit range, episodes and
+    warm-up of ``settings`` (the ``baselines:`` section), DDPG under ``metric ≤ target``
+    (table units) with ``evaluator`` as the reward's accuracy. Returns ``(result, layers)``."""
+    fixed = ((lambda n: (fixed_bits(n)[0], 32) if is_fixed(n) else None) if kmeans else
+             (lambda n: fixed_bits(n) if is_fixed(n) else None))
+    layers = haq_layers(table.names, table.specs, fixed)
+    lo, hi = settings.haq_kmeans_bits if kmeans else settings.haq_bits
+    res = HAQSearch(layers, evaluator, table.fn(metric), target, acc_fp, lo, hi,
+                    settings.haq_episodes, settings.haq_warmup, quantize_acts=not kmeans,
+                    a_fixed=32, ddpg=DDPGConfig(), seed=seed).run(progress)
+    return res, layers

@@ -27,8 +27,8 @@ from ..pruning.train import accuracy
 from ..search.evolution import EvolutionFinder
 from ..supernet.metrics import recalibrate_bn
 from .cost import CostMeter
-from .fixed import LayerCostTable, PolicyEvaluator, fixed_bits, is_fixed, to_float
-from .haq import DDPGConfig, HAQSearch, haq_layers
+from .fixed import LayerCostTable, PolicyEvaluator, to_float
+from .haq import run_haq
 
 __all__ = ["fp32_arch_search", "at_uniform_bits", "MultiStageResult", "MultiStagePipeline",
            "METHOD"]
@@ -122,11 +122,8 @@ class MultiStagePipeline:
                                  device=self.device, recal_batches=self.b["calib"],
                                  recipe=self.recipe, weight_kw=self.weight_kw, seed=self.seed)
             acc_fp = _fp32_accuracy(model, self.b["reward"], self.device)
-            layers = haq_layers(table.names, table.specs,
-                                lambda n: fixed_bits(n) if is_fixed(n) else None)
-            haq = HAQSearch(layers, ev, table.fn(metric), target, acc_fp, s.haq_bits[0],
-                            s.haq_bits[1], s.haq_episodes, s.haq_warmup,
-                            ddpg=DDPGConfig(), seed=self.seed).run(self.progress)
+            haq, layers = run_haq(table, ev, metric, target, acc_fp, s, self.seed,
+                                  progress=self.progress)
         secs["haq"] = t["wall_s"]
         with m.stage(method, "4 finetune") as t:
             ev.recal = self.b.get("recal", ev.recal)

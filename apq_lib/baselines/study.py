@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from torch import nn
 
 from ..hardware import get_simulator
-from ..pruning import accuracy
-from ..quant.policy import layer_policy
+from ..pruning import accuracy, gradual_magnitude_prune, sparse_size_bits, sparsity
+from ..quant.policy import layer_policy, to_float
 from ..search.sweep import COST_COLUMNS
 from ..stats import paired_difference
+from ..supernet.metrics import recalibrate_bn
 from .cost import MULTISTAGE_NAS, apq_cost_from_results, stages_from_results
 from .fbnet import FBNET_METHODS, FBNetSearch, search_batches
 from .matching import pick_targets
@@ -33,7 +36,8 @@ from .suite import (
 __all__ = ["COST_COLUMNS", "budget_jobs", "corner_qat", "run_fbnet", "fbnet_vs_apq",
            "hawq_trace_se", "haq_reward_slope", "apq_rows", "best_under_budgets",
            "front_points", "search_costs", "check_baseline_summary", "fixed_network",
-           "multistage_table", "equal_accuracy", "cost_table", "apq_budgets"]
+           "multistage_table", "equal_accuracy", "cost_table", "apq_budgets",
+           "pruning_sweep"]
 
 
 def budget_jobs(costs: Sequence[str], targets: dict, relative: dict, fractions: Sequence[float],
@@ -293,3 +297,40 @@ def apq_budgets(apq: pd.DataFrame, cost: str, n: int) -> list:
     d = apq[apq["constraint"] == cost]
     mb = d[d["budget_from"].astype(str).str.startswith(MBV2)] if "budget_from" in d else d
     return pick_targets((mb if len(mb) else d)["limit"], n)
+
+
+def pruning_sweep(suite: BaselineSuite, model: nn.Module) -> pd.DataFrame:
+    """Unstructured magnitude pruning of the FP32 model to each ratio (global and
+    layer-wise scope), gradual Zhu & Gupta schedule during ``prune_steps`` finetune
+    steps; test accuracy, measured sparsity and the sparse size."""
+    s, rows = suite.s, []
+    dense = to_float(model)
+    rows.append({"scope": "dense", "target_sparsity": 0.0, "sparsity": 0.0,
+                 "max_layer_sparsity": 0.0, "layers_fully_pruned": 0,
+                 "test_acc": accuracy(dense, suite.batches["final"], suite.device),
+                 "nonzero_params": sum(int((m.weight != 0).sum()) for m in dense.modules()
+                                       if isinstance(m, (nn.Conv2d, nn.Linear))),
+                 "size_kb_fp32": sparse_size_bits(dense, 32) / 8e3,
+                 "size_kb_8bit": sparse_size_bits(dense, 8) / 8e3, "seconds": 0.0})
+    for scope in s.prune_scopes:
+        for r in s.prune_ratios:
+            m = to_float(model).to(suite.device)
+            t0 = time.perf_counter()
+            out = gradual_magnitude_prune(m, suite.train_batches(f"{scope}|{r}", "prune"),
+                                          s.prune_steps, r,
+                                          scope, lr=s.prune_lr,
+                                          device=suite.device)
+            recalibrate_bn(m, suite.batches["recal"], suite.device)
+            per_layer = sparsity(m)["layers"]
+            rows.append({"scope": scope, "target_sparsity": r,
+                         "sparsity": out["sparsity"],
+                         "max_layer_sparsity": max(per_layer.values()),
+                         "layers_fully_pruned": sum(v >= 1.0 for v in per_layer.values()),
+                         "test_acc": accuracy(m, suite.batches["final"], suite.device),
+                         "nonzero_params": sum(int((mm.weight != 0).sum())
+                                               for mm in m.modules()
+                                               if isinstance(mm, (nn.Conv2d, nn.Linear))),
+                         "size_kb_fp32": sparse_size_bits(m, 32) / 8e3,
+                         "size_kb_8bit": sparse_size_bits(m, 8) / 8e3,
+                         "seconds": time.perf_counter() - t0})
+    return pd.DataFrame(rows)

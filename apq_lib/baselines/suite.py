@@ -21,10 +21,7 @@ from ..loops import finetune_batches, test_batches
 from ..pruning import (
     accuracy,
     cycle,
-    gradual_magnitude_prune,
     sgd_finetune,
-    sparse_size_bits,
-    sparsity,
 )
 from ..quant import weight_calibration_kw
 from ..realize import export_float, seed_id
@@ -42,7 +39,7 @@ from .fixed import (
     to_float,
     uniform_policy,
 )
-from .haq import DDPGConfig, HAQSearch, haq_layers
+from .haq import run_haq
 from .hawq import hawq_allocate, hawq_sensitivity, hessian_traces
 from .matching import best_under, cost_at_equal_accuracy, matched_by_cost, pick_targets, spread
 from .multistage import METHOD, MultiStagePipeline
@@ -275,16 +272,9 @@ class BaselineSuite:
         ev = self.evaluator(model, table, s.haq_finetune_steps, self.batches["reward"],
                             "kmeans" if kmeans else "linear", recal="calib")
         acc_fp = accuracy(model, self.batches["reward"], self.device)
-        fixed = (lambda n: (fixed_bits(n)[0], 32) if is_fixed(n) else None) if kmeans else \
-            (lambda n: fixed_bits(n) if is_fixed(n) else None)
-        layers = haq_layers(table.names, table.specs, fixed)
-        label = f"{metric}<={target:.4g}"
-        lo, hi = s.haq_kmeans_bits if kmeans else s.haq_bits
-        with self.meter.stage(method, "DDPG episodes", search=label) as t:
-            res = HAQSearch(layers, ev, table.fn(metric), self.target_in_table_units(
-                metric, target), acc_fp, lo, hi, s.haq_episodes, s.haq_warmup,
-                quantize_acts=not kmeans, a_fixed=32, ddpg=DDPGConfig(),
-                seed=self.cfg.seed).run(self.progress)
+        with self.meter.stage(method, "DDPG episodes", search=f"{metric}<={target:.4g}") as t:
+            res, layers = run_haq(table, ev, metric, self.target_in_table_units(metric, target),
+                                  acc_fp, s, self.cfg.seed, kmeans, self.progress)
         if model_name == MBV2:
             self._shared_scratch(method)
         pol = res.policy(layers)
@@ -369,40 +359,3 @@ class BaselineSuite:
         row.update(stage_seconds=r.stage_seconds, arch=r.arch,
                    widths_before=r.widths_before, widths_after=r.widths_after)
         return row
-
-    # ------------------------------------------------------------------ pruning sweep
-    def pruning_sweep(self, model: nn.Module) -> pd.DataFrame:
-        """Unstructured magnitude pruning of the FP32 model to each ratio (global and
-        layer-wise scope), gradual Zhu & Gupta schedule during ``prune_steps`` finetune
-        steps; test accuracy, measured sparsity and the sparse size."""
-        s, rows = self.s, []
-        dense = to_float(model)
-        rows.append({"scope": "dense", "target_sparsity": 0.0, "sparsity": 0.0,
-                     "max_layer_sparsity": 0.0, "layers_fully_pruned": 0,
-                     "test_acc": accuracy(dense, self.batches["final"], self.device),
-                     "nonzero_params": sum(int((m.weight != 0).sum()) for m in dense.modules()
-                                           if isinstance(m, (nn.Conv2d, nn.Linear))),
-                     "size_kb_fp32": sparse_size_bits(dense, 32) / 8e3,
-                     "size_kb_8bit": sparse_size_bits(dense, 8) / 8e3, "seconds": 0.0})
-        for scope in s.prune_scopes:
-            for r in s.prune_ratios:
-                m = to_float(model).to(self.device)
-                t0 = time.perf_counter()
-                out = gradual_magnitude_prune(m, self.train_batches(f"{scope}|{r}", "prune"),
-                                              s.prune_steps, r,
-                                              scope, lr=s.prune_lr,
-                                              device=self.device)
-                recalibrate_bn(m, self.batches["recal"], self.device)
-                per_layer = sparsity(m)["layers"]
-                rows.append({"scope": scope, "target_sparsity": r,
-                             "sparsity": out["sparsity"],
-                             "max_layer_sparsity": max(per_layer.values()),
-                             "layers_fully_pruned": sum(v >= 1.0 for v in per_layer.values()),
-                             "test_acc": accuracy(m, self.batches["final"], self.device),
-                             "nonzero_params": sum(int((mm.weight != 0).sum())
-                                                   for mm in m.modules()
-                                                   if isinstance(mm, (nn.Conv2d, nn.Linear))),
-                             "size_kb_fp32": sparse_size_bits(m, 32) / 8e3,
-                             "size_kb_8bit": sparse_size_bits(m, 8) / 8e3,
-                             "seconds": time.perf_counter() - t0})
-        return pd.DataFrame(rows)

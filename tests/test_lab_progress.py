@@ -2,7 +2,6 @@
 run interactively, and plain text bars with no TqdmWarning when APQ_PROGRESS=text (how
 `make reproduce` and `make test` execute notebooks)."""
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 WIDGET = "application/vnd.jupyter.widget-view+json"

@@ -62,13 +62,7 @@ def draw_architecture(space: SearchSpace, rng: np.random.Generator,
 def uniform_config(space: SearchSpace, arch: SubnetConfig, bits: int) -> SubnetConfig:
     """``arch`` at W``bits``A``bits`` everywhere (forbidden 7×7/4-bit-activation blocks, if
     the space forbids them, get the next bit choice up)."""
-    cfg = space.with_bits(arch, bits, bits, bits, bits)
-    if space.cfg.forbid_k7_a4:
-        up = [b for b in sorted(space.bit_choices) if b > 4]
-        for i in range(space.n_blocks):
-            if cfg.kernels[i] == 7 and cfg.dw_a[i] == 4 and up:
-                cfg.dw_a[i] = up[0]
-    return cfg
+    return space.lift_forbidden(space.with_bits(arch, bits, bits, bits, bits))
 
 
 def mixed_policy(space: SearchSpace, arch: SubnetConfig, level: float, spread: float,

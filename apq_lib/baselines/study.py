@@ -115,8 +115,8 @@ def run_fbnet(suite: BaselineSuite, targets: Sequence[float], target_from: str =
                 r = ev.realized(pol)
                 row = suite.add_row(method, variant, name, "latency", tgt, r.test_acc,
                                     table.summary(table.bits_of(pol)),
-                                    t["wall_s"] + tr["wall_s"], None,
-                                    pol, target_from, correct=r.correct)
+                                    search_s=t["wall_s"] + tr["wall_s"], policy=pol,
+                                    target_from=target_from, correct=r.correct)
             row.update(arch=res.config.to_dict(), expected_latency_ms=res.expected_latency_ms,
                        argmax_latency_ms=res.argmax_latency_ms, history=res.history,
                        retrain_loss=(float(np.mean(losses[-max(1, len(losses) // 10):]))

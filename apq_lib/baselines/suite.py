@@ -125,7 +125,7 @@ class BaselineSuite:
         return ev.realized_seeds(pol, self.recipe.seeds, steps, self.batches["final"])
 
     def add_row(self, method: str, variant: str, model: str, metric: Optional[str],
-                target: Optional[float], acc: float, costs: dict, search_s: float = 0.0,
+                target: Optional[float], acc: float, costs: dict, *, search_s: float = 0.0,
                 met: Optional[bool] = None, policy: Optional[dict] = None,
                 target_from: str = "", correct=None, row_id: Optional[str] = None) -> dict:
         """One row of the table. ``correct``: the per-image correctness, one array or one
@@ -282,8 +282,9 @@ class BaselineSuite:
         rs = ev.realized_seeds(pol, self.recipe.seeds if seeds is None else seeds,
                                self.recipe.steps, self.batches["final"])
         row = self.add_row(method, "k-means" if kmeans else "linear", model_name, metric,
-                           target, rs[0].test_acc, table.summary(res.bits), t["wall_s"],
-                           res.met, pol, target_from, correct=[r.correct for r in rs])
+                           target, rs[0].test_acc, table.summary(res.bits),
+                           search_s=t["wall_s"], met=res.met, policy=pol,
+                           target_from=target_from, correct=[r.correct for r in rs])
         row["history"] = res.history
         return row
 
@@ -330,8 +331,9 @@ class BaselineSuite:
             pol = dict(zip(table.names, bl))
             rs = self.final(ev, pol)
             row = self.add_row("HAWQ-V2", "Hessian trace", model_name, metric, tgt,
-                               rs[0].test_acc, table.summary(bl), t["wall_s"], None, pol,
-                               target_from, correct=[r.correct for r in rs])
+                               rs[0].test_acc, table.summary(bl), search_s=t["wall_s"],
+                               policy=pol, target_from=target_from,
+                               correct=[r.correct for r in rs])
             row["traces"], row["trace_se"] = traces, trace_se
             row["decisive_layers"] = [table.names[i] for i, c in zip(free, alloc["choices"])
                                       if pairs[c] != pairs[-1]]
@@ -354,8 +356,10 @@ class BaselineSuite:
         r = pipe.run(metric, self.target_in_table_units(metric, target))
         row = self.add_row(METHOD, "FP32 NAS → channel pruning → HAQ", "searched + pruned",
                            metric, target, r.accuracy, r.costs,
-                           sum(v for k, v in r.stage_seconds.items() if k != "finetune"),
-                           r.met, r.policy, target_from, correct=r.correct)
+                           search_s=sum(v for k, v in r.stage_seconds.items()
+                                        if k != "finetune"),
+                           met=r.met, policy=r.policy, target_from=target_from,
+                           correct=r.correct)
         row.update(stage_seconds=r.stage_seconds, arch=r.arch,
                    widths_before=r.widths_before, widths_after=r.widths_after)
         return row

@@ -268,6 +268,9 @@ class PredictorConfig:
     patience: int = param(30, gt=0)
     holdout_fraction: float = param(0.2, gt=0, lt=1)
     transfer_branch_init: str = param("zeros", choices=("zeros", "default"))  # default: PyTorch
+    ensemble: int = param(5, ge=1)          # members of each predictor (own seeds, averaged;
+                                            # 5 as in deep ensembles); transfer member m
+                                            # starts from FP32 member m
     study_sizes: list[int] = param(default_factory=lambda: [25, 50, 100, 200, 300],
                                    nonempty=True, gt=0)
     study_seeds: list[int] = param(default_factory=lambda: [0, 1, 2], nonempty=True, ge=0)
@@ -309,6 +312,9 @@ class SearchConfig:
     # costs at which APQ is also searched at the fixed baselines' costs (MobileNetV2 at each
     # bit width, the largest corner at W8A8; notebook 04)
     baseline_costs: list[str] = param(default_factory=lambda: list(_COSTS), choices=_COSTS)
+    seeds: int = param(2, ge=1)             # searches (evolution seeds) per budget at
+                                            # MobileNetV2's costs; each winner gets
+                                            # finetune.seeds finetune seeds (Tables 1 / 3)
 
     def check(self, p: str) -> None:
         check_fields(self, p)            # the rules each field declares

@@ -22,7 +22,7 @@ END = "<!-- results:end -->"
 
 
 def _f(v, nd: int = 2) -> str:
-    return "n/a" if v is None else f"{v:.{nd}f}"
+    return "n/a" if v is None or pd.isna(v) else f"{v:.{nd}f}"
 
 
 def _ci(v, ci, nd: int = 2) -> str:
@@ -85,7 +85,8 @@ def render_results(results_dir: Path) -> str:
         f"{_ci(s04.get('evolution_minus_random_test_mean'), evo_ci)}"
         f" ({s04.get('evolution_minus_random_verdict')}) |", "",
         "Containment (APQ searched at MobileNetV2's cost, same realisation path, "
-        f"{s04.get('finetune_seeds')} finetune seeds; ok when the lower bound of APQ − "
+        f"{s04.get('search_seeds', 1)} searches × {s04.get('finetune_seeds')} finetune "
+        "seeds against the network's finetune seeds; ok when the lower bound of APQ − "
         "baseline is ≥ −0.3 points):", "",
         "| baseline | cost | budget | APQ − baseline [95 % CI] | ok | verdict |",
         "| --- | --- | --- | --- | --- | --- |"]
@@ -93,6 +94,20 @@ def render_results(results_dir: Path) -> str:
         lines.append(f"| {c['baseline']} | {c['constraint']} | {c['budget']:.4g} | "
                      f"{_ci(c['apq_minus_baseline'], [c['ci_low'], c['ci_high']])} | "
                      f"{c['ok']} | {c['verdict']} |")
+    vc = d / "tables" / "04_apq_vs_best_corner.csv"
+    if vc.exists():
+        lines += ["", "APQ against the best corner its budget affords (smallest, MobileNetV2, "
+                      "largest at W4A4 / W6A6 / W8A8, the corner chosen by its test top-1, "
+                      "which favours it), `results/tables/04_apq_vs_best_corner.csv`:", "",
+                  "| cost | budget | budget from | APQ top-1 | best affordable corner | "
+                  "corner top-1 | APQ − corner [95 % CI] | verdict (Holm) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for _, r in pd.read_csv(vc).iterrows():
+            corner = "none" if pd.isna(r["corner"]) else r["corner"]
+            lines.append(f"| {r['constraint']} | {r['limit']:.4g} | {r['budget_from']} | "
+                         f"{_f(r['apq_test_acc'])} | {corner} | {_f(r['corner_test_acc'])} | "
+                         f"{_ci(r['apq_minus_corner'], [r['ci_low'], r['ci_high']])} | "
+                         f"{r['verdict']} |")
     head = ["| cost | baseline | baseline top-1 | APQ top-1 at its cost | seeds APQ / base | "
             "APQ − baseline [95 % CI] | cost ratio at equal top-1 | verdict (Holm) |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]

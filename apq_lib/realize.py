@@ -142,12 +142,13 @@ def seed_id(model_id: str, k: int) -> str:
 
 
 def realize_seeds(supernet, cfg, recipe, data, model_id: str, n_seeds: int, seed: int,
-                  **kw) -> list[Realized]:
-    """:func:`realize` with ``n_seeds`` finetune seeds: seed ``k`` has its own batch order
-    (:func:`apq_lib.loops.finetune_batches` of :func:`seed_id`) and torch seed (the
-    ``finetune`` stream); seed 0 is the single-seed realisation of ``model_id``."""
+                  first: int = 0, **kw) -> list[Realized]:
+    """:func:`realize` with ``n_seeds`` finetune seeds ``first, first + 1, ...``: seed ``k``
+    has its own batch order (:func:`apq_lib.loops.finetune_batches` of :func:`seed_id`) and
+    torch seed (the ``finetune`` stream); seed 0 is the single-seed realisation of
+    ``model_id``."""
     out = []
-    for k in range(n_seeds):
+    for k in range(first, first + n_seeds):
         sid = seed_id(model_id, k)
         out.append(realize(supernet, cfg, recipe, finetune_batches(data, recipe, seed, sid),
                            seed=seed if k == 0 else stream_seed(seed, "finetune", sid), **kw))

@@ -62,7 +62,7 @@ CONTRACTS = {c.notebook: c for c in (
         "cost_test_spearman": dict}, {
         "predicted_minus_test_mean_ci": list, "predicted_test_spearman_ci": list,
         "evolution_minus_random_verdict": str, "containment_ok": bool,
-        "finetune_seeds": int}),
+        "finetune_seeds": int, "search_seeds": int, "apq_vs_best_corner_verdicts": dict}),
     SummaryContract("05_baselines", {"search_cost": dict}, {
         "skipped_targets": list, "finetune_seeds": int, "haq_reward_images": int}),
 )}

@@ -3,8 +3,9 @@
 For weight-shaped (per output channel, axis 0) and activation-shaped (NCHW, axis 1)
 tensors at 4 and 8 bits, per channel and per tensor, STE and LSQ, it times in one run:
 ``ours`` = ``apq_lib.quant.fake_quantize`` / ``fake_quantize_learnable`` (the fused Triton
-kernels on CUDA; on CPU the same aten ops behind our wrapper, so the ratio measures the
-wrapper's overhead) and ``aten`` = ``torch.fake_quantize_per_{channel,tensor}_affine`` /
+kernels on CUDA; on CPU the aten ops behind our wrapper, except per-tensor STE on float32,
+which runs ``apq_lib``'s in-place CPU path, same bits as aten) and ``aten`` =
+``torch.fake_quantize_per_{channel,tensor}_affine`` /
 ``torch._fake_quantize_learnable_per_{channel,tensor}_affine``. Reports the time ratio
 (``speedup = t_aten / t_ours``) and the achieved bandwidth, counting the ideal traffic of a
 fused forward + backward (read x, write y; read dy and x, write dx: 5 tensors). Writes
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.utils.benchmark as tb
 
-from apq_lib.artifacts import RESULTS_DIR  # noqa: E402
+from apq_lib.artifacts import results_dir  # noqa: E402
 from apq_lib.quant import (  # noqa: E402
     fake_quantize,
     fake_quantize_learnable,
@@ -135,6 +136,8 @@ def main() -> None:
     mrt = args.min_run_time or (0.05 if args.small else 0.2)
     tag = device_tag(dev)
     ours_impl = "triton" if kernels.use_triton(torch.empty(0, device=dev)) else "aten"
+    # per-tensor STE on a float32 CPU tensor: apq_lib's in-place path (functional.py)
+    cpu_impl = {("tensor", "ste"): "inplace-cpu"} if dev.type == "cpu" else {}
     rows = []
     dtypes = [torch.float32] + ([torch.bfloat16] if dev.type == "cuda" else [])
     for kind, (shape, axis) in SHAPES[size].items():
@@ -149,7 +152,8 @@ def main() -> None:
                         ours, aten = fns(x, s, zf, zi, qmin, qmax, axis, granularity, grad)
                         t_o, t_a = time_pair(ours, aten, mrt, args.rounds, dev)
                         nbytes = 5 * x.numel() * x.element_size()
-                        row = {"device": tag, "ours_impl": ours_impl, "tensor": kind,
+                        impl = cpu_impl.get((granularity, grad), ours_impl)
+                        row = {"device": tag, "ours_impl": impl, "tensor": kind,
                                "shape": "x".join(map(str, shape)), "granularity": granularity,
                                "grad": grad, "bits": bits,
                                "dtype": str(dtype).replace("torch.", ""),
@@ -162,7 +166,7 @@ def main() -> None:
                               f"aten {t_a * 1e6:9.1f} us  x{t_a / t_o:5.2f}  "
                               f"{row['gbps_ours']:7.1f} GB/s", flush=True)
     import pandas as pd
-    out = Path(args.out) if args.out else RESULTS_DIR / "bench" / f"fake_quant_{tag}.csv"
+    out = Path(args.out) if args.out else results_dir() / "bench" / f"fake_quant_{tag}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
     df["torch"] = torch.__version__

@@ -18,6 +18,7 @@ from apq_lib.predictor import (
     collect_samples,
     evaluate_predictor,
     kendall_tau,
+    member_settings,
     merge_pairs,
     pairwise_accuracy,
     predictor_metrics,
@@ -30,7 +31,7 @@ from apq_lib.predictor import (
     transfer_from_fp32,
 )
 from apq_lib.predictor.collect import CollectionError, PairSet, parse_shard_arg
-from apq_lib.predictor.model import FastPredictor, predict_numpy
+from apq_lib.predictor.model import FastPredictor, PredictorEnsemble, is_quant_aware, predict_numpy
 from apq_lib.predictor.transfer import TransferError
 from apq_lib.supernet.space import SearchSpace, apq_imagenet_space
 
@@ -117,6 +118,49 @@ def test_fast_predictor_matches_dense():
         quant = isinstance(model, QuantAwarePredictor)
         ref = predict_numpy(model, enc.encode_index(idx, quant))
         np.testing.assert_allclose(FastPredictor(model, enc)(idx), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_ensemble_is_the_mean_of_its_members_on_both_paths():
+    space = apq_imagenet_space()
+    enc = APQEncoder(space)
+    idx = space.to_index_array(_configs(space, 200, seed=4))
+    x = enc.encode_index(idx)
+    torch.manual_seed(1)
+    members = [QuantAwarePredictor(enc.arch_dims, enc.quant_dims, 32, 3) for _ in range(3)]
+    for m in members:
+        for p in m.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+    ens = PredictorEnsemble(members)
+    each = np.stack([predict_numpy(m, x) for m in members])
+    np.testing.assert_allclose(predict_numpy(ens, x), each.mean(0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(FastPredictor(ens, enc)(idx), each.mean(0), rtol=1e-4,
+                               atol=1e-5)
+    assert not np.allclose(each[0], each[1])                  # the members differ
+    assert ens.config() == {**members[0].config(), "members": 3} and is_quant_aware(ens)
+    with pytest.raises(ValueError, match="at least one"):
+        PredictorEnsemble([])
+
+
+def test_ensemble_fits_member_seeds_and_transfers_member_by_member(small_space):
+    """Member 0 is the single predictor (same seed, same weights); the others have their
+    own seeds; an FP32 ensemble transfers member m to member m."""
+    from apq_lib.predictor import fit_fp32_predictor
+    enc = APQEncoder(small_space)
+    idx = small_space.to_index_array(_configs(small_space, 60, seed=2))
+    x = enc.encode_index(idx)
+    y = 0.7 + 0.05 * x[:, :enc.arch_dims].mean(1) - 0.1 * x[:, enc.quant_slice][:, ::3].mean(1)
+    st = TrainSettings(epochs=2, patience=5, seed=5)
+    one = fit_fp32_predictor(x[:, :enc.arch_dims], y, st, 16, 2).model
+    ens = fit_fp32_predictor(x[:, :enc.arch_dims], y, st, 16, 2, members=3).model
+    assert isinstance(ens, PredictorEnsemble) and len(ens.members) == 3
+    w = [m.layers[0].weight for m in ens.members]
+    assert torch.equal(w[0], one.layers[0].weight) and not torch.equal(w[0], w[1])
+    res = PredictorTransfer(ens, enc.quant_dims).fit(x[:40], y[:40], st)
+    assert isinstance(res.model, PredictorEnsemble) and is_quant_aware(res.model)
+    single = PredictorTransfer(ens.members[1], enc.quant_dims).fit(
+        x[:40], y[:40], member_settings(st, 1)).model
+    np.testing.assert_allclose(predict_numpy(res.model.members[1], x[40:]),
+                               predict_numpy(single, x[40:]), rtol=1e-6)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -495,7 +539,11 @@ def test_pipeline_artifacts_round_trip(tmp_path, monkeypatch):
     art = pp.save_predictors(cfg, trained, enc, arts["fp32"], arts["quant"], store)
     assert art.key == pp.predictor_artifact_key(cfg, "supernetkey")
     model = pp.load_predictor(art)
-    assert isinstance(model, QuantAwarePredictor)
+    assert isinstance(model, PredictorEnsemble) and is_quant_aware(model)
+    assert len(model.members) == cfg.predictor.ensemble == 2
+    assert all(isinstance(m, QuantAwarePredictor) for m in model.members)
+    assert isinstance(pp.load_predictor(art, "fp32"), PredictorEnsemble)
+    assert not is_quant_aware(pp.load_predictor(art, "fp32"))
     idx = pairs["quant"].index
     oracle = pp.AccuracyOracle(model, space)
     expect = 100 * predict_numpy(trained["transfer"].model, enc.encode_index(idx))

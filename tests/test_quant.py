@@ -213,6 +213,41 @@ def test_pact_gradients(signed):
     torch.testing.assert_close(alpha.grad, expect)
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_pact_without_gradient_equals_the_clipped_path(signed):
+    """Under no_grad the unsigned PACT skips its explicit clip (the fake quant clamps): the
+    bits must equal the clipped path's, at alpha, beyond it, at 0 and below it."""
+    gen = torch.Generator().manual_seed(11)
+    for bits in range(2, 9):
+        for a in (6.0, 2.5, 0.731, 1e-3):
+            alpha = torch.tensor(a)
+            x = torch.randn(4000, generator=gen) * 2 * a
+            x[:6] = torch.tensor([a, -a, 0.0, 2 * a, a * (1 - 1e-7), a * (1 + 1e-7)])
+            with torch.no_grad():
+                fast = pact_fake_quantize(x, alpha, bits, signed)
+            slow = pact_fake_quantize(x, alpha.clone().requires_grad_(), bits, signed)
+            assert torch.equal(fast, slow.detach())
+
+
+def test_cpu_fake_quant_is_aten_bit_for_bit_with_its_mask():
+    """The CPU per-tensor path (in-place passes) against aten at scales whose reciprocal is
+    inexact in float32, exact rounding ties, and a zero point; and its STE mask."""
+    gen = torch.Generator().manual_seed(12)
+    for scale in (0.0123, 6 / 255, 1 / 3, 0.1, 2.5 / 15, 7.3e-5):
+        for qmin, qmax, z in ((0, 255, 0), (0, 15, 0), (-128, 127, 0), (-8, 7, 0), (0, 255, 3)):
+            k = torch.randint(-300, 300, (20000,), generator=gen).float()
+            x = torch.cat([torch.randn(50000, generator=gen) * scale * qmax * 0.7,
+                           (k + 0.5) * scale, k * scale])
+            aten = torch.fake_quantize_per_tensor_affine(x, scale, z, qmin, qmax)
+            assert torch.equal(fake_quantize(x, scale, z, qmin, qmax), aten)
+            xg = x.clone().requires_grad_()
+            ag = x.clone().requires_grad_()
+            g = torch.randn(x.shape, generator=gen)
+            fake_quantize(xg, torch.tensor(scale), torch.tensor(z), qmin, qmax).backward(g)
+            torch.fake_quantize_per_tensor_affine(ag, scale, z, qmin, qmax).backward(g)
+            assert torch.equal(xg.grad, ag.grad)
+
+
 def test_invalid_inputs_raise_clear_errors():
     x = torch.randn(4, 3)
     for bad in (1, 9, 16, 0, True, 4.5, "8"):

@@ -369,3 +369,28 @@ def test_one_path_apq_route_equals_baseline_route():
                    steps=0).model
     with torch.no_grad():
         assert not torch.allclose(q.eval()(x), fp_q.eval()(x))
+
+
+def test_sweep_reruns_the_search_where_asked(space):
+    """``search.seeds`` searches at the budgets ``rerun`` names: search 0 is the single
+    search's result unchanged, the others use their own evolution seeds and meet the budget;
+    other budgets get no reruns."""
+    from apq_lib.search import run_sweep, search_seed
+    costs = {"latency": bits_cost}
+    targets = {"latency": [40.0, 60.0]}
+    kw = dict(generations=3, population=20, parents=5, mutants=10, crossovers=10)
+    one = run_sweep(space, known_score, costs, targets, SearchConfig(seeds=1, **kw),
+                    seed=3, progress=False, rerun=lambda c, lim: True)
+    three = run_sweep(space, known_score, costs, targets, SearchConfig(seeds=3, **kw),
+                      seed=3, progress=False, rerun=lambda c, lim: lim == 60.0)
+    assert [len(r["reruns"]) for r in one] == [0, 0]
+    assert [len(r["reruns"]) for r in three] == [0, 2]
+    for a, b in zip(one, three):
+        assert np.array_equal(a["evolution"].best_index, b["evolution"].best_index)
+    seeds = [r.seed for r, _ in three[1]["reruns"]]
+    assert seeds == [search_seed(3, 1), search_seed(3, 2)] and 3 not in seeds
+    assert len(set(seeds)) == 2 and search_seed(3, 0) == 3
+    for res, c in three[1]["reruns"]:
+        assert c["latency"] <= 60.0 and res.limits == {"latency": 60.0}
+    with pytest.raises(ConfigError, match="seeds"):
+        SearchConfig(seeds=0).check("search")

@@ -64,7 +64,7 @@ def crossval_controls(fp32: AccuracyPredictor, x: np.ndarray, y_pct: np.ndarray,
                       idx: np.ndarray, space: SearchSpace, folds: list, settings: TrainSettings,
                       hidden: int, n_layers: int, branch_init: str = "zeros",
                       progress: bool = True, seeds: int = 1,
-                      groups=None) -> pd.DataFrame:
+                      groups=None, members: int = 1) -> pd.DataFrame:
     """Held-out predictions (percent) of every method in :data:`METHODS` for every pair,
     each from the fold in which its architecture was held out. ``x``: the pairs'
     encodings; ``y_pct``: their labels; ``folds``: from :func:`grouped_kfold`.
@@ -75,7 +75,10 @@ def crossval_controls(fp32: AccuracyPredictor, x: np.ndarray, y_pct: np.ndarray,
     ``fp32_predictor`` is the FP32 predictor on the architecture part, shifted by the
     mean gap to the fold's training labels; ``bits_linear`` is :func:`fit_linear` on
     :func:`bit_features` + MACs; ``macs_linear`` a linear fit on log MACs. ``groups``
-    (architectures) makes the fits' early-stopping split grouped too."""
+    (architectures) makes the fits' early-stopping split grouped too. ``members`` > 1:
+    each seed's ``transfer`` and ``scratch`` are ensembles of that many members (``fp32``
+    then is an FP32 ensemble of as many: transfer member m starts from its member m), as the
+    predictors notebook 03 stores."""
     if seeds < 1:
         raise ValueError(f"seeds={seeds}: need >= 1 training seed per fold")
     y = np.asarray(y_pct, float)
@@ -94,7 +97,7 @@ def crossval_controls(fp32: AccuracyPredictor, x: np.ndarray, y_pct: np.ndarray,
         t = PredictorTransfer(fp32, x.shape[1] - arch_dims, branch_init).fit(
             x[tr], y[tr] / 100, st, groups=g)
         s = fit_quant_predictor(x[tr], y[tr] / 100, arch_dims, st, hidden, n_layers,
-                                groups=g)
+                                groups=g, members=members)
         per_seed[f"transfer_seed{k}"][te] = 100 * predict_numpy(t.model, x[te])
         per_seed[f"scratch_seed{k}"][te] = 100 * predict_numpy(s.model, x[te])
         if k == 0:

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AccuracyPredictor", "QuantAwarePredictor", "FastPredictor", "predict_numpy",
-           "time_inference"]
+__all__ = ["AccuracyPredictor", "QuantAwarePredictor", "PredictorEnsemble", "is_quant_aware",
+           "FastPredictor", "predict_numpy", "time_inference"]
 
 
 def _mlp(in_dims: int, hidden: int, n_layers: int) -> nn.ModuleList:
@@ -77,6 +77,36 @@ class QuantAwarePredictor(AccuracyPredictor):
         return {**super().config(), "quant_dims": self.quant_dims}
 
 
+class PredictorEnsemble(nn.Module):
+    """The mean of ``members`` predictors of one kind and shape, each trained on the same
+    pairs from its own seed (own initialisation, batch order and early-stopping split): a
+    deep ensemble, which ranks better than any one member when the pairs are few (notebook
+    03 measures it). ``x`` and the output are the members'."""
+
+    def __init__(self, members: list):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        m = members[0]
+        self.arch_dims, self.hidden, self.n_layers = m.arch_dims, m.hidden, m.n_layers
+        if hasattr(m, "quant_dims"):
+            self.quant_dims = m.quant_dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+    def config(self) -> dict:
+        return {**self.members[0].config(), "members": len(self.members)}
+
+
+def is_quant_aware(model: nn.Module) -> bool:
+    """Whether ``model`` (a predictor or an ensemble of them) reads the quantization part."""
+    if isinstance(model, PredictorEnsemble):
+        model = model.members[0]
+    return isinstance(model, QuantAwarePredictor)
+
+
 class FastPredictor:
     """Batched inference straight from index arrays ``[N, B, 6]``, without the one-hot
     matrix. The encoding is one-hot per block, so the first layer is a sum over blocks of
@@ -88,7 +118,12 @@ class FastPredictor:
 
     def __init__(self, model: AccuracyPredictor, encoder, dtype: torch.dtype = torch.float32):
         self.encoder, self.dtype = encoder, dtype
-        self.quant = isinstance(model, QuantAwarePredictor)
+        self.quant = is_quant_aware(model)
+        # an ensemble: one fast path per member, averaged
+        self.members = ([FastPredictor(m, encoder, dtype) for m in model.members]
+                        if isinstance(model, PredictorEnsemble) else None)
+        if self.members is not None:
+            return
         d = lambda t: t.detach().float().cpu().contiguous()
         arch_t, quant_t = encoder.block_tables()
         w1 = d(model.layers[0].weight).numpy()                            # [H, arch_dims]
@@ -106,6 +141,8 @@ class FastPredictor:
 
     @torch.no_grad()
     def __call__(self, idx: np.ndarray) -> np.ndarray:
+        if self.members is not None:
+            return np.mean([m(idx) for m in self.members], axis=0)
         a, q = self.encoder.block_codes(idx)
         h = F.embedding_bag(torch.from_numpy(a + self.arch_off), self.arch_rows, mode="sum")
         h = torch.relu(h + self.b1)

@@ -31,7 +31,13 @@ from ..supernet.space import SearchSpace, SubnetConfig
 from ..workers import LockBusy, WorkerGroup, exclusive
 from .encoder import APQEncoder
 from .evaluators import FP32Evaluator, QATEvaluator
-from .model import AccuracyPredictor, FastPredictor, QuantAwarePredictor
+from .model import (
+    AccuracyPredictor,
+    FastPredictor,
+    PredictorEnsemble,
+    QuantAwarePredictor,
+    is_quant_aware,
+)
 from .pairs import PairSet, load_pairs, merge_pairs  # noqa: F401  (load_pairs: re-export)
 from .samples import CollectionError, SampleStore, collect_samples
 from .train import (
@@ -70,7 +76,7 @@ PAIR_KEYS = {
 MODEL_KEY = StageKey(MODEL_STAGE, version=2, reads=("seed", "space") + tuple(
     f"predictor.{k}" for k in ("hidden", "n_layers", "lr", "weight_decay", "batch_size",
                                "epochs", "patience", "holdout_fraction",
-                               "transfer_branch_init")))
+                               "transfer_branch_init", "ensemble")))
 
 
 # --------------------------------------------------------------------------- collection
@@ -236,7 +242,8 @@ def train_predictors(cfg: Profile, fp32_pairs: PairSet, quant_pairs: PairSet,
     f_tr, f_te = split_holdout(len(fp32_pairs), p.holdout_fraction, cfg.seed)
     xf = encoder.encode_index(fp32_pairs.index, quant=False)
     yf = fp32_pairs.acc / 100.0
-    fp = fit_fp32_predictor(xf[f_tr], yf[f_tr], st, p.hidden, p.n_layers, device)
+    fp = fit_fp32_predictor(xf[f_tr], yf[f_tr], st, p.hidden, p.n_layers, device,
+                            members=p.ensemble)
     q_tr, q_te = split_holdout(len(quant_pairs), p.holdout_fraction, cfg.seed,
                                groups=quant_pairs.group)
     xq = encoder.encode_index(quant_pairs.index)
@@ -245,7 +252,7 @@ def train_predictors(cfg: Profile, fp32_pairs: PairSet, quant_pairs: PairSet,
     tr = PredictorTransfer(fp.model, encoder.quant_dims, p.transfer_branch_init) \
         .fit(xq[q_tr], yq[q_tr], st, device, groups=gq)
     sc = fit_quant_predictor(xq[q_tr], yq[q_tr], encoder.arch_dims, st, p.hidden,
-                             p.n_layers, device, groups=gq)
+                             p.n_layers, device, groups=gq, members=p.ensemble)
     fp.model.cpu(), tr.model.cpu(), sc.model.cpu()
     metrics = {"fp32": evaluate_predictor(fp.model, xf[f_te], yf[f_te]),
                "transfer": evaluate_predictor(tr.model, xq[q_te], yq[q_te]),
@@ -294,12 +301,16 @@ def save_predictors(cfg: Profile, trained: dict, encoder: APQEncoder, fp32_art: 
 
 def load_predictor(artifact: Artifact, which: str = "quant_transfer") -> torch.nn.Module:
     """A trained predictor from the ``predictor`` artifact: ``quant_transfer`` (what the
-    search uses), ``quant_scratch`` or ``fp32``; in eval mode on CPU."""
+    search uses), ``quant_scratch`` or ``fp32`` (each a :class:`PredictorEnsemble` when the
+    profile's ``predictor.ensemble`` > 1); in eval mode on CPU."""
     state, md = load_state(artifact.file(f"{which}.safetensors"))
     c = md["config"]
-    model = (QuantAwarePredictor(c["arch_dims"], c["quant_dims"], c["hidden"], c["n_layers"])
-             if "quant_dims" in c else AccuracyPredictor(c["arch_dims"], c["hidden"],
-                                                         c["n_layers"]))
+
+    def one():
+        return (QuantAwarePredictor(c["arch_dims"], c["quant_dims"], c["hidden"],
+                                    c["n_layers"]) if "quant_dims" in c
+                else AccuracyPredictor(c["arch_dims"], c["hidden"], c["n_layers"]))
+    model = PredictorEnsemble([one() for _ in range(c["members"])]) if "members" in c else one()
     model.load_state_dict(state)
     return model.eval()
 
@@ -313,7 +324,7 @@ class AccuracyOracle:
     def __init__(self, model: torch.nn.Module, space: SearchSpace,
                  dtype: torch.dtype = torch.float32):
         self.model, self.encoder = model.eval(), APQEncoder(space)
-        self.quant = isinstance(model, QuantAwarePredictor)
+        self.quant = is_quant_aware(model)
         self.fast = FastPredictor(self.model, self.encoder, dtype)
 
     def predict_index(self, idx: np.ndarray) -> np.ndarray:

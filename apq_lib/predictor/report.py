@@ -106,11 +106,12 @@ def run_controls(trained: dict, fp32: PairSet, quant: PairSet, space: SearchSpac
     if seen.any():
         keep = f_tr[~seen]
         model = fit_fp32_predictor(trained["x"]["fp32"][keep], trained["y"]["fp32"][keep],
-                                   trained["settings"], pc.hidden, pc.n_layers).model
+                                   trained["settings"], pc.hidden, pc.n_layers,
+                                   members=pc.ensemble).model
     cv = crossval_controls(model, trained["x"]["quant"], quant.acc, quant.index, space, folds,
                            trained["settings"], pc.hidden, pc.n_layers,
                            pc.transfer_branch_init, progress=progress, seeds=pc.cv_seeds,
-                           groups=quant.group)
+                           groups=quant.group, members=pc.ensemble)
     cv.insert(0, "pair", np.arange(len(cv)))
     cv.insert(1, "architecture", quant.group)
     table = controls_table(cv, quant.group, "transfer", pc.bootstrap_resamples, seed)
@@ -299,7 +300,8 @@ def summary_fields(cfg, fp32: PairSet, quant: PairSet, trained: dict, noise: pd.
         # Table 4: grouped CV over architectures, cv_seeds training seeds per fold
         "heldout_architectures": int(controls["n_architectures"].iloc[0]),
         "heldout_pairs": int(controls["n_pairs"].iloc[0]), "cv_folds": pc.cv_folds,
-        "cv_seeds": pc.cv_seeds, "bootstrap_resamples": pc.bootstrap_resamples,
+        "cv_seeds": pc.cv_seeds, "ensemble_members": pc.ensemble,
+        "bootstrap_resamples": pc.bootstrap_resamples,
         **{f"quant_kendall_tau_{k}": r(row.kendall_tau) for k, row in ctl.iterrows()},
         **{f"quant_kendall_tau_{k}_ci": [r(row.tau_ci_low), r(row.tau_ci_high)]
            for k, row in ctl.iterrows()},

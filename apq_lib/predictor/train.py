@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..runtime import stream_rng
+from ..runtime import stream_rng, stream_seed
 from .metrics import predictor_metrics
-from .model import AccuracyPredictor, QuantAwarePredictor, predict_numpy
+from .model import AccuracyPredictor, PredictorEnsemble, QuantAwarePredictor, predict_numpy
 
 __all__ = ["TrainSettings", "TrainResult", "split_holdout", "grouped_kfold", "train_predictor",
-           "evaluate_predictor", "fit_fp32_predictor", "fit_quant_predictor"]
+           "evaluate_predictor", "fit_fp32_predictor", "fit_quant_predictor", "fit_members",
+           "member_settings"]
 
 
 @dataclass
@@ -192,19 +193,48 @@ def evaluate_predictor(model: nn.Module, x: np.ndarray, y_frac: np.ndarray) -> d
     return out
 
 
+def member_settings(settings: TrainSettings, m: int) -> TrainSettings:
+    """Ensemble member ``m``'s settings: member 0 keeps ``settings.seed``, the others draw
+    theirs from the ``predictor_fit`` stream."""
+    return settings if m == 0 else replace(
+        settings, seed=stream_seed(settings.seed, "predictor_fit", "member", m))
+
+
+def fit_members(fit_one, settings: TrainSettings, members: int = 1) -> TrainResult:
+    """``fit_one(member_settings, m) -> TrainResult`` for ``members`` members; one member is
+    returned as is, several as a :class:`PredictorEnsemble` (epochs and validation RMSE of
+    member 0, seconds summed)."""
+    if members < 1:
+        raise ValueError(f"members={members}: an ensemble needs at least one member")
+    fits = [fit_one(member_settings(settings, m), m) for m in range(members)]
+    if members == 1:
+        return fits[0]
+    f = fits[0]
+    return TrainResult(PredictorEnsemble([r.model for r in fits]), f.best_epoch, f.epochs_run,
+                       f.best_val_rmse, sum(r.seconds for r in fits), f.history)
+
+
 def fit_fp32_predictor(x_arch: np.ndarray, y: np.ndarray, settings: TrainSettings,
-                       hidden: int = 400, n_layers: int = 3, device="cpu") -> TrainResult:
-    """A fresh :class:`AccuracyPredictor` trained on ``[N, arch_dims]`` encodings."""
-    torch.manual_seed(settings.seed)
-    model = AccuracyPredictor(x_arch.shape[1], hidden, n_layers)
-    return train_predictor(model, x_arch, y, settings, device=device)
+                       hidden: int = 400, n_layers: int = 3, device="cpu",
+                       members: int = 1) -> TrainResult:
+    """A fresh :class:`AccuracyPredictor` (or an ensemble of ``members``) trained on
+    ``[N, arch_dims]`` encodings."""
+    def one(st, m):
+        torch.manual_seed(st.seed)
+        model = AccuracyPredictor(x_arch.shape[1], hidden, n_layers)
+        return train_predictor(model, x_arch, y, st, device=device)
+    return fit_members(one, settings, members)
 
 
 def fit_quant_predictor(x: np.ndarray, y: np.ndarray, arch_dims: int,
                         settings: TrainSettings, hidden: int = 400, n_layers: int = 3,
-                        device="cpu", groups: Optional[Sequence] = None) -> TrainResult:
-    """A :class:`QuantAwarePredictor` trained from scratch (the baseline to transfer);
-    ``groups``: architectures, for a grouped early-stopping split."""
-    torch.manual_seed(settings.seed)
-    model = QuantAwarePredictor(arch_dims, x.shape[1] - arch_dims, hidden, n_layers)
-    return train_predictor(model, x, y, settings, device=device, groups=groups)
+                        device="cpu", groups: Optional[Sequence] = None,
+                        members: int = 1) -> TrainResult:
+    """A :class:`QuantAwarePredictor` (or an ensemble of ``members``) trained from scratch
+    (the baseline to transfer); ``groups``: architectures, for a grouped early-stopping
+    split."""
+    def one(st, m):
+        torch.manual_seed(st.seed)
+        model = QuantAwarePredictor(arch_dims, x.shape[1] - arch_dims, hidden, n_layers)
+        return train_predictor(model, x, y, st, device=device, groups=groups)
+    return fit_members(one, settings, members)

@@ -8,8 +8,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .model import AccuracyPredictor, QuantAwarePredictor, predict_numpy
-from .train import TrainResult, TrainSettings, train_predictor
+from .model import AccuracyPredictor, PredictorEnsemble, QuantAwarePredictor, predict_numpy
+from .train import TrainResult, TrainSettings, fit_members, train_predictor
 
 __all__ = ["transfer_from_fp32", "PredictorTransfer", "TransferError"]
 
@@ -56,8 +56,15 @@ class PredictorTransfer:
 
     def fit(self, x: np.ndarray, y: np.ndarray, settings: Optional[TrainSettings] = None,
             device="cpu", groups=None) -> TrainResult:
-        """``groups``: the pairs' architectures, for a grouped early-stopping split."""
-        torch.manual_seed((settings or TrainSettings()).seed)
+        """``groups``: the pairs' architectures, for a grouped early-stopping split. From an
+        FP32 :class:`PredictorEnsemble`, member ``m`` is transferred from FP32 member ``m``
+        with member ``m``'s seed (an ensemble of as many members)."""
+        settings = settings or TrainSettings()
+        if isinstance(self.fp32, PredictorEnsemble):
+            return fit_members(lambda st, m: PredictorTransfer(
+                self.fp32.members[m], self.quant_dims, self.branch_init, self.recenter).fit(
+                    x, y, st, device, groups), settings, len(self.fp32.members))
+        torch.manual_seed(settings.seed)
         model = self.build()
         if self.recenter and len(y):
             gap = float(np.mean(y) - np.mean(predict_numpy(model, x)))

@@ -13,7 +13,7 @@ import torch
 from ..hardware.layers import LayerSpec, mbconv_layers
 from ..hardware.lut import SpaceCostTable
 from ..predictor.encoder import APQEncoder
-from ..predictor.model import FastPredictor, QuantAwarePredictor
+from ..predictor.model import FastPredictor, is_quant_aware
 
 __all__ = ["PredictorScore", "BitOpsTable", "lut_cost_fns", "torch_threads"]
 
@@ -45,7 +45,7 @@ class PredictorScore:
                  percent: bool = True, batch_size: int = 32768, fast: bool = True):
         self.model = model.eval().cpu()
         self.encoder = APQEncoder(space)
-        self.quant = isinstance(model, QuantAwarePredictor)
+        self.quant = is_quant_aware(model)
         self.threads, self.scale, self.batch_size = threads, 100.0 if percent else 1.0, batch_size
         self.n_calls = self.n_scored = 0
         self.fast = None

@@ -16,7 +16,7 @@ from ..hardware.lut import SpaceCostTable
 from ..predictor import pipeline as pp
 from ..progress import tqdm
 from ..results import read_summary
-from ..runtime import stream_rng
+from ..runtime import stream_rng, stream_seed
 from ..supernet import train as sn
 from ..supernet.space import SearchSpace
 from .evolution import EvolutionFinder
@@ -24,7 +24,7 @@ from .genome import IndexOps, SearchResult
 from .random_search import RandomSearch
 
 __all__ = ["COST_UNITS", "COST_COLUMNS", "PROFILE_TARGETS", "sweep_targets", "run_sweep",
-           "history_table", "round_sig", "load_search_inputs"]
+           "history_table", "round_sig", "load_search_inputs", "search_seed"]
 
 COST_UNITS = {"latency": "ms", "energy": "mJ", "bitops": "G", "size": "kB"}
 # the results tables' column of each cost (one map for notebooks 04-06)
@@ -106,13 +106,20 @@ def sweep_targets(scfg: SearchConfig, space, cost_fns: Mapping[str, Callable],
     return out, sample
 
 
+def search_seed(seed: int, k: int) -> int:
+    """The evolution seed of search ``k`` at a budget (search 0 uses ``seed`` itself)."""
+    return seed if k == 0 else stream_seed(seed, "search", "rerun", k)
+
+
 def run_sweep(space, score_fn, cost_fns: Mapping[str, Callable], targets: Mapping[str, list],
               scfg: SearchConfig, seed: int = 0, random_baseline: Optional[bool] = None,
-              progress: bool = True) -> list[dict]:
+              progress: bool = True, rerun: Optional[Callable] = None) -> list[dict]:
     """One single-constraint evolution per (cost, limit), plus random search at the same
     budget. Returns ``[{"constraint", "limit", "evolution": SearchResult,
-    "random": SearchResult | None, "costs", "random_costs"}]``; ``costs`` holds every cost
-    of the best configuration found (not only the constrained one)."""
+    "random": SearchResult | None, "costs", "random_costs", "reruns"}]``; ``costs`` holds
+    every cost of the best configuration found (not only the constrained one). Budgets for
+    which ``rerun(cost, limit)`` is true are searched ``scfg.seeds`` times (evolution seeds
+    :func:`search_seed`): ``reruns`` holds searches 1.. as ``(SearchResult, costs)``."""
     random_baseline = scfg.random_baseline if random_baseline is None else random_baseline
     jobs = [(c, lim) for c, lims in targets.items() for lim in lims]
     out = []
@@ -120,9 +127,12 @@ def run_sweep(space, score_fn, cost_fns: Mapping[str, Callable], targets: Mappin
         finder = EvolutionFinder(space, score_fn, {c: (cost_fns[c], lim)}, scfg, seed=seed)
         evo = finder.run()
         rnd = RandomSearch.like(finder).run() if random_baseline else None
+        more = range(1, scfg.seeds) if rerun is not None and rerun(c, lim) else ()
+        reruns = [finder.run(seed=search_seed(seed, k)) for k in more]
         out.append({"constraint": c, "limit": float(lim), "evolution": evo, "random": rnd,
                     "costs": _all_costs(cost_fns, evo),
-                    "random_costs": _all_costs(cost_fns, rnd) if rnd else None})
+                    "random_costs": _all_costs(cost_fns, rnd) if rnd else None,
+                    "reruns": [(r, _all_costs(cost_fns, r)) for r in reruns]})
     return out
 
 

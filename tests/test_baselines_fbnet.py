@@ -240,3 +240,27 @@ def test_retrain_steps_and_failure_names_the_key(setup):
                                                  retrain_lr=1e30), sim)
     with pytest.raises(Exception, match="baselines.fbnet.retrain_lr"):
         bad.retrain(model, batches)
+
+
+def test_fbnet_vs_apq_names_the_winner_as_apq():
+    """APQ − FBNet at matched latency: an FBNet model right on fewer images than APQ's gives
+    a positive difference and ``APQ better``; beyond the latency tolerance, no comparison."""
+    import pandas as pd
+
+    from apq_lib.baselines.study import fbnet_vs_apq
+    rng = np.random.default_rng(0)
+    apq_hits = rng.random(4000) < 0.85
+    fb_hits = apq_hits & (rng.random(4000) < 0.9)            # ~8.5 points worse, paired
+    apq = pd.DataFrame([{"model_id": "APQ|latency|0.2", "latency_ms": 0.200, "test_acc": 85.0}])
+    row = {"row_id": "fb", "method": "FBNet+HAQ", "constraint": "latency <= 0.2 ms",
+           "met": True, "test_acc": 100 * fb_hits.mean(), "latency_ms": 0.205,
+           "expected_latency_ms": 0.2, "argmax_latency_ms": 0.2, "retrain_loss": 0.5,
+           "arch": {"depths": [1]}, "search_s": 1.0}
+    far = {**row, "row_id": "far", "latency_ms": 0.5}
+    out = fbnet_vs_apq([row, far], apq, {"fb": fb_hits, "far": fb_hits},
+                       {"APQ|latency|0.2": apq_hits})
+    first, second = out.iloc[0], out.iloc[1]
+    assert first["APQ - FBNet"] == pytest.approx(100 * (apq_hits.mean() - fb_hits.mean()))
+    assert first["APQ - FBNet"] > 0 and first["ci_low"] > 0
+    assert first["verdict"] == "APQ better"
+    assert second["verdict"] == "not comparable" and pd.isna(second["APQ - FBNet"])

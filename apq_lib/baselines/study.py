@@ -128,19 +128,19 @@ def run_fbnet(suite: BaselineSuite, targets: Sequence[float], target_from: str =
 def fbnet_vs_apq(fb_rows: list, apq: pd.DataFrame, correct: dict, apq_correct: dict,
                  tol: float = 0.10, seed: int = 0) -> pd.DataFrame:
     """Each FBNet model against APQ's model of the nearest realised latency within ``tol``
-    (relative), else no comparison (``not comparable``): FBNet − APQ with a paired image
-    bootstrap interval."""
+    (relative), else no comparison (``not comparable``): APQ − FBNet with a paired image
+    bootstrap interval (the verdict names APQ, as in every table)."""
     out = []
     for r in fb_rows:
         a = matched_by_cost(apq, "latency_ms", r["latency_ms"], tol)
-        d = (paired_difference(correct[r["row_id"]], apq_correct[a["model_id"]], seed=seed)
+        d = (paired_difference(apq_correct[a["model_id"]], correct[r["row_id"]], seed=seed)
              if a is not None else None)
         out.append({
             "method": r["method"], "constraint": r["constraint"], "met": r["met"],
             "test_acc": r["test_acc"], "latency_ms": r["latency_ms"],
             "APQ test_acc": None if a is None else float(a["test_acc"]),
             "APQ latency_ms": None if a is None else float(a["latency_ms"]),
-            "FBNet - APQ": None if d is None else d["estimate"],
+            "APQ - FBNet": None if d is None else d["estimate"],
             **{k: None if d is None else d[k] for k in ("ci_low", "ci_high")},
             "verdict": "not comparable" if d is None else d["verdict"],
             "E[LAT] end": r["expected_latency_ms"], "argmax LAT": r["argmax_latency_ms"],

@@ -51,6 +51,7 @@ from .atomic import CorruptResultError, atomic_write, dumps_strict, read_json_fi
 from .config import NOTEBOOKS
 
 __all__ = [
+    "record_file",
     "ArtifactStore", "Artifact", "ArtifactError", "config_key", "file_sha256",
     "save_state", "load_state", "update_manifest", "REPO_ROOT", "results_dir",
     "MissingInputError", "require_results", "StageKey", "STAGE_KEYS", "atomic_write",
@@ -116,6 +117,23 @@ def record_chain(info: dict, results_dir: Optional[Path] = None) -> dict:
     manifest = _read_manifest(results_dir)
     manifest["chain"] = info
     return _write_manifest(manifest, results_dir)
+
+
+def record_file(path: Path | str, results_dir: Optional[Path | str] = None) -> None:
+    """Record the sha256 of a results file written outside the notebooks (``bench/*.csv``,
+    by ``benchmarks/``) in the manifest, so that its writer, not a later reader, vouches for
+    it. No-op without a manifest or for a path outside ``results_dir``."""
+    root = _results_dir() if results_dir is None else Path(results_dir)
+    path = Path(path)
+    if not (root / "manifest.json").is_file():
+        return
+    try:
+        rel = str(path.absolute().relative_to(root.absolute()))
+    except ValueError:
+        return
+    manifest = _read_manifest(root)
+    manifest.setdefault("files", {})[rel] = file_sha256(path)
+    _write_manifest(manifest, root)
 
 
 def _read_manifest(results_dir: Path) -> dict:

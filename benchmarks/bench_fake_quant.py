@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.utils.benchmark as tb
 
-from apq_lib.artifacts import results_dir  # noqa: E402
+from apq_lib.artifacts import record_file, results_dir  # noqa: E402
 from apq_lib.quant import (  # noqa: E402
     fake_quantize,
     fake_quantize_learnable,
@@ -31,6 +31,7 @@ from apq_lib.quant import (  # noqa: E402
     lsq_grad_factor,
     qrange,
 )
+from apq_lib.quant.functional import CPU_PATH_MIN_NUMEL  # noqa: E402
 
 SHAPES = {  # kind -> (shape, axis): full sizes (GPU) and --small (CPU); "tiny" shows the
     # fixed per-call cost (wrapper, launch) that the larger tensors amortise
@@ -153,6 +154,8 @@ def main() -> None:
                         t_o, t_a = time_pair(ours, aten, mrt, args.rounds, dev)
                         nbytes = 5 * x.numel() * x.element_size()
                         impl = cpu_impl.get((granularity, grad), ours_impl)
+                        if impl == "inplace-cpu" and x.numel() < CPU_PATH_MIN_NUMEL[1]:
+                            impl = "aten"             # below the in-place path's size
                         row = {"device": tag, "ours_impl": impl, "tensor": kind,
                                "shape": "x".join(map(str, shape)), "granularity": granularity,
                                "grad": grad, "bits": bits,
@@ -174,6 +177,7 @@ def main() -> None:
     df["machine"] = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
                      else platform.processor() or platform.machine())
     df.to_csv(out, index=False, float_format="%.3f")
+    record_file(out)                   # the writer vouches for it (manifest)
     print(f"wrote {out}")
 
 

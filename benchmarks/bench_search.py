@@ -23,6 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
+from apq_lib.artifacts import record_file  # noqa: E402
 from apq_lib.config import SearchConfig, load_profile  # noqa: E402
 from apq_lib.hardware.lut import SpaceCostTable  # noqa: E402
 from apq_lib.predictor.encoder import APQEncoder  # noqa: E402
@@ -124,6 +125,7 @@ def main(argv=None) -> pd.DataFrame:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False, float_format="%.6g")
+    record_file(out)                   # the writer vouches for it (manifest)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(df[["space", "benchmark", "threads", "n", "seconds", "cpu_seconds", "per_second",
                   "meets_target"]])

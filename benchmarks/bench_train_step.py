@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from apq_lib.artifacts import record_file
 from apq_lib.baselines.fixed import to_float
 from apq_lib.config import load_profile
 from apq_lib.supernet.network import APQSupernet
@@ -75,6 +76,7 @@ def main() -> None:
     print(df.round(3).to_string(index=False))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(OUT, index=False, float_format="%.5g")
+    record_file(OUT)                   # the writer vouches for it (manifest)
 
 
 if __name__ == "__main__":

@@ -58,3 +58,22 @@ def test_reader_names_the_notebook_to_rerun(tmp_path):
     (tmp_path / "data" / "01_summary.json").write_text(json.dumps(renamed))
     with pytest.raises(MissingInputError, match="'largest_top1' is missing.*01_supernet"):
         read_summary(tmp_path, "01_supernet")
+
+
+def test_record_file_vouches_for_a_bench_file(tmp_path):
+    """A file written outside the notebooks (benchmarks/) is recorded by its writer: the
+    manifest's hash follows the new bytes, so readers verify it; without a manifest,
+    nothing is written."""
+    from apq_lib.artifacts import file_sha256, record_file, verified_bytes
+    bench = tmp_path / "bench" / "x_cpu.csv"
+    bench.parent.mkdir()
+    bench.write_text("a\n1\n")
+    record_file(bench, tmp_path)                          # no manifest: no-op
+    assert not (tmp_path / "manifest.json").exists()
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": {"bench/x_cpu.csv": "0" * 64}}))
+    with pytest.raises(Exception, match="x_cpu.csv"):
+        verified_bytes(bench, tmp_path)                   # stale hash: refused
+    record_file(bench, tmp_path)
+    files = json.loads((tmp_path / "manifest.json").read_text())["files"]
+    assert files["bench/x_cpu.csv"] == file_sha256(bench)
+    assert verified_bytes(bench, tmp_path) == b"a\n1\n"

@@ -122,7 +122,7 @@ def fake_quantize(x: torch.Tensor, scale: Union[torch.Tensor, float],
     if _kernels.use_triton(x):
         return _kernels.fake_quantize_triton(x, scale, zero_point, qmin, qmax, axis)
     if (axis is None and x.device.type == "cpu" and x.dtype == torch.float32
-            and x.numel() >= _CPU_PATH_MIN_NUMEL[torch.is_grad_enabled() and x.requires_grad]
+            and x.numel() >= CPU_PATH_MIN_NUMEL[torch.is_grad_enabled() and x.requires_grad]
             and not torch.compiler.is_compiling()):
         return _fake_quantize_cpu(x, scale, zero_point, qmin, qmax)
     if axis is None:
@@ -142,7 +142,7 @@ def fake_quantize(x: torch.Tensor, scale: Union[torch.Tensor, float],
 
 # below these sizes aten's call is cheaper than the passes' overheads (measured, 2 threads):
 # [without, with] a gradient to x
-_CPU_PATH_MIN_NUMEL = (2048, 8192)
+CPU_PATH_MIN_NUMEL = (2048, 8192)
 
 
 def _fake_quantize_cpu(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int

@@ -59,8 +59,6 @@ def realize_all(jobs: list, budget_from: dict, corners: dict, supernet, recipe, 
         ms = realize_seeds(supernet, corners[found] if corner else found.best_config, recipe,
                            data, mid, n, seed, costs=costs,
                            predicted_acc=np.nan if corner else found.best_score, **kw)
-        if not src.startswith(MBV2_NAME):
-            reruns = []
         for j, (other, other_costs) in enumerate(reruns, start=1):
             ms += realize_seeds(supernet, other.best_config, recipe, data, mid, n, seed,
                                 first=j * n, costs=other_costs,

@@ -190,7 +190,8 @@ class QuantConfig:
     weight_calibration: str = param("minmax", choices=("minmax", "percentile", "kl", "mse"))
     kl_below_bits: Optional[int] = param(5, ge=2, le=9)  # APQ: KL for weights below 5 bits
                                             # (null: the weight_calibration method always)
-    use_triton: str = param("auto", choices=("auto", "always", "never"))
+    use_triton: str = param("auto", choices=("auto", "always", "never"))  # "always": the
+                                            # Triton kernels (auto: aten, faster where measured)
 
     def check(self, p: str) -> None:
         check_fields(self, p)

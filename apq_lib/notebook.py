@@ -170,7 +170,7 @@ def start(notebook: str, profile: str = "default", overrides: Optional[dict] = N
                              f"{overrides!r} (papermill: -y \"overrides: {{...}}\")")
     cfg = load_profile(profile, overrides)
     seed_everything(cfg.seed)
-    set_triton_mode(cfg.quant.use_triton)   # fused kernels on CUDA unless "never"
+    set_triton_mode(cfg.quant.use_triton)   # fused kernels only with "always"
     ctx = NotebookContext(notebook, cfg, force, _dt.datetime.now())
     check_writable(ctx.results)
     return ctx

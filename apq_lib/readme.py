@@ -10,15 +10,19 @@ import json
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 
 from .artifacts import REPO_ROOT
 from .results import read_summary
 
-__all__ = ["render_results", "update_readme", "BEGIN", "END"]
+__all__ = ["render_results", "render_bench", "update_readme", "BEGIN", "END", "BENCH_BEGIN",
+           "BENCH_END"]
 
 BEGIN = "<!-- results:begin (written by `make readme` from results/; do not edit) -->"
 END = "<!-- results:end -->"
+BENCH_BEGIN = "<!-- bench:begin (written by `make readme` from results/bench/; do not edit) -->"
+BENCH_END = "<!-- bench:end -->"
 
 
 def _f(v, nd: int = 2) -> str:
@@ -131,15 +135,58 @@ def render_results(results_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_bench(results_dir: Path) -> str:
+    """The benchmarks' block: fake quant (ours against aten, per device) and the seconds
+    per predictor pair, from ``results_dir/bench/*.csv``."""
+    d = Path(results_dir) / "bench"
+    lines = []
+    for f in sorted(d.glob("fake_quant_*.csv")):
+        t = pd.read_csv(f)
+        r = t["speedup"]
+        impl = "/".join(sorted(t["ours_impl"].unique()))
+        lines.append(f"- `{f.name}` ({t['machine'].iloc[0]}, torch {t['torch'].iloc[0]}, "
+                     f"ours = {impl}): aten time / ours, forward + backward, median "
+                     f"x{r.median():.2f} (x{r.min():.2f}-x{r.max():.2f}); ours faster in "
+                     f"{int((r > 1).sum())} of {len(t)} cases.")
+    for f in sorted(d.glob("pair_collection_*.csv")):
+        t = pd.read_csv(f)
+        q = t[t["kind"] == "quant"]
+        per_steps = ", ".join(f"{int(k)} QAT steps {v:.2f} s" for k, v in
+                              q.groupby("steps")["seconds"].median().items())
+        slope = (np.polyfit(q["steps"].astype(float), q["seconds"].astype(float), 1)[0]
+                 if q["steps"].nunique() > 1 else float("nan"))
+        fp32 = t[t["kind"] == "fp32"]["seconds"]
+        lines.append(f"- `{f.name}` ({t['machine'].iloc[0]}, torch {t['torch'].iloc[0]}, "
+                     f"{int(t['workers'].iloc[0])} loader workers; {int(t['recal_images'].iloc[0])}"
+                     f" recal + {int(t['eval_images'].iloc[0])} eval images per pair, QAT batch "
+                     f"{int(t['batch_size'].iloc[0])}; median of {len(fp32)}"
+                     f" pairs each): FP32 pair {fp32.median():.2f} s; quantized pair {per_steps}; "
+                     f"{_f(slope, 3)} s per QAT step (least squares).")
+    f = d / "train_step_cpu.csv"
+    if f.exists():
+        t = pd.read_csv(f)
+        lines.append("- `train_step_cpu.csv`: " + "; ".join(
+            f"{r['variant']} {r['median_step_ms']:.0f} ms (x{r['speedup_vs_static']:.2f})"
+            for _, r in t.iterrows()) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def _replace_block(text: str, begin: str, end: str, body: str, readme: Path) -> str:
+    if begin not in text or end not in text:
+        raise ValueError(f"{readme}: no block {begin} … {end}")
+    pre, rest = text.split(begin, 1)
+    _, post = rest.split(end, 1)
+    return f"{pre}{begin}\n{body}{end}{post}"
+
+
 def update_readme(readme: Path, results_dir: Path, check: bool = False) -> bool:
-    """Rewrite the block between :data:`BEGIN` and :data:`END`; with ``check`` only report
-    whether it is current. Returns True when the README holds the rendered block."""
+    """Rewrite the blocks between :data:`BEGIN` and :data:`END` (results) and, where the
+    README has them, :data:`BENCH_BEGIN` and :data:`BENCH_END` (benchmarks); with ``check``
+    only report whether they are current. Returns True when the README holds them."""
     text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{readme}: no results block ({BEGIN} … {END})")
-    pre, rest = text.split(BEGIN, 1)
-    _, post = rest.split(END, 1)
-    new = f"{pre}{BEGIN}\n{render_results(results_dir)}{END}{post}"
+    new = _replace_block(text, BEGIN, END, render_results(results_dir), readme)
+    if BENCH_BEGIN in new:
+        new = _replace_block(new, BENCH_BEGIN, BENCH_END, render_bench(results_dir), readme)
     if check:
         return new == text
     readme.write_text(new)

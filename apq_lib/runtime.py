@@ -4,11 +4,12 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "get_device", "STREAMS", "stream_seed", "stream_rng"]
+__all__ = ["seed_everything", "get_device", "device_tag", "STREAMS", "stream_seed", "stream_rng"]
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -30,6 +31,15 @@ def get_device(pref: str = "auto") -> torch.device:
         raise RuntimeError("device: cuda was requested but no CUDA GPU is visible; "
                            "use device: auto or cpu")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_tag(dev: torch.device) -> str:
+    """A short name for file names: ``cpu``, ``cuda-h100``, ``cuda-h200``, ..."""
+    if dev.type != "cuda":
+        return dev.type
+    name = torch.cuda.get_device_name(dev).lower()
+    m = re.search(r"(h100|h200|h800|a100|a800|a10g|a10|l40s|l40|l4|v100|t4|b200|gh200)", name)
+    return "cuda-" + (m.group(1) if m else re.sub(r"[^a-z0-9]+", "", name)[:16])
 
 
 # The registry of named RNG streams: every seeded draw outside the global seed names its

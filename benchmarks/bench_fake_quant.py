@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 from pathlib import Path
 
 import torch
@@ -32,6 +31,7 @@ from apq_lib.quant import (  # noqa: E402
     qrange,
 )
 from apq_lib.quant.functional import CPU_PATH_MIN_NUMEL  # noqa: E402
+from apq_lib.runtime import device_tag  # noqa: E402
 
 SHAPES = {  # kind -> (shape, axis): full sizes (GPU) and --small (CPU); "tiny" shows the
     # fixed per-call cost (wrapper, launch) that the larger tensors amortise
@@ -40,14 +40,6 @@ SHAPES = {  # kind -> (shape, axis): full sizes (GPU) and --small (CPU); "tiny" 
     "small": {"weight": ((128, 64, 3, 3), 0), "activation": ((8, 64, 28, 28), 1),
               "tiny": ((16, 16), 0)},
 }
-
-
-def device_tag(dev: torch.device) -> str:
-    if dev.type != "cuda":
-        return dev.type
-    name = torch.cuda.get_device_name(dev).lower()
-    m = re.search(r"(h100|h200|h800|a100|a800|a10g|a10|l40s|l40|l4|v100|t4|b200|gh200)", name)
-    return "cuda-" + (m.group(1) if m else re.sub(r"[^a-z0-9]+", "", name)[:16])
 
 
 def make_case(shape, axis, bits, granularity, dev, dtype):
@@ -136,6 +128,8 @@ def main() -> None:
     size = "small" if args.small else "full"
     mrt = args.min_run_time or (0.05 if args.small else 0.2)
     tag = device_tag(dev)
+    if dev.type == "cuda" and kernels.HAS_TRITON:
+        kernels.set_triton_mode("always")     # the Triton kernels (auto runs aten on CUDA)
     ours_impl = "triton" if kernels.use_triton(torch.empty(0, device=dev)) else "aten"
     # per-tensor STE on a float32 CPU tensor: apq_lib's in-place path (functional.py)
     cpu_impl = {("tensor", "ste"): "inplace-cpu"} if dev.type == "cpu" else {}

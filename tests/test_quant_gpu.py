@@ -26,6 +26,14 @@ pytestmark = [pytest.mark.gpu,
 DEV = "cuda"
 
 
+@pytest.fixture(autouse=True)
+def triton_always():
+    """The kernels under test: ``auto`` runs aten on CUDA too (kernels module doc)."""
+    kernels.set_triton_mode("always")
+    yield
+    kernels.set_triton_mode(None)
+
+
 def qparams(C, bits, signed, gen, frac=False):
     qmin, qmax = qrange(bits, signed)
     s = (torch.rand(C, generator=gen) * 0.05 + 0.002).to(DEV)

@@ -12,10 +12,14 @@ to even, and the same one of ``rint(x * (1/s)) + z`` / ``rint(fma(x, 1/s, z))`` 
 uses for that op and device (see ``_rounding_form``), so forward and ``grad_x`` agree with
 aten bit for bit, rounding ties included.
 
-Dispatch: :func:`use_triton` is True for CUDA tensors when Triton imports, unless switched by
-``APQ_TRITON=never|auto|always`` (environment, read at import) or :func:`set_triton_mode`.
-``always`` also runs CPU tensors, which needs ``TRITON_INTERPRET=1`` set before Triton is
-imported (the interpreter; used by the tests). :func:`fake_quantize_triton` and
+Dispatch: ``APQ_TRITON=never|auto|always`` (environment, read at import) or
+:func:`set_triton_mode`. ``auto`` (the default) runs the aten ops everywhere: on an H200
+(torch 2.11, Triton 3.6; ``results/bench/fake_quant_cuda-h200.csv``) these kernels, though
+bit-identical, were slower than aten in 34 of 36 forward + backward cases (x0.11-0.86; a
+host-side cost of ~0.5 ms per call that no tensor size amortised), faster only for
+per-channel LSQ on activations (x1.26-1.28). ``always`` runs them on CUDA tensors, and on
+CPU tensors with ``TRITON_INTERPRET=1`` set before Triton is imported (the interpreter; used
+by the tests). :func:`fake_quantize_triton` and
 :func:`fake_quantize_learnable_triton` can be called directly.
 """
 from __future__ import annotations
@@ -80,8 +84,8 @@ def use_triton(x: torch.Tensor) -> bool:
     mode = _mode_override if _mode_override is not None else _ENV_MODE
     if mode == "never" or x.dtype not in _TRITON_DTYPES:
         return False
-    if mode == "auto":
-        return HAS_TRITON and x.is_cuda
+    if mode == "auto":          # aten: faster than these kernels where measured (module doc)
+        return False
     if not HAS_TRITON:
         raise RuntimeError("APQ_TRITON=always but triton cannot be imported; install triton "
                            "or use APQ_TRITON=auto")
@@ -190,14 +194,15 @@ if HAS_TRITON:
 
 
 def _rounding_form(is_cuda: bool, per_channel: bool, learnable_backward: bool) -> bool:
-    """True where aten rounds ``fma(x, 1/s, z)`` rather than ``rint(x/s) + z`` (they differ
-    only at exact rounding ties, which random fp32 data does hit). CUDA (read from
-    FakeQuantizeCore.cu): the per-channel forward and its STE mask round ``x * inv + z``
-    (contracted to an fma by nvcc); the per-tensor forward and both LSQ backward kernels
-    round ``x * inv`` and add ``z``. CPU (measured against aten): the forwards add ``z``
-    after rounding, the LSQ backward kernels round the fused ``z + x * inv``."""
+    """True where aten rounds ``fma(x, 1/s, z)`` rather than ``rint(x * (1/s)) + z`` (they
+    differ only at exact rounding ties, which random fp32 data does hit: a few per 10^5 at 8
+    bits). CUDA (measured against aten on an H200, torch 2.11): every kernel rounds ``x *
+    inv`` and adds ``z`` afterwards, the per-channel forward and its STE mask too (the
+    source's ``nearbyint(x * inv + zp)`` with an integer ``zp`` gives, at ties, what the
+    unfused form gives). CPU (measured against aten): the forwards add ``z`` after rounding,
+    the LSQ backward kernels round the fused ``z + x * inv``."""
     if is_cuda:
-        return per_channel and not learnable_backward
+        return False
     return learnable_backward
 
 

@@ -81,6 +81,12 @@ def _seeds(r: Results, model_id: str) -> np.ndarray:
     return np.stack(out)
 
 
+def _searches(row) -> int:
+    """How many searches' winners a notebook-04 model's seeds hold (1 before reruns)."""
+    v = row.get("searches", 1)
+    return 1 if v is None or pd.isna(v) else int(v)
+
+
 def _seed_sd(per_seed: np.ndarray) -> float:
     """Standard deviation of top-1 (points) over a model's finetune seeds (NaN for one)."""
     acc = 100 * per_seed.mean(axis=1)
@@ -120,8 +126,8 @@ def _equal_cost(r: Results, kind: str, bases: list, apq: pd.DataFrame) -> list[d
     costs): APQ searched at that baseline's cost (the notebook-04 model whose budget is the
     baseline's cost rounded up, or whose budget equals the baseline's target, else the one
     of the largest budget not above the baseline's realised cost), the top-1
-    difference APQ − baseline with a seeds × images bootstrap interval, and the cost ratio at
-    equal accuracy (image bootstrap, matching redone per resample)."""
+    difference APQ − baseline with a (searches ×) seeds × images bootstrap interval, and the
+    cost ratio at equal accuracy (image bootstrap, matching redone per resample)."""
     col = COST_COLUMNS[kind]
     kin = apq[apq["constraint"] == kind]
     rows = []
@@ -147,7 +153,7 @@ def _equal_cost(r: Results, kind: str, bases: list, apq: pd.DataFrame) -> list[d
             continue
         a = a.iloc[0]
         sa, sb = _seeds(r, a["model_id"]), _seeds(r, b["row_id"])
-        g = stats.hierarchical_difference(sa, sb, seed=r.seed)
+        g = stats.hierarchical_difference(sa, sb, seed=r.seed, searches_a=_searches(a))
         base["baseline top-1"] = 100 * float(sb.mean())        # over its seeds, as APQ's
         rows.append({**base, "APQ budget": a["limit"], "APQ top-1": 100 * float(sa.mean()),
                      f"APQ {col}": a[col], "seeds": int(sa.shape[0]),
@@ -227,7 +233,7 @@ def joint_vs_multistage(r: Results) -> pd.DataFrame:
             continue
         a = a.iloc[0]
         sa, sm = _seeds(r, a["model_id"]), _seeds(r, m["row_id"])
-        g = stats.hierarchical_difference(sa, sm, seed=r.seed)
+        g = stats.hierarchical_difference(sa, sm, seed=r.seed, searches_a=_searches(a))
         rows.append({"budget": m["constraint"], "APQ top-1": 100 * float(sa.mean()),
                      "multi-stage top-1": 100 * float(sm.mean()), "seeds": int(sa.shape[0]),
                      "multi-stage seeds": int(sm.shape[0]),

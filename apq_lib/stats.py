@@ -231,19 +231,26 @@ def bootstrap_groups(groups: np.ndarray, stat: Callable[[np.ndarray], float],
 
 
 def hierarchical_difference(correct_a, correct_b, n_resamples: int = N_RESAMPLES,
-                            seed: int = 0, level: float = LEVEL) -> CI:
+                            seed: int = 0, level: float = LEVEL, searches_a: int = 1,
+                            searches_b: int = 1) -> CI:
     """Accuracy of A minus accuracy of B (points) when each arm was finetuned with several
     seeds: ``correct_a`` ``[S_a, n_images]`` and ``correct_b`` ``[S_b, n_images]`` on the
     same images. Two-level bootstrap: each resample draws seeds with replacement in each
     arm, then one image resample shared by both arms (paired), so the interval covers the
     seed-to-seed spread and the test images together. One seed per arm reduces to
-    :func:`paired_difference`."""
+    :func:`paired_difference`.
+
+    ``searches_a`` / ``searches_b`` > 1: the arm's rows are that many searches' winners,
+    search-major in equal blocks (search ``j``'s seeds are rows ``j * m … j * m + m - 1``,
+    as :func:`apq_lib.search.study.realize_all` stores them). A third level then resamples
+    the searches with replacement before the seeds within each, so the interval also covers
+    the search-to-search spread."""
     a, b = np.atleast_2d(correct_a), np.atleast_2d(correct_b)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"paired comparison needs the same images: {a.shape} vs {b.shape}")
     rng = stream_rng(seed, "bootstrap", "seeds", a.shape[0], b.shape[0], n_resamples)
-    sa = rng.integers(0, a.shape[0], size=(n_resamples, a.shape[0]))
-    sb = rng.integers(0, b.shape[0], size=(n_resamples, b.shape[0]))
+    sa = _draw_rows(rng, a.shape[0], searches_a, n_resamples, "searches_a")
+    sb = _draw_rows(rng, b.shape[0], searches_b, n_resamples, "searches_b")
     allc = np.concatenate([a, b])
     acc = resampled_accuracy(allc, n_resamples, seed)          # [R, S_a + S_b]
     r = np.arange(n_resamples)[:, None]
@@ -252,3 +259,18 @@ def hierarchical_difference(correct_a, correct_b, n_resamples: int = N_RESAMPLES
     est = 100.0 * float(a.mean() - b.mean())
     return CI(estimate=est, ci_low=lo, ci_high=hi, verdict=verdict(lo, hi),
               p_value=bootstrap_p(d))
+
+
+def _draw_rows(rng, n_rows: int, searches: int, n_resamples: int, name: str) -> np.ndarray:
+    """``[n_resamples, n_rows]`` row indices: rows with replacement (one search), or
+    searches with replacement and then rows within each drawn search."""
+    searches = int(searches)
+    if searches < 1 or n_rows % searches:
+        raise ValueError(f"{name}={searches}: the {n_rows} rows must split into that many "
+                         f"equal blocks of seeds")
+    if searches == 1:
+        return rng.integers(0, n_rows, size=(n_resamples, n_rows))
+    m = n_rows // searches
+    picked = rng.integers(0, searches, size=(n_resamples, searches, 1))
+    within = rng.integers(0, m, size=(n_resamples, searches, m))
+    return (picked * m + within).reshape(n_resamples, n_rows)

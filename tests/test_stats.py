@@ -157,3 +157,28 @@ def test_hierarchical_difference_covers_seed_spread():
     assert multi["estimate"] == pytest.approx(img_only["estimate"])
     # the seed level widens the interval beyond the images-only one
     assert multi["ci_high"] - multi["ci_low"] > 1.5 * (img_only["ci_high"] - img_only["ci_low"])
+
+
+def test_hierarchical_difference_search_level():
+    """Two searches whose winners differ by ~4 points, 3 seeds each (search-major rows):
+    resampling the searches widens the interval beyond seeds × images, leaves the estimate,
+    and a single search's rows give the two-level interval bit for bit."""
+    from apq_lib.stats import hierarchical_difference
+    rng = np.random.default_rng(5)
+    n = 3000
+    base = rng.random(n) < 0.80
+    rows = []
+    for level in (0.84, 0.80):                       # search 0 better than search 1
+        for _ in range(3):
+            rows.append(rng.random(n) < level)
+    a = np.stack(rows)
+    two = hierarchical_difference(a, base[None], n_resamples=800)
+    three = hierarchical_difference(a, base[None], n_resamples=800, searches_a=2)
+    assert three["estimate"] == pytest.approx(two["estimate"])
+    assert (three["ci_high"] - three["ci_low"]) > 1.25 * (two["ci_high"] - two["ci_low"])
+    # the search level reaches both searches' own differences (≈ +4 and ≈ 0 points)
+    assert three["ci_low"] < 1.0 < 3.0 < three["ci_high"]
+    same = hierarchical_difference(a, base[None], n_resamples=800, searches_a=1)
+    assert same == two
+    with pytest.raises(ValueError, match="searches_a=4"):
+        hierarchical_difference(a, base[None], searches_a=4)

@@ -68,13 +68,15 @@ def with_baseline_budgets(targets: Mapping[str, list], costs: Mapping[str, dict]
 def containment(pairs: Sequence[dict], correct: Mapping[str, np.ndarray],
                 margin: float = CONTAINMENT_MARGIN, seed: int = 0) -> list[dict]:
     """One entry per (baseline, budget): ``pairs`` items ``{"baseline", "constraint",
-    "budget", "apq_id", "baseline_id"}``; ``correct[id]`` is ``[seeds, n_images]``. The
-    difference APQ − baseline with a seeds × images bootstrap interval, ``ok`` when its
-    lower bound is ≥ −``margin``, and Holm-corrected verdicts over all entries."""
+    "budget", "apq_id", "baseline_id"}`` and optionally ``"apq_searches"`` (APQ's rows are
+    that many searches' winners × their seeds); ``correct[id]`` is ``[seeds, n_images]``.
+    The difference APQ − baseline with a (searches ×) seeds × images bootstrap interval,
+    ``ok`` when its lower bound is ≥ −``margin``, and Holm-corrected verdicts over all
+    entries."""
     out = []
     for p in pairs:
         d = hierarchical_difference(correct[p["apq_id"]], correct[p["baseline_id"]],
-                                    seed=seed)
+                                    seed=seed, searches_a=p.get("apq_searches", 1))
         out.append({"baseline": p["baseline"], "constraint": p["constraint"],
                     "budget": float(p["budget"]), "apq_minus_baseline": d["estimate"],
                     "ci_low": d["ci_low"], "ci_high": d["ci_high"], "p_value": d["p_value"],

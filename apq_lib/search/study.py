@@ -126,6 +126,7 @@ def containment_rows(res: pd.DataFrame, corner_res: pd.DataFrame, seeds: dict,
     base_ids = {r["budget_from"]: r["model_id"] for _, r in corner_res.iterrows()}
     return containment([{"baseline": r["budget_from"], "constraint": r["constraint"],
                          "budget": r["limit"], "apq_id": r["model_id"],
+                         "apq_searches": int(r["searches"]),
                          "baseline_id": base_ids[r["budget_from"]]}
                         for _, r in res.iterrows() if r["budget_from"] in base_ids
                         and r["budget_from"].startswith(MBV2_NAME)], seeds, seed=seed)
@@ -136,7 +137,7 @@ def versus_best_corner(res: pd.DataFrame, corner_res: pd.DataFrame, seeds: dict,
     """At every APQ budget, APQ against the best corner (smallest, MobileNetV2, largest at
     each uniform bit width) that the budget affords: the corner of highest mean test top-1
     among those whose cost is within the limit, so the choice favours the corner (a
-    conservative test of the search). Difference APQ − corner with a seeds × images
+    conservative test of the search). Difference APQ − corner with a (searches ×) seeds × images
     interval, Holm-corrected verdicts over all budgets; ``not comparable`` where no corner
     is affordable."""
     rows = []
@@ -151,7 +152,7 @@ def versus_best_corner(res: pd.DataFrame, corner_res: pd.DataFrame, seeds: dict,
         if len(ok):
             best = ok.loc[ok["test_acc_seed_mean"].idxmax()]
             d = stats.hierarchical_difference(seeds[r["model_id"]], seeds[best["model_id"]],
-                                              seed=seed)
+                                              seed=seed, searches_a=int(r["searches"]))
             row.update(corner=best["budget_from"], corner_test_acc=best["test_acc_seed_mean"],
                        corner_cost=best[col], estimate=d["estimate"], ci_low=d["ci_low"],
                        ci_high=d["ci_high"], p_value=d["p_value"])

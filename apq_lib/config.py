@@ -279,6 +279,9 @@ class PredictorConfig:
     bootstrap_resamples: int = param(2000, ge=1000)  # over held-out architectures (CIs)
     realised_pairs: int = param(8, ge=2)    # held-out pairs realised as in notebook 04
     cv_seeds: int = param(3, ge=1)          # training seeds per fold of the grouped CV
+    timing_configs: int = param(10_000, gt=0, cache=False)  # random configurations of
+                                            # notebook 03's inference timing (its summary's
+                                            # inference_ms_10k; the dry run times fewer)
 
     def check(self, p: str) -> None:
         check_fields(self, p)            # the rules each field declares

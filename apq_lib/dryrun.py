@@ -41,7 +41,7 @@ OVERRIDES = {
                   "finetune_steps": 1, "eval_images": 16, "recal_images": 8, "workers": 1,
                   "epochs": 5, "patience": 3, "study_sizes": [3, 6], "study_seeds": [0, 1],
                   "cv_folds": 3, "bootstrap_resamples": 1000, "realised_pairs": 2,
-                  "ensemble": 2},
+                  "ensemble": 2, "timing_configs": 500},
     "hardware": {"simulators": ["bitfusion"], "cpu_repeats": 1, "measure_cpu": False},
     "search": {"population": 8, "parents": 2, "mutants": 4, "crossovers": 4,
                "generations": 2, "sweep_points": 1, "threads": 1,

@@ -193,7 +193,7 @@ if HAS_TRITON:
             tl.store(pz_ptr + c * n_split + split, tl.sum(acc_z, axis=0))
 
 
-def _rounding_form(is_cuda: bool, per_channel: bool, learnable_backward: bool) -> bool:
+def _rounding_form(is_cuda: bool, learnable_backward: bool) -> bool:
     """True where aten rounds ``fma(x, 1/s, z)`` rather than ``rint(x * (1/s)) + z`` (they
     differ only at exact rounding ties, which random fp32 data does hit: a few per 10^5 at 8
     bits). CUDA (measured against aten on an H200, torch 2.11): every kernel rounds ``x *
@@ -201,9 +201,7 @@ def _rounding_form(is_cuda: bool, per_channel: bool, learnable_backward: bool) -
     source's ``nearbyint(x * inv + zp)`` with an integer ``zp`` gives, at ties, what the
     unfused form gives). CPU (measured against aten): the forwards add ``z`` after rounding,
     the LSQ backward kernels round the fused ``z + x * inv``."""
-    if is_cuda:
-        return False
-    return learnable_backward
+    return learnable_backward and not is_cuda
 
 
 def _geometry(x: torch.Tensor, axis: int) -> tuple[int, int, int]:
@@ -243,7 +241,7 @@ def _launch_fwd(x, scale, zp, axis, qmin, qmax):
     BLOCK = 1024
     _fq_fwd_kernel[(triton.cdiv(n, BLOCK),)](
         xc, y, scale, zp, n, inner, C, float(qmin), float(qmax), PER_CHANNEL=axis >= 0,
-        FMA=_rounding_form(xc.is_cuda, axis >= 0, False),
+        FMA=_rounding_form(xc.is_cuda, False),
         LIBDEVICE=xc.is_cuda and _HAS_LIBDEVICE, BLOCK=BLOCK)
     return y
 
@@ -269,7 +267,7 @@ def _launch_bwd(dy, x, scale, zp, axis, qmin, qmax, learnable, zp_trunc, grad_fa
     _fq_bwd_kernel[(C, n_split)](
         dyc, xc, scale, zp, dx, ps, pz, M, inner, C, n_split, float(qmin), float(qmax),
         float(grad_factor), PER_CHANNEL=axis >= 0, LEARNABLE=bool(learnable),
-        ZP_TRUNC=bool(zp_trunc), FMA=_rounding_form(xc.is_cuda, axis >= 0, bool(learnable)),
+        ZP_TRUNC=bool(zp_trunc), FMA=_rounding_form(xc.is_cuda, bool(learnable)),
         LIBDEVICE=xc.is_cuda and _HAS_LIBDEVICE, BLOCK=BLOCK, ITERS=ITERS)
     if learnable:
         return dx, ps.sum(1), pz.sum(1)

@@ -382,7 +382,10 @@ class BaselinesConfig:
     # start from; then the one finetune recipe); "train": trained here from scratch with
     # scratch_epochs / scratch_images / scratch_lr
     scratch_source: str = param("inherit", choices=("inherit", "train"))
-    scratch_epochs: int = param(5, gt=0)
+    # also train the same network standalone (the paper's protocol) and realise it at
+    # fixed_bits with the finetune seeds: labelled reference rows beside the fixed network
+    standalone_reference: bool = False
+    scratch_epochs: Optional[int] = param(None, gt=0)  # None: the supernet's total epochs
     scratch_images: Optional[int] = param(None, gt=0)  # training images per epoch (None: all)
     scratch_lr: float = param(0.05, gt=0)
     # calibration images of the PTQ baselines (the finetune itself: the finetune: section)
@@ -406,6 +409,10 @@ class BaselinesConfig:
     # HAQ (DDPG)
     haq_episodes: int = param(100, gt=0)
     haq_warmup: int = param(20, ge=0)
+    # exploration noise σ at the last episode: the decay per episode is chosen so that σ goes
+    # from 0.5 to this over the episodes after warm-up (None: HAQ's fixed 0.99 per episode,
+    # which reaches ~0.0015 only after its 600 episodes)
+    haq_final_sigma: Optional[float] = param(None, gt=0, lt=0.5)
     haq_finetune_steps: int = param(20, ge=0)
     haq_bits: list[int] = param(default_factory=lambda: [2, 8], length=2, ge=2, le=8)  # [b_min,
                                             # b_max] of HAQ and HAWQ-V2 (HAQ's own range: 2..8)

@@ -13,7 +13,7 @@ import pandas as pd
 
 from . import stats
 from .baselines.cost import cost_curve
-from .baselines.suite import LARGEST, MBV2
+from .baselines.suite import LARGEST, MBV2, MBV2_STANDALONE
 from .paper_results import Results, load_results
 from .search.sweep import COST_COLUMNS
 
@@ -39,7 +39,9 @@ DERIVED = ("top-1 gain", "ci_low", "ci_high", "p_value", "APQ top-1", "baseline 
 
 
 def _constraint_kind(s: str) -> str:
-    return str(s).split()[0].split("<=")[0].strip()
+    """``"latency <= 0.3 ms"`` → ``"latency"``; no constraint (a fixed-precision row) → ``""``."""
+    words = str(s).split()
+    return words[0].split("<=")[0].strip() if words else ""
 
 
 def _met(d: pd.DataFrame) -> pd.DataFrame:
@@ -121,6 +123,18 @@ def _fixed_rows(r: Results) -> pd.DataFrame:
     return d
 
 
+def _standalone_rows(r: Results) -> list[dict]:
+    """MobileNetV2 trained standalone (notebook 05, ``baselines.standalone_reference``) at
+    each fixed bit width, as reference rows matched with APQ searched at MobileNetV2's cost
+    at that width (the same architecture, so the same cost)."""
+    b = _met(r.baselines)
+    if "model" not in b:
+        return []
+    d = b[(b["model"].astype(str) == MBV2_STANDALONE) & (b["variant"] == "QAT")]
+    return [{**x, "baseline": x["method"], "network": MBV2_STANDALONE,
+             "source": f"{MBV2} {x['method'].split()[-1]}"} for _, x in d.iterrows()]
+
+
 def _equal_cost(r: Results, kind: str, bases: list, apq: pd.DataFrame) -> list[dict]:
     """For every baseline (a row with ``row_id``, ``baseline``, ``network``, ``test_acc`` and
     costs): APQ searched at that baseline's cost (the notebook-04 model whose budget is the
@@ -192,6 +206,7 @@ def joint_vs_fixed_haq(r: Results) -> pd.DataFrame:
     for kind in ("latency", "energy"):
         bases = [{**x, "source": x["model"]} for _, x in fixed.iterrows()
                  if x["network"] == MBV2 or x["model"] == f"{LARGEST} W8A8"]
+        bases += _standalone_rows(r)
         for method in TABLE1_SEARCHED:
             d = b[(b["method"] == method) & (b["model"].astype(str) == MBV2)] \
                 if "model" in b else b[b["method"] == method]
@@ -287,6 +302,7 @@ def limited_bitops(r: Results) -> pd.DataFrame:
     fixed = _fixed_rows(r)
     bases = [{**x, "source": x["model"]} for _, x in fixed.iterrows()
              if x["network"] == MBV2 or x["model"] == f"{LARGEST} W8A8"]
+    bases += _standalone_rows(r)
     b = _met(r.baselines)
     if "constraint" in b:
         h = b[(b["method"] == "HAWQ-V2") & (b["constraint"].map(_constraint_kind) == "bitops")]

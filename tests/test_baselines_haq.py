@@ -87,3 +87,34 @@ def test_haq_search_runs_and_respects_target():
     assert search.agent.moving_average is not None               # DDPG updates happened
     assert search.sigma(10) == pytest.approx(0.5)
     assert search.sigma(12) == pytest.approx(0.5 * 0.99 ** 2)
+
+
+def test_noise_decay_fits_haq_schedule_to_the_episode_budget():
+    """HAQ's own decay without a final σ; with one, σ goes from 0.5 at the first episode
+    after warm-up to exactly that σ at the last; 600 episodes / 20 warm-up and HAQ's end
+    σ give its 0.99 back."""
+    from apq_lib.baselines.haq import DDPGConfig, noise_decay
+
+    d = DDPGConfig()
+    assert noise_decay(d, 30, 4, None) == 0.99
+    assert noise_decay(d, 600, 20, 0.5 * 0.99 ** 579) == pytest.approx(0.99, rel=1e-12)
+    k = noise_decay(d, 30, 4, 0.05)
+    assert 0.5 * k ** (30 - 4 - 1) == pytest.approx(0.05, rel=1e-12)
+    assert noise_decay(d, 5, 4, 0.05) == 0.99          # one episode after warm-up: no decay
+
+
+def test_haq_reward_trend_hand_values():
+    """Slope over the last third, the drift it implies and the binomial SE of one reward:
+    a curve still rising by 0.5 points per episode is not flat; a level one is."""
+    from apq_lib.baselines.study import haq_reward_trend
+
+    rising = [{"constraint": "up", "history": [{"accuracy": 80 + 0.5 * i} for i in range(9)]}]
+    level = [{"constraint": "flat", "history": [{"accuracy": 80 + 0.1 * (i % 2)}
+                                                for i in range(9)]}]
+    t = haq_reward_trend(rising + level, 2000)
+    assert t["up"]["window"] == 3 and t["up"]["slope"] == pytest.approx(0.5)
+    assert t["up"]["drift"] == pytest.approx(1.0)
+    p = (83 + 83.5 + 84) / 300
+    assert t["up"]["reward_se"] == pytest.approx(100 * np.sqrt(p * (1 - p) / 2000))
+    assert not t["up"]["flat"] and t["flat"]["flat"]
+    assert haq_reward_trend([{"constraint": "short", "history": [{"accuracy": 1.0}]}], 10) == {}

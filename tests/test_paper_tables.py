@@ -110,3 +110,28 @@ def test_table3_matches_on_bitops_and_a_missing_search_is_not_comparable():
     # 0.6 G; cheapest APQ >= 87 % is a8 at 0.5 G)
     w8 = t.set_index("baseline").loc["Fixed W8A8"]
     assert w8["ratio at equal top-1 (baseline/APQ)"] == pytest.approx(0.6 / 0.5)
+
+
+def test_standalone_mobilenetv2_rows_are_matched_at_mobilenetv2s_cost():
+    """MobileNetV2 trained standalone (notebook 05's reference rows) is compared with APQ
+    searched at the inherited MobileNetV2's cost at the same bit width (same architecture,
+    same cost), named as its own network; PTQ rows stay out."""
+    from apq_lib.paper_tables import MBV2_STANDALONE
+
+    r = _results()
+    sa = pd.DataFrame([("Fixed W8A8", "QAT", 84.0, 4.0, 40.0, 0.6, "s8"),
+                       ("Fixed W8A8", "PTQ", 80.0, 4.0, 40.0, 0.6, "s8p")],
+                      columns=["method", "variant", "test_acc", "latency_ms", "energy_mj",
+                               "bitops_g", "row_id"]).assign(model=MBV2_STANDALONE, met=np.nan,
+                                                             constraint="", target=np.nan)
+    r.baselines = pd.concat([r.baselines, sa], ignore_index=True)
+    r.correct.update({"s8": _hits(84.0), "s8p": _hits(80.0)})
+    t = joint_vs_fixed_haq(r)
+    s = t[t["network"] == MBV2_STANDALONE].set_index("matched")
+    assert len(s) == 2 and (s["baseline"] == "Fixed W8A8").all()
+    # latency: APQ searched at MobileNetV2 W8A8's latency (a8, 89 %) vs 84 %
+    assert s.loc["latency", "APQ budget"] == 4.0
+    assert s.loc["latency", "top-1 gain"] == pytest.approx(5.0)
+    assert s.loc["energy", "top-1 gain"] == pytest.approx(4.0)         # e8: 88 %
+    b = limited_bitops(r)
+    assert (b["network"] == MBV2_STANDALONE).sum() == 1

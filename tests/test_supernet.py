@@ -367,3 +367,39 @@ def test_baseline_fixed_model_is_the_mobilenetv2_point_inherited_or_trained(tmp_
     m2 = trained.scratch_model()
     assert trained.scratch_info["source"] == "measured" and m2(x).shape == (4, 10)
     assert not torch.allclose(m2(x), model(x))
+
+
+def test_standalone_reference_trains_for_the_supernets_epochs_and_realises_seeds(tmp_path):
+    """``baselines.standalone_reference``: MobileNetV2 trained standalone for the supernet's
+    total epochs (``scratch_epochs: null``), cached, then PTQ + QAT at every fixed bit width
+    with the recipe's finetune seeds, as rows named ``MBV2_STANDALONE``; off → nothing."""
+    import dataclasses
+
+    from apq_lib.baselines import MBV2_STANDALONE, BaselineSuite, study
+    from apq_lib.config import BaselinesConfig
+
+    base = BaselinesConfig(standalone_reference=True, scratch_images=64, calib_images=16,
+                           reward_images=32, fixed_bits=[8, 4])
+    prof = dataclasses.replace(tiny_profile(), baselines=base,
+                               finetune=dataclasses.replace(tiny_profile().finetune, seeds=2,
+                                                            steps=1))
+    data, store = tiny_data(), ArtifactStore(tmp_path)
+    suite = BaselineSuite(prof, data, store=store, progress=False)
+    epochs = sum(p["epochs"] for p in prof.supernet.phases)    # the test phases: dicts
+    assert suite.scratch_epochs() == epochs
+    out = study.standalone_reference(suite)
+    steps_per_epoch = len(data.loader("train", limit=64, seed=prof.seed))
+    assert out["epochs"] == epochs and out["steps"] == epochs * steps_per_epoch
+    assert out["source"] == "measured" and 0 <= out["fp32_test_acc"] <= 100
+    rows = suite.frame()
+    qat = rows[(rows["model"] == MBV2_STANDALONE) & (rows["variant"] == "QAT")]
+    assert sorted(qat["method"]) == ["Fixed W4A4", "Fixed W8A8"]
+    assert (qat["seeds"] == 2).all()
+    for rid in qat["row_id"]:                  # both seeds' per-image correctness stored
+        assert rid in suite.correct and f"{rid}#seed1" in suite.correct
+    # the second call reads the artifact instead of training again
+    again = BaselineSuite(prof, data, store=store, progress=False)
+    assert again.standalone_model()[1]["cached"] is True
+    off = BaselineSuite(dataclasses.replace(prof, baselines=dataclasses.replace(
+        base, standalone_reference=False)), data, store=store, progress=False)
+    assert study.standalone_reference(off) is None and off.frame().empty

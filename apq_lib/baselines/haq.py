@@ -330,6 +330,17 @@ class HAQSearch:
         return best
 
 
+def noise_decay(ddpg: DDPGConfig, episodes: int, warmup: int,
+                final_sigma: Optional[float]) -> float:
+    """The per-episode decay of the exploration σ: HAQ's own (``ddpg.delta_decay``) when
+    ``final_sigma`` is None, else the one that takes σ from ``ddpg.init_delta`` at the first
+    episode after warm-up to ``final_sigma`` at the last (HAQ's schedule fitted to a
+    shorter search: at its 600 episodes and 20 warm-up, 0.0015 gives 0.99 back)."""
+    if final_sigma is None or episodes - warmup < 2:
+        return ddpg.delta_decay
+    return float((final_sigma / ddpg.init_delta) ** (1.0 / (episodes - warmup - 1)))
+
+
 def haq_layers(names: Sequence[str], specs: Sequence, fixed: Callable[[str], Optional[tuple]]
                ) -> list[HAQLayer]:
     """:class:`HAQLayer` records from layer names and their ``LayerSpec`` (e.g. a
@@ -351,7 +362,10 @@ def run_haq(table, evaluator, metric: str, target: float, acc_fp: float, setting
              (lambda n: fixed_bits(n) if is_fixed(n) else None))
     layers = haq_layers(table.names, table.specs, fixed)
     lo, hi = settings.haq_kmeans_bits if kmeans else settings.haq_bits
+    ddpg = DDPGConfig()
+    ddpg.delta_decay = noise_decay(ddpg, settings.haq_episodes, settings.haq_warmup,
+                                   settings.haq_final_sigma)
     res = HAQSearch(layers, evaluator, table.fn(metric), target, acc_fp, lo, hi,
                     settings.haq_episodes, settings.haq_warmup, quantize_acts=not kmeans,
-                    a_fixed=32, ddpg=DDPGConfig(), seed=seed).run(progress)
+                    a_fixed=32, ddpg=ddpg, seed=seed).run(progress)
     return res, layers

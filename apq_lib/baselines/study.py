@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,7 @@ from .fbnet import FBNET_METHODS, FBNetSearch, search_batches
 from .matching import pick_targets
 from .suite import (
     MBV2,
+    MBV2_STANDALONE,
     ROW_COLUMNS,
     BaselineSuite,
     best_under,
@@ -34,8 +35,9 @@ from .suite import (
 )
 
 __all__ = ["COST_COLUMNS", "budget_jobs", "corner_qat", "run_fbnet", "fbnet_vs_apq",
-           "hawq_trace_se", "haq_reward_slope", "apq_rows", "best_under_budgets",
+           "hawq_trace_se", "haq_reward_trend", "apq_rows", "best_under_budgets",
            "front_points", "search_costs", "check_baseline_summary", "fixed_network",
+           "standalone_reference",
            "multistage_table", "equal_accuracy", "cost_table", "apq_budgets",
            "pruning_sweep"]
 
@@ -164,15 +166,24 @@ def hawq_trace_se(rows: list, probes: int) -> dict:
             "decisive_below_20pct": int((rel[dec] < 0.2).sum()) if dec else 0}
 
 
-def haq_reward_slope(rows: list) -> dict:
-    """Per HAQ search, the least-squares slope of the reward-time accuracy over the last
-    third of its episodes (points per episode): ≈ 0 once the search has flattened."""
+def haq_reward_trend(rows: list, reward_images: int) -> dict:
+    """Per HAQ search, whether its reward curve has flattened: the least-squares slope of the
+    reward-time accuracy over the last third of its episodes (points per episode), the drift
+    it implies across that window, and the standard error of one reward (binomial, at the
+    window's mean accuracy on ``reward_images`` images). ``flat``: |drift| ≤ that error,
+    i.e. the last third of the search moves the reward by less than one reward's noise."""
     out = {}
     for r in rows:
         acc = pd.DataFrame(r["history"])["accuracy"].to_numpy(float)
-        if len(acc) >= 3:
-            k = max(3, len(acc) // 3)
-            out[r["constraint"]] = float(np.polyfit(np.arange(len(acc))[-k:], acc[-k:], 1)[0])
+        if len(acc) < 3:
+            continue
+        k = max(3, len(acc) // 3)
+        slope = float(np.polyfit(np.arange(len(acc))[-k:], acc[-k:], 1)[0])
+        p = float(np.clip(acc[-k:].mean() / 100, 0, 1))
+        se = 100 * float(np.sqrt(p * (1 - p) / reward_images))
+        out[r["constraint"]] = {"episodes": len(acc), "window": k, "slope": slope,
+                                "drift": slope * (k - 1), "reward_se": se,
+                                "flat": bool(abs(slope * (k - 1)) <= se)}
     return out
 
 
@@ -242,6 +253,22 @@ def check_baseline_summary(summary: dict, res: pd.DataFrame, sweep: pd.DataFrame
     assert (sweep["scope"] == "dense").sum() == 1
     pruned = sweep[sweep["scope"] != "dense"]
     assert np.allclose(pruned["sparsity"], pruned["target_sparsity"], atol=0.01)
+
+
+def standalone_reference(suite: BaselineSuite, force: bool = False) -> Optional[dict]:
+    """With ``baselines.standalone_reference``: MobileNetV2 trained standalone
+    (:meth:`BaselineSuite.standalone_model`, the paper's protocol) at every fixed bit width,
+    PTQ and QAT with the recipe's finetune seeds, as :data:`MBV2_STANDALONE` rows. Returns
+    what the summary reports of it (None when not asked for)."""
+    if not suite.s.standalone_reference:
+        return None
+    model, info = suite.standalone_model(force)
+    rows = suite.fixed_precision(model, MBV2_STANDALONE, MBV2_STANDALONE, seeds=True)
+    return {"epochs": suite.scratch_epochs(),
+            **{k: info[k] for k in ("seconds", "steps", "val_acc", "source")},
+            "fp32_test_acc": accuracy(model, suite.batches["final"], suite.device),
+            "qat_test_acc_seed0": {r["method"]: r["test_acc"] for r in rows
+                                   if r["variant"] == "QAT"}}
 
 
 def fixed_network(suite: BaselineSuite, supernet, fractions: Sequence[float],

@@ -16,12 +16,11 @@ import torch
 from torch import nn
 
 from ..artifacts import ArtifactStore, StageKey, config_key, load_state, save_state
-from ..config import Profile
-from ..loops import finetune_batches, test_batches
+from ..config import Phase, Profile
+from ..loops import finetune_batches, test_batches, train_steps
 from ..pruning import (
     accuracy,
     cycle,
-    sgd_finetune,
 )
 from ..quant import weight_calibration_kw
 from ..realize import export_float, seed_id
@@ -45,17 +44,20 @@ from .matching import best_under, cost_at_equal_accuracy, matched_by_cost, pick_
 from .multistage import METHOD, MultiStagePipeline
 
 __all__ = ["BaselineSuite", "SCRATCH_STAGE", "ROW_COLUMNS", "pick_targets", "spread", "UNITS",
-           "cost_at_equal_accuracy", "MBV2", "LARGEST", "best_under", "matched_by_cost"]
+           "cost_at_equal_accuracy", "MBV2", "LARGEST", "MBV2_STANDALONE", "best_under", "matched_by_cost"]
 
 SCRATCH_STAGE = "baseline_scratch"
 # the fixed network trained from scratch (baselines.scratch_source: train)
-SCRATCH_KEY = StageKey(SCRATCH_STAGE, version=4, skip=("data.test_subset",),
-                       reads=("seed", "space", "data", "baselines.scratch_epochs",
+SCRATCH_KEY = StageKey(SCRATCH_STAGE, version=5, skip=("data.test_subset",),
+                       reads=("seed", "space", "data", "supernet.phases",
+                              "baselines.scratch_epochs",
                               "baselines.scratch_images", "baselines.scratch_lr",
                               "baselines.reward_images", "finetune.recal_images"))
 # the names every table uses: the fixed network of Tables 1 and 3 (a point of the space) and
 # the space's largest corner (a labelled reference, not the paper's fixed network)
 MBV2, LARGEST = MBV2_NAME, LARGEST_NAME
+# the same network trained standalone (baselines.standalone_reference): a reference row
+MBV2_STANDALONE = f"{MBV2_NAME}, standalone"
 UNITS = {"latency": "ms", "energy": "mJ", "bitops": "G", "size": "kB"}
 ROW_COLUMNS = ["method", "variant", "model", "constraint", "target", "target_from", "met",
            "test_acc", "seeds", "latency_ms", "energy_mj", "bitops_g", "size_kb", "search_s",
@@ -194,15 +196,31 @@ class BaselineSuite:
                 "device": self.meter.device,
                 "source": "inherited from the final supernet (notebook 01)", "cached": True}
             return model
+        model, self.scratch_info = self.standalone_model(force)
+        return model
+
+    def scratch_epochs(self) -> int:
+        """``baselines.scratch_epochs``, or (None) the supernet's total epochs."""
+        e = self.s.scratch_epochs
+        return e if e is not None else sum(Phase.from_dict(p).epochs
+                                           for p in self.cfg.supernet.phases)
+
+    def standalone_model(self, force: bool = False) -> tuple[nn.Module, dict]:
+        """The fixed network (``space.mobilenetv2()``) trained standalone from a fresh
+        initialisation (the paper's protocol) for :meth:`scratch_epochs` on the training split
+        (the supernet's images), cached as an artifact. Returns ``(model, info)``: its
+        seconds, steps, validation top-1 and where it came from."""
         s, seed = self.s, self.cfg.seed
 
         def build(work):
             model = build_fixed_model(self.space, seed).to(self.device)
             loader = self.data.loader("train", limit=s.scratch_images, seed=seed)
-            steps = s.scratch_epochs * len(loader)
+            steps = self.scratch_epochs() * len(loader)
             w0, c0 = time.perf_counter(), time.process_time()
-            losses = sgd_finetune(model, cycle(loader), steps, s.scratch_lr, self.device,
-                              weight_decay=4e-5)  # the scratch recipe (baselines.scratch_*)
+            losses = train_steps(model, loader, steps, s.scratch_lr, weight_decay=4e-5,
+                                 label_smoothing=0.1, device=self.device,
+                                 desc="MobileNetV2 standalone", lr_key="baselines.scratch_lr",
+                                 progress=self.progress)
             recalibrate_bn(model, self.batches["recal"], self.device)
             secs, cpu = time.perf_counter() - w0, time.process_time() - c0
             val = accuracy(model, self.batches["reward"], self.device)
@@ -221,8 +239,7 @@ class BaselineSuite:
         info["artifact"] = f"{SCRATCH_STAGE}/{art.key}"
         info["source"] = f"artifact {info['artifact']} (earlier run)" if cached else "measured"
         info["cached"] = cached
-        self.scratch_info = info
-        return model.to(self.device).eval()
+        return model.to(self.device).eval(), info
 
     def inherited(self, arch: dict, supernet=None) -> nn.Module:
         """``arch`` exported FP32 from the final supernet (notebook 01), BN recalibrated."""
@@ -232,11 +249,12 @@ class BaselineSuite:
 
     # ------------------------------------------------------------------ fixed precision
     def fixed_precision(self, model: nn.Module, name: str, key: str,
-                        qat: Optional[dict] = None) -> list[dict]:
+                        qat: Optional[dict] = None, seeds: bool = False) -> list[dict]:
         """``name`` at every ``baselines.fixed_bits`` (head/tail at 8): PTQ and QAT. ``qat``:
         ``{bits: (model id, top-1, seeds)}`` of QAT models already realised on the one path
         (notebook 04's corners): their rows point at those models instead of finetuning
-        the same network again."""
+        the same network again. ``seeds``: the QAT models get the recipe's finetune seeds
+        (:meth:`final`; else one)."""
         table, out = self.table(model, key), []
         ev = self.evaluator(model, table, self.recipe.steps, self.batches["final"])
         for b in self.s.fixed_bits:
@@ -251,9 +269,9 @@ class BaselineSuite:
                                         policy=pol, row_id=rid))
                 out[-1]["seeds"] = n
                 continue
-            r = ev.realized(pol)
-            out.append(self.add_row(f"Fixed W{b}A{b}", "QAT", name, None, None, r.test_acc,
-                                    costs, policy=pol, correct=r.correct))
+            rs = self.final(ev, pol) if seeds else [ev.realized(pol)]
+            out.append(self.add_row(f"Fixed W{b}A{b}", "QAT", name, None, None, rs[0].test_acc,
+                                    costs, policy=pol, correct=[r.correct for r in rs]))
         if name == MBV2:
             for b in self.s.fixed_bits:
                 self._shared_scratch(f"Fixed W{b}A{b}")

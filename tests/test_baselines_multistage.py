@@ -63,7 +63,7 @@ def test_pipeline_runs_and_times_every_stage(space, lut):
 
     s = SimpleNamespace(multistage_arch_slack=1.3, prune_steps=2, channel_prune_ratio=0.25,
                         prune_lr=0.01, finetune_lr=1e-3, haq_finetune_steps=1, haq_bits=[2, 8],
-                        haq_episodes=2, haq_warmup=1)
+                        haq_episodes=2, haq_warmup=1, haq_final_sigma=None)
     lat = {"latency": lambda idx: lut.lookup(idx)[0]}
     target = float(lut.lookup(space.to_index_array([space.largest(8)]))[0][0])
     meter = CostMeter("cpu")

@@ -44,7 +44,8 @@ from .matching import best_under, cost_at_equal_accuracy, matched_by_cost, pick_
 from .multistage import METHOD, MultiStagePipeline
 
 __all__ = ["BaselineSuite", "SCRATCH_STAGE", "ROW_COLUMNS", "pick_targets", "spread", "UNITS",
-           "cost_at_equal_accuracy", "MBV2", "LARGEST", "MBV2_STANDALONE", "best_under", "matched_by_cost"]
+           "cost_at_equal_accuracy", "MBV2", "LARGEST", "MBV2_STANDALONE", "best_under",
+           "matched_by_cost"]
 
 SCRATCH_STAGE = "baseline_scratch"
 # the fixed network trained from scratch (baselines.scratch_source: train)

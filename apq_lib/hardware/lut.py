@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..artifacts import Artifact, ArtifactStore
-from ..fields import key_dict
+from ..artifacts import Artifact, ArtifactStore, StageKey
 from ..progress import tqdm
 from .costs import get_simulator
 from .layers import LayerSpec, mbconv_layers
@@ -25,7 +25,10 @@ __all__ = ["SpaceCostTable", "build_lut", "build_space_lut", "load_lut", "subnet
            "fixed_layer_specs", "subnet_cost", "LUT_STAGE", "LUT_VERSION"]
 
 LUT_STAGE = "hardware_lut"
-LUT_VERSION = 2                 # 2: BitFusion re-modelled on the official simulator
+LUT_VERSION = 3                 # 2: BitFusion re-modelled on the official simulator
+# the lookup table of a space on one simulator: the space's fields, and (added when it is
+# built) the simulator and its parameters, which are not profile fields
+LUT_KEY = StageKey(LUT_STAGE, version=LUT_VERSION, reads=("space",))
 FP32 = 32
 _COLUMNS = ("kernel", "mid", "pw_w", "pw_a", "dw_w", "dw_a")   # space.to_index_array columns
 
@@ -216,8 +219,9 @@ def build_space_lut(space, simulator: str = "bitfusion", store: Optional[Artifac
     sim = get_simulator(simulator, cpu_repeats=cpu_repeats, cpu_threads=cpu_threads,
                         bitfusion=bitfusion if simulator == "bitfusion" else None)
     store = store or ArtifactStore()
-    config = {"version": LUT_VERSION, "simulator": simulator, "params": sim.params(),
-              "space": key_dict(space.cfg)}
+    # the profile fields it reads (the space) plus the simulator and its measured parameters
+    config = {**LUT_KEY.config(SimpleNamespace(space=space.cfg)), "simulator": simulator,
+              "params": sim.params()}
 
     def fn(work: Path) -> None:
         lut = build_lut(space, sim, progress=progress)

@@ -34,8 +34,8 @@ CI_COLUMNS = ("ci_low", "ci_high", "verdict")
 # matched ratios): exempt from the provenance check, which covers the numbers they rest on
 DERIVED = ("top-1 gain", "ci_low", "ci_high", "p_value", "APQ top-1", "baseline top-1",
            "seeds", "baseline seeds", "ratio at equal top-1 (baseline/APQ)", "ratio ci_low",
-           "ratio ci_high", "multi-stage top-1", "multi-stage seeds", "APQ seed sd",
-           "multi-stage seed sd")
+           "ratio ci_high", "ratio censored", "multi-stage top-1", "multi-stage seeds",
+           "APQ seed sd", "multi-stage seed sd")
 
 
 def _constraint_kind(s: str) -> str:
@@ -158,7 +158,8 @@ def _equal_cost(r: Results, kind: str, bases: list, apq: pd.DataFrame) -> list[d
                                          r.hits(list(apq["model_id"])),
                                          apq[col].to_numpy(float), seed=r.seed)
         tail = {"ratio at equal top-1 (baseline/APQ)": ratio["estimate"],
-                "ratio ci_low": ratio["ci_low"], "ratio ci_high": ratio["ci_high"]}
+                "ratio ci_low": ratio["ci_low"], "ratio ci_high": ratio["ci_high"],
+                "ratio censored": ratio["censored"]}
         if a.empty:
             rows.append({**base, "APQ budget": np.nan, "APQ top-1": np.nan,
                          f"APQ {col}": np.nan, "seeds": 0, "baseline seeds": 0,
@@ -217,7 +218,8 @@ def joint_vs_fixed_haq(r: Results) -> pd.DataFrame:
     cols = ["matched", "baseline", "network", "baseline top-1", "baseline latency_ms",
             "baseline energy_mj", "APQ budget", "APQ top-1", "APQ latency_ms", "APQ energy_mj",
             "seeds", "baseline seeds", "top-1 gain", "ci_low", "ci_high", "p_value",
-            "ratio at equal top-1 (baseline/APQ)", "ratio ci_low", "ratio ci_high"]
+            "ratio at equal top-1 (baseline/APQ)", "ratio ci_low", "ratio ci_high",
+            "ratio censored"]
     out = _with_holm(rows, cols)
     claims = r.paper["claims"]["joint_vs_fixed_haq"]
     if len(out):
@@ -311,7 +313,8 @@ def limited_bitops(r: Results) -> pd.DataFrame:
     cols = ["matched", "baseline", "network", "baseline top-1", "baseline bitops_g",
             "APQ budget", "APQ top-1", "APQ bitops_g", "seeds", "baseline seeds",
             "top-1 gain", "ci_low", "ci_high", "p_value",
-            "ratio at equal top-1 (baseline/APQ)", "ratio ci_low", "ratio ci_high"]
+            "ratio at equal top-1 (baseline/APQ)", "ratio ci_low", "ratio ci_high",
+            "ratio censored"]
     out = _with_holm(_equal_cost(r, "bitops", bases, apq), cols)
     if len(out):
         out["paper BitOps ratio (APQ vs W8 ResNet-34)"] = \

@@ -193,7 +193,9 @@ def matched_cost_ratio(correct_ref, cost_ref: float, correct_cands, cost_cands: 
     """Cost ratio ``reference cost / cost of the cheapest candidate at least as accurate``
     (e.g. HAQ's latency over APQ's at equal or better accuracy), with the interval of the
     whole matching redone on every resample. Verdict against 1 (no saving). The estimate is
-    NaN when no candidate is as accurate on the full test set."""
+    NaN when no candidate is as accurate on the full test set. ``censored``: the cheapest
+    candidate is already as accurate, so the ratio is set by the candidates' cost grid and
+    is a lower bound (the saving could be larger), not a measurement."""
     cand = np.atleast_2d(np.asarray(correct_cands))
     cost_c = np.asarray(cost_cands, dtype=float)
     if cand.shape[0] != cost_c.size:
@@ -206,8 +208,10 @@ def matched_cost_ratio(correct_ref, cost_ref: float, correct_cands, cost_cands: 
     lo, hi = percentile_ci(ratio, level)
     if not np.isfinite(est):
         lo = hi = float("nan")
+    censored = bool(np.isfinite(est) and est >= cost_ref / cost_c.min() * (1 - 1e-9))
     return CI(estimate=float(est), ci_low=lo, ci_high=hi, verdict=verdict(lo, hi, null=1.0),
-              p_value=bootstrap_p(ratio, 1.0) if np.isfinite(est) else float("nan"))
+              p_value=bootstrap_p(ratio, 1.0) if np.isfinite(est) else float("nan"),
+              censored=censored)
 
 
 def bootstrap_groups(groups: np.ndarray, stat: Callable[[np.ndarray], float],

@@ -76,14 +76,18 @@ def test_matched_cost_ratio_hand_case():
     assert r["ci_low"] == pytest.approx(2.0) and r["ci_high"] == pytest.approx(2.0)
     # no resample moves the match: a ratio censored by the candidates' grid, not measured
     assert r["verdict"] == "not comparable"
+    assert not r["censored"]            # the cheaper 60 % model is not as accurate
     # a candidate exactly as accurate as the reference matches on the full set, and the
     # resamples split between it and the costlier one: the interval shows that
     same = ref.copy()
     r2 = matched_cost_ratio(ref, 4.0, np.stack([hi, same]), [2.0, 1.0], n_resamples=500)
     assert r2["estimate"] == pytest.approx(4.0)
+    # the cheapest candidate already matches: the ratio is a lower bound set by the grid
+    assert r2["censored"]
     # no candidate as accurate: NaN, not comparable
     r3 = matched_cost_ratio(hi, 4.0, lo[None], [1.0], n_resamples=200)
     assert np.isnan(r3["estimate"]) and r3["verdict"] == "not comparable"
+    assert not r3["censored"]
 
 
 def test_verdict_and_percentiles():

@@ -59,6 +59,14 @@ class Results:
                                     f".npz)")
         return np.stack([self.correct[i] for i in ids])
 
+    def seeds(self, model_id: str) -> np.ndarray:
+        """``[seeds, n_images]`` correctness of one model: its own id, then ``#seed1``, … ."""
+        out, k = [self.hits([model_id])[0]], 1
+        while f"{model_id}#seed{k}" in self.correct:
+            out.append(self.correct[f"{model_id}#seed{k}"])
+            k += 1
+        return np.stack(out)
+
     def numbers(self) -> np.ndarray:
         """Every number in the inputs (for the provenance check)."""
         vals: list[float] = []

@@ -74,25 +74,10 @@ def _apq(r: Results) -> pd.DataFrame:
     return d[d["method"] == "APQ"] if "method" in d else d
 
 
-def _seeds(r: Results, model_id: str) -> np.ndarray:
-    """``[seeds, n_images]`` correctness of one model: its own id, then ``#seed1``, … ."""
-    out, k = [r.hits([model_id])[0]], 1
-    while f"{model_id}#seed{k}" in r.correct:
-        out.append(r.correct[f"{model_id}#seed{k}"])
-        k += 1
-    return np.stack(out)
-
-
 def _searches(row) -> int:
     """How many searches' winners a notebook-04 model's seeds hold (1 before reruns)."""
     v = row.get("searches", 1)
     return 1 if v is None or pd.isna(v) else int(v)
-
-
-def _seed_sd(per_seed: np.ndarray) -> float:
-    """Standard deviation of top-1 (points) over a model's finetune seeds (NaN for one)."""
-    acc = 100 * per_seed.mean(axis=1)
-    return float(acc.std(ddof=1)) if len(acc) > 1 else float("nan")
 
 
 def with_accuracy_ci(df: pd.DataFrame, r: Results) -> pd.DataFrame:
@@ -167,7 +152,7 @@ def _equal_cost(r: Results, kind: str, bases: list, apq: pd.DataFrame) -> list[d
                          "p_value": np.nan, **tail})
             continue
         a = a.iloc[0]
-        sa, sb = _seeds(r, a["model_id"]), _seeds(r, b["row_id"])
+        sa, sb = r.seeds(a["model_id"]), r.seeds(b["row_id"])
         g = stats.hierarchical_difference(sa, sb, seed=r.seed, searches_a=_searches(a))
         base["baseline top-1"] = 100 * float(sb.mean())        # over its seeds, as APQ's
         rows.append({**base, "APQ budget": a["limit"], "APQ top-1": 100 * float(sa.mean()),
@@ -249,7 +234,7 @@ def joint_vs_multistage(r: Results) -> pd.DataFrame:
         if col is None or a.empty:
             continue
         a = a.iloc[0]
-        sa, sm = _seeds(r, a["model_id"]), _seeds(r, m["row_id"])
+        sa, sm = r.seeds(a["model_id"]), r.seeds(m["row_id"])
         g = stats.hierarchical_difference(sa, sm, seed=r.seed, searches_a=_searches(a))
         rows.append({"budget": m["constraint"], "APQ top-1": 100 * float(sa.mean()),
                      "multi-stage top-1": 100 * float(sm.mean()), "seeds": int(sa.shape[0]),
@@ -258,7 +243,7 @@ def joint_vs_multistage(r: Results) -> pd.DataFrame:
                      "ci_high": g["ci_high"], "p_value": g["p_value"],
                      "APQ latency_ms": a["latency_ms"], "multi-stage latency_ms": m["latency_ms"],
                      "APQ energy_mj": a["energy_mj"], "multi-stage energy_mj": m["energy_mj"],
-                     "APQ seed sd": _seed_sd(sa), "multi-stage seed sd": _seed_sd(sm),
+                     "APQ seed sd": stats.seed_sd(sa), "multi-stage seed sd": stats.seed_sd(sm),
                      "paper top-1 gain": claims["top1_gain"]})
     out = pd.DataFrame(rows)
     if len(out):

@@ -24,7 +24,8 @@ __all__ = ["cheapest_at_least", "N_RESAMPLES", "LEVEL", "resample_counts", "resa
            "accuracy_ci",
            "paired_difference", "mean_paired_difference", "matched_cost_ratio", "verdict",
            "percentile_ci", "bootstrap_groups", "CI", "VERDICTS", "INCONCLUSIVE",
-           "NOT_COMPARABLE", "bootstrap_p", "holm", "holm_verdicts", "hierarchical_difference"]
+           "NOT_COMPARABLE", "bootstrap_p", "seed_sd", "holm", "holm_verdicts",
+           "hierarchical_difference"]
 
 N_RESAMPLES = 2000
 LEVEL = 0.95
@@ -48,6 +49,13 @@ def verdict(lo: float, hi: float, null: float = 0.0, who: str = "APQ",
         up = lo > null
         return f"{who} better" if up == higher_is_better else f"{who} worse"
     return INCONCLUSIVE
+
+
+def seed_sd(per_seed: np.ndarray) -> float:
+    """Standard deviation of top-1 (points) over a model's finetune seeds (rows of a
+    ``[seeds, n_images]`` correctness array; NaN for one seed)."""
+    acc = 100 * np.asarray(per_seed, dtype=float).mean(axis=1)
+    return float(acc.std(ddof=1)) if len(acc) > 1 else float("nan")
 
 
 def bootstrap_p(samples: np.ndarray, null: float = 0.0) -> float:

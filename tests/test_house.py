@@ -159,3 +159,30 @@ def test_function_level_imports_are_limited():
     assert len(in_func) <= MAX_FUNCTION_LEVEL_IMPORTS, (
         f"{len(in_func)} apq_lib-internal imports inside functions (limit "
         f"{MAX_FUNCTION_LEVEL_IMPORTS}); move them to module level:\n{listing}")
+
+
+# modules allowed over MAX_MODULE_LINES: the profile schema (one dataclass per section)
+MAX_MODULE_LINES, LONG_MODULES = 400, {"apq_lib/config.py"}
+
+
+def test_no_module_over_the_line_limit():
+    """One paper concept per module: none over 400 lines but the profile schema."""
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / PKG).rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert set(long) <= LONG_MODULES, long
+
+
+def test_one_name_per_concept():
+    """No public top-level function, class or constant is defined in two modules (the
+    ``main`` of each command-line module excepted): one name, one meaning."""
+    where = defaultdict(list)
+    for p in (ROOT / PKG).rglob("*.py"):
+        for node in ast.parse(p.read_text()).body:
+            names = [node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else \
+                [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)
+                 and t.id.isupper()] if isinstance(node, ast.Assign) else []
+            for n in names:
+                if not n.startswith("_") and n != "main":
+                    where[n].append(str(p.relative_to(ROOT)))
+    twice = {n: ps for n, ps in where.items() if len(ps) > 1}
+    assert not twice, twice

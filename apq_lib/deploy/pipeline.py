@@ -16,6 +16,7 @@ import torch
 
 from .. import hardware as hw
 from ..baselines import spread
+from ..quant.policy import layer_policy
 from ..realize import realized_model
 from ..supernet.metrics import recalibrate_bn
 from ..supernet.space import MBV2_NAME, SubnetConfig
@@ -76,10 +77,7 @@ def measure_model(name: str, sub, config, space, data, dcfg, sim, workdir=None) 
                         bias_correction=dcfg.bias_correction)
     p = parity(sub, imodel, test, batch_size=dcfg.batch_size, n_images=n)
     shape = (space.cfg.in_channels, space.cfg.image_size, space.cfg.image_size)
-    pol = {}
-    for j, i in enumerate(space.active_blocks(config)):
-        pw, dw = (config.pw_w[i], config.pw_a[i]), (config.dw_w[i], config.dw_a[i])
-        pol.update({f"blocks.{j}.expand": pw, f"blocks.{j}.project": pw, f"blocks.{j}.dw": dw})
+    pol = layer_policy(space, config)           # fixed layers: count_bitops' default 8 bits
     row = {"model": name, "policy": _policy_str(config), "images": p["images"],
            "fq_top1": p["fq_top1"], "int_top1": p["int_top1"], "agreement": p["agreement"],
            "acc_diff": p["acc_diff"], "max_logit_lsb": p["max_logit_lsb"],

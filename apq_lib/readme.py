@@ -136,6 +136,19 @@ def render_results(results_dir: Path) -> str:
             lines.append(f"- {r['budget']}: {_f(r['APQ top-1'])} vs {_f(r['multi-stage top-1'])}"
                          f" %, {_ci(r['top-1 gain'], [r['ci_low'], r['ci_high']])} points, "
                          f"{r['verdict']}")
+    trend = s05.get("haq_reward_trend") or {}
+    if trend:
+        flat = sum(bool(t["flat"]) for t in trend.values())
+        lines += ["", f"HAQ's reward curves flat over the last third of their episodes (drift "
+                      f"within one reward's standard error): {flat} of {len(trend)} ("
+                      + ", ".join(f"{k}: {t['drift']:+.2f} vs ±{t['reward_se']:.2f} points"
+                                  for k, t in trend.items()) + ")."]
+    sa = s05.get("mbv2_standalone")
+    if sa:
+        lines += ["", f"MobileNetV2 trained standalone ({sa['epochs']} epochs, "
+                      f"{sa['seconds']:.0f} s): FP32 test top-1 {_f(sa['fp32_test_acc'])} %, "
+                      f"against {_f(s05.get('mbv2_fp32_test_acc'))} % inherited from the "
+                      f"supernet."]
     skipped = s05.get("skipped_targets") or []
     if skipped:
         lines += ["", f"Baseline targets below MobileNetV2's lowest-bit cost, skipped: "

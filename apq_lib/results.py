@@ -64,7 +64,8 @@ CONTRACTS = {c.notebook: c for c in (
         "evolution_minus_random_verdict": str, "containment_ok": bool,
         "finetune_seeds": int, "search_seeds": int, "apq_vs_best_corner_verdicts": dict}),
     SummaryContract("05_baselines", {"search_cost": dict}, {
-        "skipped_targets": list, "finetune_seeds": int, "haq_reward_images": int}),
+        "skipped_targets": list, "finetune_seeds": int, "haq_reward_images": int,
+        "haq_reward_trend": dict, "mbv2_standalone": dict, "mbv2_fp32_test_acc": NUM}),
 )}
 
 

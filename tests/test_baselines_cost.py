@@ -99,3 +99,26 @@ def test_targets_spread_over_apq_budgets():
     assert spread(2, 5) == [0, 1] and spread(0, 2) == [] and spread(3, 0) == []
     assert pick_targets([3.0, 1.0, 2.0, 2.0, float("nan")], 2) == [1.0, 3.0]
     assert pick_targets([3.0, 1.0, 2.0], 1) == [2.0]
+
+
+def test_front_points_give_each_reference_network_its_own_series():
+    """On the fronts, ``Fixed W8A8`` is MobileNetV2 inherited alone; the largest corner and
+    MobileNetV2 trained standalone are one series each; PTQ and missed budgets are left out."""
+    import numpy as np
+    import pandas as pd
+
+    from apq_lib.baselines import LARGEST, MBV2, MBV2_STANDALONE
+    from apq_lib.baselines.study import front_points
+
+    res = pd.DataFrame([
+        ("Fixed W8A8", "QAT", MBV2, np.nan), ("Fixed W4A4", "QAT", MBV2, np.nan),
+        ("Fixed W8A8", "QAT", LARGEST, np.nan), ("Fixed W8A8", "QAT", MBV2_STANDALONE, np.nan),
+        ("Fixed W4A4", "QAT", MBV2_STANDALONE, np.nan),
+        ("Fixed W8A8", "PTQ", MBV2_STANDALONE, np.nan),
+        ("Fixed W8A8", "QAT", "APQ arch (latency <= 0.3)", np.nan),
+        ("HAQ", "linear", MBV2, True), ("HAQ", "linear", MBV2, False)],
+        columns=["method", "variant", "model", "met"])
+    pts = front_points(res)
+    assert list(pts["method"]) == [
+        "Fixed W8A8", "Fixed W4A4", f"{LARGEST} (fixed bits)", f"{MBV2_STANDALONE} (fixed bits)",
+        f"{MBV2_STANDALONE} (fixed bits)", "Fixed W8A8 (APQ arch)", "HAQ"]

@@ -25,6 +25,7 @@ from .cost import MULTISTAGE_NAS, apq_cost_from_results, stages_from_results
 from .fbnet import FBNET_METHODS, FBNetSearch, search_batches
 from .matching import pick_targets
 from .suite import (
+    LARGEST,
     MBV2,
     MBV2_STANDALONE,
     ROW_COLUMNS,
@@ -205,11 +206,15 @@ def apq_rows(found: pd.DataFrame) -> pd.DataFrame:
 
 
 def front_points(res: pd.DataFrame) -> pd.DataFrame:
-    """The rows drawn on the fronts: no PTQ, no budget a method missed (its fallback), and
-    the fixed-precision runs of APQ's architectures named as such."""
+    """The rows drawn on the fronts: no PTQ, no budget a method missed (its fallback), the
+    fixed-precision runs of APQ's architectures named as such, and those of the reference
+    networks (the largest corner, MobileNetV2 trained standalone) as one series each, so
+    ``Fixed W{b}A{b}`` is the fixed network (MobileNetV2 inherited) alone."""
     pts = res[(res["variant"] != "PTQ") & (res["met"].isna() | res["met"].astype(bool))].copy()
-    pts["method"] = np.where(pts["model"].astype(str).str.startswith("APQ arch"),
-                             pts["method"] + " (APQ arch)", pts["method"])
+    model = pts["model"].astype(str)
+    ref = pts["method"].astype(str).str.startswith("Fixed") & model.isin([LARGEST, MBV2_STANDALONE])
+    pts["method"] = np.where(model.str.startswith("APQ arch"), pts["method"] + " (APQ arch)",
+                             np.where(ref, model + " (fixed bits)", pts["method"]))
     return pts
 
 

@@ -16,6 +16,7 @@ import yaml
 
 from .artifacts import MissingInputError, verified_bytes
 from .config import ENV_DIR
+from .realize import seed_id
 from .results import read_summary
 
 __all__ = ["Results", "load_results", "SOURCES"]
@@ -60,10 +61,11 @@ class Results:
         return np.stack([self.correct[i] for i in ids])
 
     def seeds(self, model_id: str) -> np.ndarray:
-        """``[seeds, n_images]`` correctness of one model: its own id, then ``#seed1``, … ."""
+        """``[seeds, n_images]`` correctness of one model: finetune seeds ``0, 1, …``
+        (:func:`~apq_lib.realize.seed_id`) as long as they are stored."""
         out, k = [self.hits([model_id])[0]], 1
-        while f"{model_id}#seed{k}" in self.correct:
-            out.append(self.correct[f"{model_id}#seed{k}"])
+        while seed_id(model_id, k) in self.correct:
+            out.append(self.correct[seed_id(model_id, k)])
             k += 1
         return np.stack(out)
 

@@ -41,7 +41,7 @@ def _ratio(v, censored) -> str:
     """A cost ratio; ``≥`` when censored (APQ's cheapest model already as accurate)."""
     if pd.isna(v):
         return "n/a"
-    return f"≥ {v:.2f}" if censored is True or str(censored) == "True" else f"{v:.2f}"
+    return f"≥ {v:.2f}" if censored in (True, "True") else f"{v:.2f}"
 
 
 def _table_rows(t: pd.DataFrame) -> list[str]:

@@ -181,10 +181,9 @@ def haq_reward_trend(rows: list, reward_images: int) -> dict:
         k = max(3, len(acc) // 3)
         slope = float(np.polyfit(np.arange(len(acc))[-k:], acc[-k:], 1)[0])
         p = float(np.clip(acc[-k:].mean() / 100, 0, 1))
-        se = 100 * float(np.sqrt(p * (1 - p) / reward_images))
+        se, drift = 100 * float(np.sqrt(p * (1 - p) / reward_images)), slope * (k - 1)
         out[r["constraint"]] = {"episodes": len(acc), "window": k, "slope": slope,
-                                "drift": slope * (k - 1), "reward_se": se,
-                                "flat": bool(abs(slope * (k - 1)) <= se)}
+                                "drift": drift, "reward_se": se, "flat": abs(drift) <= se}
     return out
 
 

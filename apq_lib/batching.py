@@ -13,6 +13,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torchvision.transforms import v2 as T
 
 from .config import DataConfig
+from .runtime import stream_generator, stream_seed
 
 __all__ = ["split_indices", "TensorImageSet", "BatchLoader", "DataBundle", "materialize",
            "cycle"]
@@ -20,11 +21,11 @@ __all__ = ["split_indices", "TensorImageSet", "BatchLoader", "DataBundle", "mate
 
 # --------------------------------------------------------------------------- splits
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deterministic disjoint (train, val) index split of ``range(n)``."""
+    """Deterministic disjoint (train, val) index split of ``range(n)`` (the ``data`` stream
+    of ``seed``)."""
     if not 0 < val_size < n:
         raise ValueError(f"data.val_size={val_size} must be between 1 and {n - 1}")
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=g)
+    perm = torch.randperm(n, generator=stream_generator(seed, "data", "split"))
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
@@ -87,8 +88,8 @@ class BatchLoader:
     def _indices(self) -> torch.Tensor:
         n = len(self.ds)
         if self.shuffle:
-            g = torch.Generator().manual_seed((self.seed * 100003 + self.epoch) % 2**63)
-            idx = torch.randperm(n, generator=g)
+            idx = torch.randperm(n, generator=stream_generator(self.seed, "batches", "order",
+                                                               self.epoch))
         else:
             idx = torch.arange(n)
         if self.world_size > 1:  # same split rule as DistributedSampler(drop_last=True)
@@ -102,7 +103,7 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self._indices()
-        g = torch.Generator().manual_seed((self.seed * 7919 + self.epoch + 1) % 2**63)
+        g = stream_generator(self.seed, "batches", "augment", self.epoch)
         for i in range(len(self)):
             b = idx[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.ds.prepare(self.ds.images[b])
@@ -133,8 +134,8 @@ class DataBundle:
         bs = batch_size or (self.cfg.batch_size if is_train else self.cfg.eval_batch_size)
         shuffle = is_train if shuffle is None else shuffle
         augment = (is_train and self.cfg.augment) if augment is None else augment
-        if limit is not None and limit < len(ds):
-            g = torch.Generator().manual_seed(seed)
+        if limit is not None and limit < len(ds):    # nested: a smaller limit, a subset
+            g = stream_generator(seed, "data", "subset", split)
             sel = torch.randperm(len(ds), generator=g)[:limit].sort().values
             ds = ds.subset(sel) if isinstance(ds, TensorImageSet) else \
                 torch.utils.data.Subset(ds, sel.tolist())
@@ -160,15 +161,17 @@ class _EpochLoader(torch.utils.data.DataLoader):
 
 def _torch_loader(ds, bs, shuffle, seed, workers, drop_last, rank=0, world_size=1):
     sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=shuffle,
-                                 seed=seed, drop_last=drop_last)
+                                 seed=stream_seed(seed, "batches", "order"),
+                                 drop_last=drop_last)
     return _EpochLoader(ds, batch_size=bs, sampler=sampler, num_workers=workers,
                         drop_last=drop_last)
 
 
-def _cap(ds, n: Optional[int], seed: int):
+def _cap(ds, n: Optional[int], seed: int, split: str):
     if n is None or n >= len(ds):
         return ds
-    sel = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    g = stream_generator(seed, "data", "cap", split)
+    sel = torch.randperm(len(ds), generator=g)[:n].sort().values
     return ds.subset(sel) if isinstance(ds, TensorImageSet) else \
         torch.utils.data.Subset(ds, sel.tolist())
 

@@ -247,9 +247,9 @@ def load_data(cfg: Optional[DataConfig] = None, root: Optional[str] = None) -> D
         tr_idx, va_idx = split_indices(len(tr_aug), cfg.val_size, cfg.split_seed)
         train = torch.utils.data.Subset(tr_aug, tr_idx.tolist())
         val = torch.utils.data.Subset(tr_eval, va_idx.tolist())
-        return DataBundle("imagefolder", _cap(train, cfg.train_subset, cfg.split_seed),
-                          _cap(val, cfg.val_subset, cfg.split_seed),
-                          _cap(te, cfg.test_subset, cfg.split_seed),
+        return DataBundle("imagefolder", _cap(train, cfg.train_subset, cfg.split_seed, "train"),
+                          _cap(val, cfg.val_subset, cfg.split_seed, "val"),
+                          _cap(te, cfg.test_subset, cfg.split_seed, "test"),
                           ncls, 3, cfg.image_size, cfg, src)
     loader = {"fashion_mnist": _load_fashion_mnist, "cifar10": _load_cifar10}[cfg.dataset]
     xtr, ytr, xte, yte, src = loader(cfg, root)
@@ -261,7 +261,7 @@ def load_data(cfg: Optional[DataConfig] = None, root: Optional[str] = None) -> D
     test = TensorImageSet(xte, yte, mean, std, cfg.image_size)
     tr_idx, va_idx = split_indices(len(full), cfg.val_size, cfg.split_seed)
     train, val = full.subset(tr_idx), full.subset(va_idx)
-    return DataBundle(cfg.dataset, _cap(train, cfg.train_subset, cfg.split_seed),
-                      _cap(val, cfg.val_subset, cfg.split_seed),
-                      _cap(test, cfg.test_subset, cfg.split_seed),
+    return DataBundle(cfg.dataset, _cap(train, cfg.train_subset, cfg.split_seed, "train"),
+                      _cap(val, cfg.val_subset, cfg.split_seed, "val"),
+                      _cap(test, cfg.test_subset, cfg.split_seed, "test"),
                       k, xtr.shape[1], cfg.image_size, cfg, src)

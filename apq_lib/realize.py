@@ -145,20 +145,20 @@ def realize_seeds(supernet, cfg, recipe, data, model_id: str, n_seeds: int, seed
                   first: int = 0, **kw) -> list[Realized]:
     """:func:`realize` with ``n_seeds`` finetune seeds ``first, first + 1, ...``: seed ``k``
     has its own batch order (:func:`apq_lib.loops.finetune_batches` of :func:`seed_id`) and
-    torch seed (the ``finetune`` stream); seed 0 is the single-seed realisation of
-    ``model_id``."""
+    torch seed (the ``finetune`` stream of :func:`seed_id`, as every baseline's); seed 0 is
+    the single-seed realisation of ``model_id``."""
     out = []
     for k in range(first, first + n_seeds):
         sid = seed_id(model_id, k)
         out.append(realize(supernet, cfg, recipe, finetune_batches(data, recipe, seed, sid),
-                           seed=seed if k == 0 else stream_seed(seed, "finetune", sid), **kw))
+                           seed=stream_seed(seed, "finetune", sid), **kw))
     return out
 
 
 # the finetuned state of a realised APQ model (notebook 04 writes it, notebook 07 reads it):
 # what it depends on besides the supernet (an input) and its own architecture, policy and
 # model id (which seeds its finetune batches)
-REALIZED_KEY = StageKey("realized", version=2, reads=(
+REALIZED_KEY = StageKey("realized", version=3, reads=(
     "seed", "finetune", "quant.weight_calibration", "quant.kl_below_bits",
     "baselines.calib_images"))
 
@@ -193,7 +193,8 @@ def realized_model(ctx, supernet, config: dict, supernet_key: str, data, model_i
     def build(work: Path) -> None:
         m = realize(supernet, config, ft, finetune_batches(data, ft, cfg.seed, model_id),
                     data.fixed_batches("train", ft.recal_images, seed=cfg.seed),
-                    test_batches(data, ft, cfg.seed), device=ctx.device, seed=cfg.seed,
+                    test_batches(data, ft, cfg.seed), device=ctx.device,
+                    seed=stream_seed(cfg.seed, "finetune", seed_id(model_id, 0)),
                     calib_batches=data.fixed_batches("train", cfg.baselines.calib_images,
                                                      seed=cfg.seed))
         _write(work, m.model, m.test_acc)

@@ -9,7 +9,8 @@ import re
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "get_device", "device_tag", "STREAMS", "stream_seed", "stream_rng"]
+__all__ = ["seed_everything", "get_device", "device_tag", "STREAMS", "stream_seed", "stream_rng",
+           "stream_generator"]
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -45,22 +46,25 @@ def device_tag(dev: torch.device) -> str:
 # The registry of named RNG streams: every seeded draw outside the global seed names its
 # stream here, so two parts of the suite never share (or collide on) a sequence.
 STREAMS = {
-    "finetune": "batches of a final model's QAT finetune (one loader per model)",
+    "data": "the train / val split and the fixed image subsets (capped splits, calibration)",
+    "batches": "a loader's shuffle order and augmentation in each epoch (from its own seed)",
+    "finetune": "batches and torch seed of a final model's QAT finetune (one per model)",
     "pair_finetune": "batches of a quantized predictor pair's short finetune",
     "predictor_split": "train / held-out split of the predictor's pairs",
     "predictor_folds": "group order of the predictor's grouped k-fold cross-validation",
     "predictor_fit": "train / validation split and batch order of one predictor fit",
     "study_subset": "training subsets of the sample-efficiency study",
     "bootstrap": "resamples of every bootstrap CI and random subset of a statistic",
-    "scratch": "batches of the fixed network trained from scratch",
+    "scratch": "initialisation and batches of the MobileNetV2 trained standalone",
     "prune": "batches of the pruning baselines' finetunes",
-    "fbnet": "FBNet's weight / architecture steps and Gumbel noise",
-    "sparsity": "notebook 08's training runs",
+    "fbnet": "FBNet's supernet initialisation, training subset and weight / theta batches",
+    "hawq": "HAWQ-V2's Hutchinson probe vectors",
+    "sparsity": "notebook 08's initialisations, batches, controls and random masks",
     "random_subnets": "the random subnets notebook 01 evaluates",
     "pair_arch": "architectures (and their bit level) of the predictor's FP32 / quantized pairs",
     "pair_policy": "per-layer bits of the predictor's mixed-precision quantized pairs",
     "search": "APQ's evolution, random search and the sweep's random sample of costs",
-    "haq": "HAQ's DDPG exploration noise and replay sampling",
+    "haq": "HAQ's DDPG initialisation, exploration noise and replay sampling",
     "timing": "the random configurations the predictor's inference timing runs on",
     "space_sample": "the random configurations notebook 02 plots the space's costs over",
     "supernet": "the subnets sampled at each supernet training step",
@@ -81,3 +85,8 @@ def stream_seed(seed: int, stream: str, *ids) -> int:
 def stream_rng(seed: int, stream: str, *ids) -> np.random.Generator:
     """A NumPy generator for ``(seed, stream, *ids)`` (see :func:`stream_seed`)."""
     return np.random.default_rng(stream_seed(seed, stream, *ids))
+
+
+def stream_generator(seed: int, stream: str, *ids) -> torch.Generator:
+    """A CPU ``torch.Generator`` for ``(seed, stream, *ids)`` (see :func:`stream_seed`)."""
+    return torch.Generator().manual_seed(stream_seed(seed, stream, *ids))

@@ -186,3 +186,80 @@ def test_one_name_per_concept():
                     where[n].append(str(p.relative_to(ROOT)))
     twice = {n: ps for n, ps in where.items() if len(ps) > 1}
     assert not twice, twice
+
+
+# ------------------------------------------------------------------ seeds (issue 27 §3)
+def _code_units() -> dict[str, str]:
+    """Every source the suite runs: the package's modules and the notebooks' code cells."""
+    import json
+    out = {str(p.relative_to(ROOT)): p.read_text() for p in (ROOT / PKG).rglob("*.py")}
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+        out[str(nb.relative_to(ROOT))] = "\n".join(
+            ln for ln in "\n".join(code).splitlines() if not ln.lstrip().startswith(("%", "!")))
+    return out
+
+
+def _names_seed(node: ast.AST) -> bool:
+    name = node.id if isinstance(node, ast.Name) else \
+        node.attr if isinstance(node, ast.Attribute) else ""
+    return name.lower().endswith("seed")        # seed, cfg.seed, split_seed; not n_seeds
+
+
+def _seed_arithmetic(src: str) -> list[str]:
+    """Arithmetic on a seed (``seed + 7919``, ``self.seed * 1000 + k``, ``cfg.seed + i``):
+    an ad-hoc offset instead of a registered stream."""
+    return [ast.unparse(n) for n in ast.walk(ast.parse(src))
+            if isinstance(n, ast.BinOp) and (_names_seed(n.left) or _names_seed(n.right))]
+
+
+_STREAM_FUNCS = {"stream_seed", "stream_rng", "stream_generator", "finetune_batches",
+                 "train_batches"}
+
+
+def _streams_named(src: str) -> set[str]:
+    """String constants passed as a stream: the second argument of a ``stream_*`` call or of
+    the loaders that take a stream, or a ``stream=`` keyword."""
+    out = set()
+    for n in ast.walk(ast.parse(src)):
+        if not isinstance(n, ast.Call):
+            continue
+        f = n.func.id if isinstance(n.func, ast.Name) else \
+            n.func.attr if isinstance(n.func, ast.Attribute) else ""
+        args = list(n.args[1:2]) if f in {"stream_seed", "stream_rng", "stream_generator",
+                                           "train_batches"} else []
+        if f == "finetune_batches":
+            args = list(n.args[4:5])
+        args += [k.value for k in n.keywords if k.arg == "stream"]
+        out |= {a.value for a in args if isinstance(a, ast.Constant) and isinstance(a.value, str)}
+    return out
+
+
+def test_seed_checks_see_planted_cases():
+    assert _seed_arithmetic("f(seed + 7919)\ng(self.seed * 1000 + k)\nh(x + 1)") == [
+        "seed + 7919", "self.seed * 1000"]
+    assert _seed_arithmetic("[cfg.seed + i for i in range(3)]") == ["cfg.seed + i"]
+    assert _seed_arithmetic("stream_seed(seed, 'x', k + 1)") == []
+    assert _streams_named("stream_seed(s, 'a', 1)\nstream_rng(s, 'b')\n"
+                          "finetune_batches(d, r, s, m, 'c')\nfinetune_batches(d, r, s, m, "
+                          "stream='e')\nself.train_batches(k, 'f')") == {"a", "b", "c", "e", "f"}
+
+
+def test_no_seed_is_derived_by_arithmetic():
+    """Every seed the suite derives comes from a registered stream
+    (:func:`apq_lib.runtime.stream_seed`), never from an offset or a multiplier: offsets
+    collide (run 1 of one experiment is run 0 of the next seed) and name no stream."""
+    bad = {path: hits for path, src in _code_units().items()
+           if path != "apq_lib/runtime.py" and (hits := _seed_arithmetic(src))}
+    assert not bad, bad
+
+
+def test_every_registered_stream_is_drawn_from():
+    """The registry names exactly the streams the code draws from (an unused entry is a
+    stream someone bypassed with an ad-hoc seed; an unregistered one raises at run time)."""
+    import importlib
+    streams = importlib.import_module("apq_lib.runtime").STREAMS
+    named = set().union(*(_streams_named(src) for src in _code_units().values()))
+    assert set(streams) - named == set(), "registered, never drawn from"
+    assert named - set(streams) == set(), "drawn from, not registered"

@@ -40,6 +40,7 @@ from torch import nn
 
 from ..data import BatchLoader, TensorImageSet, _torch_loader, cycle
 from ..loops import make_optimizer, train_steps
+from ..runtime import stream_generator, stream_seed
 from ..supernet.space import SearchSpace, SubnetConfig
 from .fbnet_supernet import MixedQuant, StochasticSupernet, block_ops, op_latency_tables
 
@@ -88,18 +89,19 @@ def search_batches(data, n_images: int, val_fraction: float, batch_size: int, se
     ``val_fraction`` split of ``n_images`` training images, and their batches per pass."""
     ds = data.train
     n = min(n_images, len(ds))
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+    idx = torch.randperm(len(ds), generator=stream_generator(seed, "fbnet", "subset"))[:n]
     n_val = max(1, int(round(val_fraction * n)))
     parts = idx[n_val:].sort().values, idx[:n_val].sort().values
     if min(len(p) for p in parts) < batch_size:
         raise ValueError(f"baselines.fbnet.train_images={n_images}: each split needs at least "
                          f"batch_size={batch_size} images; raise train_images")
+    seeds = [stream_seed(seed, "fbnet", part) for part in ("weights", "theta")]
     if isinstance(ds, TensorImageSet):
         its = [cycle(BatchLoader(ds.subset(p), batch_size, True, data.cfg.augment and k == 0,
-                                 seed + k, drop_last=True)) for k, p in enumerate(parts)]
+                                 seeds[k], drop_last=True)) for k, p in enumerate(parts)]
     else:       # a torch dataset (ImageFolder): its own transforms, both splits
         its = [cycle(_torch_loader(torch.utils.data.Subset(ds, p.tolist()), batch_size, True,
-                                   seed + k, data.cfg.num_workers, True))
+                                   seeds[k], data.cfg.num_workers, True))
                for k, p in enumerate(parts)]
     return its[0], its[1], len(parts[0]) // batch_size, len(parts[1]) // batch_size
 
@@ -114,7 +116,8 @@ class FBNetSearch:
         self.tables, self.fixed = op_latency_tables(space, self.ops, self.bits, sim)
 
     def new_supernet(self) -> StochasticSupernet:
-        return StochasticSupernet(self.space, self.ops, self.bits, self.seed).to(self.device)
+        return StochasticSupernet(self.space, self.ops, self.bits,
+                                  stream_seed(self.seed, "fbnet", "init")).to(self.device)
 
     def _w_step(self, net, opt, batch, tau, lr) -> float:
         for g in opt.param_groups:

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..progress import tqdm
 from ..quant.policy import fixed_bits, is_fixed
-from ..runtime import stream_rng
+from ..runtime import stream_rng, stream_seed
 
 __all__ = ["HAQLayer", "DDPGConfig", "DDPGAgent", "HAQSearch", "HAQResult",
            "bits_from_action", "action_from_bits", "action_wall", "haq_states",
@@ -170,7 +170,7 @@ class DDPGAgent:
     def __init__(self, n_states: int, n_steps: int, cfg: Optional[DDPGConfig] = None,
                  seed: int = 0):
         self.cfg = cfg = cfg or DDPGConfig()
-        torch.manual_seed(seed)
+        torch.manual_seed(stream_seed(seed, "haq", "init"))
         self.rng = stream_rng(seed, "haq")
         self.actor = _Actor(n_states, cfg.hidden, cfg.init_w)
         self.critic = _Critic(n_states, cfg.hidden, cfg.init_w)

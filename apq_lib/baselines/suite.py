@@ -24,6 +24,7 @@ from ..pruning import (
 )
 from ..quant import weight_calibration_kw
 from ..realize import export_float, seed_id
+from ..runtime import stream_seed
 from ..search.sweep import COST_COLUMNS
 from ..supernet import train as sn
 from ..supernet.metrics import recalibrate_bn
@@ -49,7 +50,7 @@ __all__ = ["BaselineSuite", "SCRATCH_STAGE", "ROW_COLUMNS", "pick_targets", "spr
 
 SCRATCH_STAGE = "baseline_scratch"
 # the fixed network trained from scratch (baselines.scratch_source: train)
-SCRATCH_KEY = StageKey(SCRATCH_STAGE, version=5, skip=("data.test_subset",),
+SCRATCH_KEY = StageKey(SCRATCH_STAGE, version=6, skip=("data.test_subset",),
                        reads=("seed", "space", "data", "supernet.phases",
                               "baselines.scratch_epochs",
                               "baselines.scratch_images", "baselines.scratch_lr",
@@ -211,11 +212,12 @@ class BaselineSuite:
         initialisation (the paper's protocol) for :meth:`scratch_epochs` on the training split
         (the supernet's images), cached as an artifact. Returns ``(model, info)``: its
         seconds, steps, validation top-1 and where it came from."""
-        s, seed = self.s, self.cfg.seed
+        s, init_seed = self.s, stream_seed(self.cfg.seed, "scratch", "init")
 
         def build(work):
-            model = build_fixed_model(self.space, seed).to(self.device)
-            loader = self.data.loader("train", limit=s.scratch_images, seed=seed)
+            model = build_fixed_model(self.space, init_seed).to(self.device)
+            loader = self.data.loader("train", limit=s.scratch_images,
+                                      seed=stream_seed(self.cfg.seed, "scratch", "batches"))
             steps = self.scratch_epochs() * len(loader)
             w0, c0 = time.perf_counter(), time.process_time()
             losses = train_steps(model, loader, steps, s.scratch_lr, weight_decay=4e-5,
@@ -234,7 +236,7 @@ class BaselineSuite:
         conf = self.scratch_config()
         cached = not force and self.store.get(SCRATCH_STAGE, config_key(conf)) is not None
         art = self.store.build(SCRATCH_STAGE, conf, build, force=force)
-        model = build_fixed_model(self.space, seed)
+        model = build_fixed_model(self.space, init_seed)
         model.load_state_dict(load_state(art.file("model.safetensors"))[0])
         info = json.loads(art.file("info.json").read_text())
         info["artifact"] = f"{SCRATCH_STAGE}/{art.key}"
@@ -320,7 +322,8 @@ class BaselineSuite:
                                            batch_size=min(128, s.hawq_images))
             with self.meter.stage("HAWQ-V2", "Hessian traces (Hutchinson)", "shared"):
                 traces, se = hessian_traces(to_float(model).to(self.device), data, names,
-                                            s.hawq_samples, self.cfg.seed, self.device,
+                                            s.hawq_samples,
+                                            stream_seed(self.cfg.seed, "hawq"), self.device,
                                             return_se=True)
             self._hawq_cache = (key, traces, se)
             if model_name == MBV2:

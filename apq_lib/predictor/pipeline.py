@@ -61,10 +61,10 @@ MODEL_STAGE = "predictor"
 # The data section minus the test split, which no pair is measured on.
 _PAIRS_READ = ("seed", "space", "data", "predictor.eval_images", "predictor.recal_images")
 PAIR_KEYS = {
-    "fp32": StageKey(PAIR_STAGES["fp32"], version=3, skip=("data.test_subset",),
+    "fp32": StageKey(PAIR_STAGES["fp32"], version=4, skip=("data.test_subset",),
                      reads=_PAIRS_READ + ("predictor.fp32_pairs",
                                           "predictor.large_fraction")),
-    "quant": StageKey(PAIR_STAGES["quant"], version=3, skip=("data.test_subset",),
+    "quant": StageKey(PAIR_STAGES["quant"], version=4, skip=("data.test_subset",),
                       reads=_PAIRS_READ + tuple(f"predictor.{k}" for k in (
                           "quant_pairs", "quant_eval_images", "policies_per_arch",
                           "large_fraction", "bit_spread", "finetune_steps"))
@@ -73,7 +73,7 @@ PAIR_KEYS = {
                           "label_smoothing")) + ("quant.weight_calibration",
                                                  "quant.kl_below_bits")),
 }
-MODEL_KEY = StageKey(MODEL_STAGE, version=2, reads=("seed", "space") + tuple(
+MODEL_KEY = StageKey(MODEL_STAGE, version=3, reads=("seed", "space") + tuple(
     f"predictor.{k}" for k in ("hidden", "n_layers", "lr", "weight_decay", "batch_size",
                                "epochs", "patience", "holdout_fraction",
                                "transfer_branch_init", "ensemble")))

@@ -13,7 +13,7 @@ from ..hardware.costs import get_simulator
 from ..hardware.lut import subnet_cost
 from ..loops import finetune_batches
 from ..realize import realize
-from ..runtime import stream_rng
+from ..runtime import stream_rng, stream_seed
 from ..supernet.space import SearchSpace
 from .collect import PairSet
 from .controls import arch_keys, controls_table, crossval_controls, index_macs, label_offset
@@ -135,9 +135,10 @@ def realise_on_validation(cfg, supernet, data, space: SearchSpace, quant: PairSe
     rows = []
     for i in pick:
         c = space.from_index_array(quant.index[i:i + 1])[0]
-        rm = realize(supernet, c, ft, finetune_batches(data, ft, cfg.seed, f"03 pair {i}"),
+        mid = f"03 pair {i}"
+        rm = realize(supernet, c, ft, finetune_batches(data, ft, cfg.seed, mid),
                      recal, val, predicted_acc=float(predicted[i]), device=device,
-                     seed=cfg.seed)
+                     seed=stream_seed(cfg.seed, "finetune", mid))
         rows.append({"pair": int(i), "architecture": int(quant.group[i]),
                      "label": float(quant.acc[i]), "predicted_cv": rm.predicted_acc,
                      "realised_val": rm.test_acc, "finetune_steps": rm.finetune_steps})

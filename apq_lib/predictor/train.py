@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..runtime import stream_rng, stream_seed
+from ..runtime import stream_generator, stream_rng, stream_seed
 from .metrics import predictor_metrics
 from .model import AccuracyPredictor, PredictorEnsemble, QuantAwarePredictor, predict_numpy
 
@@ -138,7 +138,7 @@ def train_predictor(model: nn.Module, x: np.ndarray, y: np.ndarray,
     (see :func:`_early_stopping_split`)."""
     s = settings or TrainSettings()
     t0 = time.perf_counter()
-    torch.manual_seed(s.seed)
+    torch.manual_seed(stream_seed(s.seed, "predictor_fit", "train"))
     n = len(y)
     rng = stream_rng(s.seed, "predictor_fit")
     vi, ti = _early_stopping_split(n, s.val_fraction, rng, groups)
@@ -152,7 +152,7 @@ def train_predictor(model: nn.Module, x: np.ndarray, y: np.ndarray,
     if init_bias and isinstance(model, AccuracyPredictor):
         model.init_output_bias(float(Yt.mean()))
     opt = torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    g = torch.Generator().manual_seed(s.seed)
+    g = stream_generator(s.seed, "predictor_fit", "batches")
     best, best_epoch, best_state, history = float("inf"), -1, None, []
     if n_val:       # the starting weights are a candidate too (epoch -1): a transferred
         model.eval()    # predictor that training only makes worse stays as it started
@@ -220,7 +220,7 @@ def fit_fp32_predictor(x_arch: np.ndarray, y: np.ndarray, settings: TrainSetting
     """A fresh :class:`AccuracyPredictor` (or an ensemble of ``members``) trained on
     ``[N, arch_dims]`` encodings."""
     def one(st, m):
-        torch.manual_seed(st.seed)
+        torch.manual_seed(stream_seed(st.seed, "predictor_fit", "init"))
         model = AccuracyPredictor(x_arch.shape[1], hidden, n_layers)
         return train_predictor(model, x_arch, y, st, device=device)
     return fit_members(one, settings, members)
@@ -234,7 +234,7 @@ def fit_quant_predictor(x: np.ndarray, y: np.ndarray, arch_dims: int,
     (the baseline to transfer); ``groups``: architectures, for a grouped early-stopping
     split."""
     def one(st, m):
-        torch.manual_seed(st.seed)
+        torch.manual_seed(stream_seed(st.seed, "predictor_fit", "init"))
         model = QuantAwarePredictor(arch_dims, x.shape[1] - arch_dims, hidden, n_layers)
         return train_predictor(model, x, y, st, device=device, groups=groups)
     return fit_members(one, settings, members)

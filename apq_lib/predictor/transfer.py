@@ -8,6 +8,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..runtime import stream_seed
 from .model import AccuracyPredictor, PredictorEnsemble, QuantAwarePredictor, predict_numpy
 from .train import TrainResult, TrainSettings, fit_members, train_predictor
 
@@ -64,7 +65,7 @@ class PredictorTransfer:
             return fit_members(lambda st, m: PredictorTransfer(
                 self.fp32.members[m], self.quant_dims, self.branch_init, self.recenter).fit(
                     x, y, st, device, groups), settings, len(self.fp32.members))
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(stream_seed(settings.seed, "predictor_fit", "init"))
         model = self.build()
         if self.recenter and len(y):
             gap = float(np.mean(y) - np.mean(predict_numpy(model, x)))

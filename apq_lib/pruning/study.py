@@ -17,7 +17,7 @@ from torch import nn
 
 from ..data import cycle
 from ..quant.training import train_steps
-from ..runtime import stream_rng
+from ..runtime import stream_rng, stream_seed
 from .imp import apply_masks, copy_model, random_masks, reinit_like, rewind, run_imp, snapshot
 from .l0 import add_l0_gates, l0_penalty, l0_sparsify
 from .lmc import instability
@@ -48,18 +48,25 @@ class LeNet300100(nn.Module):
 
 class SparsityStudy:
     """Holds the data, the recipe (``cfg``: a ``SparsityConfig``) and the training loops;
-    the two ``run_*`` methods return the notebook's tables."""
+    the two ``run_*`` methods return the notebook's tables for one run (``0, 1, ...``, the
+    tables' ``seed`` column). Every draw of run ``r`` is seeded from the ``sparsity`` stream
+    of ``(seed, r, what)``."""
 
-    def __init__(self, data, cfg, device="cpu", progress: Callable = lambda it, **k: it):
+    def __init__(self, data, cfg, device="cpu", progress: Callable = lambda it, **k: it,
+                 seed: int = 0):
         self.data, self.cfg, self.device, self.progress = data, cfg, device, progress
+        self.seed = seed
         self.test = data.fixed_batches("test", cfg.test_images or len(data.test))
         self.n_train = len(data.train)
         self.in_features = data.in_channels * data.image_size ** 2
 
     # ------------------------------------------------------------------ building blocks
-    def init_model(self, seed: int) -> nn.Module:
+    def _seed(self, run: int, *what) -> int:
+        return stream_seed(self.seed, "sparsity", run, *what)
+
+    def init_model(self, run: int) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(self._seed(run, "init"))
             return LeNet300100(self.in_features, self.data.num_classes,
                                tuple(self.cfg.hidden)).to(self.device)
 
@@ -105,38 +112,41 @@ class SparsityStudy:
     # ------------------------------------------------------------------ (a) Gale et al.
     def run_accuracy_sparsity(self, seed: int) -> list[dict]:
         """Dense, magnitude (gradual), scratch (pruned mask, original init), random-reinit
-        (pruned mask, fresh init), VD and L0 (ranked to each target) for one seed."""
+        (pruned mask, fresh init), VD and L0 (ranked to each target) for run ``seed``;
+        every model of the run sees the same batches."""
         c, rows = self.cfg, []
         base = self.init_model(seed)
         w0 = snapshot(base)
-        dense = self.train(copy_model(base), c.steps, seed)
+        data_seed = self._seed(seed, "train")
+        dense = self.train(copy_model(base), c.steps, data_seed)
         rows.append(self._row(seed, "dense", 0.0, dense))
         for target in self.progress(c.targets, desc=f"magnitude seed {seed}"):
             m = copy_model(base)
             sched = GradualSchedule.over(c.steps, target, c.prune_updates,
                                          start_frac=c.prune_start, end_frac=c.prune_end)
-            gradual_magnitude_prune(m, self.batches(seed), c.steps, target, c.scope,
+            gradual_magnitude_prune(m, self.batches(data_seed), c.steps, target, c.scope,
                                     c.lr, self.device, schedule=sched, layers=self.layers(m))
             rows.append(self._row(seed, "magnitude", target, m))
             masks = {n: x.weight.detach() != 0 for n, x in self.layers(m)}
-            for ctrl, state in (("scratch", w0), ("reinit", reinit_like(base, seed + 7919))):
+            reinit = reinit_like(base, self._seed(seed, "reinit"))
+            for ctrl, state in (("scratch", w0), ("reinit", reinit)):
                 net = copy_model(base)
                 rewind(net, state)
                 apply_masks(self.layers(net), masks)
-                self.train(net, c.steps, seed)
+                self.train(net, c.steps, data_seed)
                 rows.append(self._row(seed, ctrl, target, net))
         for method, lams in (("vd", c.vd_lambdas), ("l0", c.l0_lambdas)):
             for lam in lams:
                 m = copy_model(base)
                 if method == "vd":
                     to_variational(m)
-                    self.train_regularised(m, lambda: vd_penalty(m), lam, seed)
+                    self.train_regularised(m, lambda: vd_penalty(m), lam, data_seed)
                     nat = float(torch.cat([(v.log_alpha > v.threshold).flatten().float()
                                            for _, v in vd_layers(m)]).mean())
                     sparsify = vd_sparsify
                 else:
                     add_l0_gates(m, self.layers(m), c.l0_init_drop, c.l0_gate_scale)
-                    self.train_regularised(m, lambda: l0_penalty(m), lam, seed)
+                    self.train_regularised(m, lambda: l0_penalty(m), lam, data_seed)
                     sparsify = l0_sparsify
                 natural = sparsify(copy_model(m))
                 if method == "l0":
@@ -166,13 +176,13 @@ class SparsityStudy:
                 states[t] = snapshot(model)
 
         model = copy_model(base)
-        self.train(model, c.lmc_steps, seed, cosine=False, on_step=keep)
+        self.train(model, c.lmc_steps, self._seed(seed, "train"), cosine=False, on_step=keep)
         trained = snapshot(model)
         curves, barriers, imp_rows = [], [], []
 
         def run_pair(net, state, k, kind, sp):
             def tr(n, s):
-                self.train(n, c.lmc_steps - k, seed * 1000 + s, cosine=False)
+                self.train(n, c.lmc_steps - k, self._seed(seed, "lmc", s), cosine=False)
             r = instability(net, state, tr, self._error, k, (1, 2), c.lmc_points)
             curves.extend({"seed": seed, "kind": kind, "k": k, "sparsity": sp, "t": t,
                            "error": e} for t, e in zip(r.t, r.errors))
@@ -191,7 +201,7 @@ class SparsityStudy:
             lay = self.layers(net)
 
             def retrain(n, r, k=k):
-                self.train(n, c.lmc_steps - k, seed * 1000 + 10 * r, cosine=False)
+                self.train(n, c.lmc_steps - k, self._seed(seed, "imp", r), cosine=False)
                 return self.acc(n)
 
             rounds = run_imp(net, lay, c.imp_rounds, states[k], retrain, c.imp_rate,
@@ -207,10 +217,11 @@ class SparsityStudy:
             for ctrl in ("random_prune", "reinit"):
                 twin = copy_model(base)
                 if ctrl == "reinit":
-                    rewind(twin, reinit_like(base, seed + 104729))
+                    rewind(twin, reinit_like(base, self._seed(seed, "rewind reinit")))
                     apply_masks(self.layers(twin), last.masks)
                 else:
-                    apply_masks(self.layers(twin), random_masks(last.masks, seed))
+                    apply_masks(self.layers(twin), random_masks(
+                        last.masks, self._seed(seed, "random masks")))
                     rewind(twin, states[k])
                 imp_rows.append({"seed": seed, "k": k, "k_stable": k_stable,
                                  "method": ctrl, "round": last.round,

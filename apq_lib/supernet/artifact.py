@@ -31,7 +31,7 @@ STAGE = "supernet"
 # declared fields (typed phases); the artifact holds the weights at the end of every phase.
 # Version 4: the subnets of each step drawn from the registered "supernet" RNG stream.
 # Not read by training: notebook 01's random-subnet evaluation and the test split.
-SUPERNET_KEY = StageKey(STAGE, version=4, reads=("seed", "space", "data", "supernet"),
+SUPERNET_KEY = StageKey(STAGE, version=5, reads=("seed", "space", "data", "supernet"),
                         skip=("supernet.n_random_subnets", "supernet.random_eval_images",
                               "data.test_subset"))
 

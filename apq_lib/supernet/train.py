@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from ..artifacts import load_state, save_state, write_json
 from ..config import ConfigError, Profile
 from ..progress import tqdm
-from ..runtime import stream_rng
+from ..runtime import stream_rng, stream_seed
 from .artifact import (  # noqa: F401  (re-exported: their home before the split)
     STAGE,
     SUPERNET_KEY,
@@ -167,7 +167,8 @@ def _train_phases(net, data, cfg, workdir, device, progress, stop_after_epochs, 
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must divide by the "
                           f"{world} ranks")
     loader = data.loader("train", batch_size=cfg.data.batch_size // world, shuffle=True,
-                         seed=cfg.seed, rank=rank, world_size=world, drop_last=True)
+                         seed=stream_seed(cfg.seed, "supernet", "batches"), rank=rank,
+                         world_size=world, drop_last=True)
     steps = len(loader)
     if steps == 0:
         raise ConfigError("data: fewer training images than one batch per rank")

@@ -52,7 +52,7 @@ STREAMS = {
     "pair_finetune": "batches of a quantized predictor pair's short finetune",
     "predictor_split": "train / held-out split of the predictor's pairs",
     "predictor_folds": "group order of the predictor's grouped k-fold cross-validation",
-    "predictor_fit": "train / validation split and batch order of one predictor fit",
+    "predictor_fit": "initialisation, train / validation split and batch order of one fit",
     "study_subset": "training subsets of the sample-efficiency study",
     "bootstrap": "resamples of every bootstrap CI and random subset of a statistic",
     "scratch": "initialisation and batches of the MobileNetV2 trained standalone",

@@ -201,10 +201,14 @@ def _code_units() -> dict[str, str]:
     return out
 
 
-def _names_seed(node: ast.AST) -> bool:
-    name = node.id if isinstance(node, ast.Name) else \
+def _name(node: ast.AST) -> str:
+    """``seed`` of ``seed`` / ``cfg.seed``; ``stream_rng`` of ``stream_rng`` / ``m.stream_rng``."""
+    return node.id if isinstance(node, ast.Name) else \
         node.attr if isinstance(node, ast.Attribute) else ""
-    return name.lower().endswith("seed")        # seed, cfg.seed, split_seed; not n_seeds
+
+
+def _names_seed(node: ast.AST) -> bool:
+    return _name(node).lower().endswith("seed")    # seed, cfg.seed, split_seed; not n_seeds
 
 
 def _seed_arithmetic(src: str) -> list[str]:
@@ -214,8 +218,9 @@ def _seed_arithmetic(src: str) -> list[str]:
             if isinstance(n, ast.BinOp) and (_names_seed(n.left) or _names_seed(n.right))]
 
 
-_STREAM_FUNCS = {"stream_seed", "stream_rng", "stream_generator", "finetune_batches",
-                 "train_batches"}
+# where each function that takes a stream has it as a positional argument
+_STREAM_ARG = {"stream_seed": 1, "stream_rng": 1, "stream_generator": 1, "train_batches": 1,
+               "finetune_batches": 4}
 
 
 def _streams_named(src: str) -> set[str]:
@@ -225,12 +230,8 @@ def _streams_named(src: str) -> set[str]:
     for n in ast.walk(ast.parse(src)):
         if not isinstance(n, ast.Call):
             continue
-        f = n.func.id if isinstance(n.func, ast.Name) else \
-            n.func.attr if isinstance(n.func, ast.Attribute) else ""
-        args = list(n.args[1:2]) if f in {"stream_seed", "stream_rng", "stream_generator",
-                                           "train_batches"} else []
-        if f == "finetune_batches":
-            args = list(n.args[4:5])
+        i = _STREAM_ARG.get(_name(n.func))
+        args = [] if i is None else n.args[i:i + 1]
         args += [k.value for k in n.keywords if k.arg == "stream"]
         out |= {a.value for a in args if isinstance(a, ast.Constant) and isinstance(a.value, str)}
     return out
